@@ -1,0 +1,47 @@
+# shelfq: `make demo` runs the main job on the embedded broker, `make test` runs the tests.
+# Both create the virtual environment first; nothing else needs installing by hand beyond
+# Python 3.11+, Java 17+ and Maven (the broker's jars come from Maven Central on first use).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test test-unit broker-start broker-stop clean
+
+help:
+	@echo "make demo        run the demo on the embedded Kafka broker (or SHELFQ_BOOTSTRAP_SERVERS)"
+	@echo "make test        start the broker, run every test, stop the broker"
+	@echo "make test-unit   the pure tests only; no broker needed"
+	@echo "make venv        create $(VENV) and install shelfq with its test extras"
+	@echo "make clean       remove $(VENV) and caches (not the broker's data)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/shelfq demo
+
+# `broker run` starts the broker unless it runs, and stops it afterwards only if it started
+# it, also when pytest fails; pytest's exit status is make's.
+test: $(STAMP)
+	$(BIN)/shelfq broker run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+broker-start: $(STAMP)
+	$(BIN)/shelfq broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/shelfq broker stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

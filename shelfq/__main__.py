@@ -1,0 +1,5 @@
+import sys
+
+from shelfq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""The ``shelfq`` command line: one command, a subcommand per job.
+
+Every subcommand takes the shared connection options (``--bootstrap-servers``,
+``--topic-prefix``, ``-X name=value``); the rest of the settings come from ``SHELFQ_*``
+environment variables (see ``shelfq settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from contracts.errors import ConfigError, ShelfqError
+from contracts.settings import Settings
+from contracts.topics import topic_specs
+
+EPILOG = """\
+Settings come from SHELFQ_* environment variables (SHELFQ_PARTITIONS=6, SHELFQ_HOME=...);
+Kafka client properties from SHELFQ_KAFKA_<NAME> (SHELFQ_KAFKA_SECURITY_PROTOCOL=SASL_SSL,
+SHELFQ_KAFKA_SASL_USERNAME=...) or -X name=value. With SHELFQ_BOOTSTRAP_SERVERS set, shelfq
+uses that cluster and never starts the embedded broker. `shelfq settings` prints what is in
+effect, secrets hidden.
+"""
+
+
+def _kafka_property(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+    return name.strip(), value
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection")
+    group.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="use this Kafka cluster (default: the embedded broker on 127.0.0.1:9092)")
+    group.add_argument("--topic-prefix", metavar="PREFIX", help="prefix of every topic name (default: shelfq.)")
+    group.add_argument("-X", dest="kafka", action="append", type=_kafka_property, default=[], metavar="NAME=VALUE", help="a librdkafka client property, e.g. -X security.protocol=SASL_SSL (repeatable)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="shelfq",
+        description="shelfq: a streaming reinforcement-learning recommender on Apache Kafka.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = sub.add_parser("broker", help="run the embedded Apache Kafka broker (KRaft, no Docker)",
+                            description="Manage the embedded single-node Apache Kafka broker. Its jars are resolved from Maven Central with mvn on first use; data and logs live under $SHELFQ_HOME/broker.")
+    bsub = broker.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bsub.add_parser("start", parents=[common], help="start the broker in the background and wait until it serves (exit 0 if it already runs)")
+    bsub.add_parser("stop", parents=[common], help="stop the broker cleanly (exit 0 if it was not running)")
+    bsub.add_parser("status", parents=[common], help="say whether the broker runs and where (exit 0 running, 3 not running)")
+    run = bsub.add_parser("run", parents=[common], help="run a command with the broker up, then stop it if this started it",
+                          description="Start the broker unless it runs, run COMMAND, and stop the broker afterwards if this command started it, also when COMMAND fails. Exits with COMMAND's status.")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to run")
+
+    topics = sub.add_parser("topics", help="create or check the topics", description="Topics as code: every topic of the design with its partitions, replication and config.")
+    tsub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", parents=[common], help="create missing topics and fix drifted configs",
+                             description="Create every shelfq topic that is missing and set drifted configs (cleanup.policy, max.message.bytes). Partition counts and replication factors are reported, never changed. Exits 1 when drift remains.")
+    create.add_argument("--check", action="store_true", help="change nothing; list every difference and exit 1 if there is any")
+
+    sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
+
+    demo = sub.add_parser("demo", parents=[common], help="start the broker if needed, create topics, round-trip one event of each kind",
+                          description="Until the full pipeline lands: start the embedded broker unless it runs (or use SHELFQ_BOOTSTRAP_SERVERS), create the topics, send one example of every event kind and a model through Kafka, read each back and check it. Stops the broker afterwards if it started it.")
+    demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        bootstrap_servers=getattr(args, "bootstrap_servers", None),
+        topic_prefix=getattr(args, "topic_prefix", None),
+        kafka=dict(getattr(args, "kafka", None) or []),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        return COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
+        print(f"shelfq: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except ShelfqError as exc:
+        print(f"shelfq: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.external_cluster:
+        print(f"using the existing cluster at {settings.bootstrap_servers} (SHELFQ_BOOTSTRAP_SERVERS); no local broker is involved")
+        if args.action == "run":
+            return _run_command(args.cmd)
+        return 0
+    from shelfq.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(settings)
+    if args.action == "start":
+        started = broker.start()
+        print(("started: " if started else "already running: ") + broker.status().describe())
+        return 0
+    if args.action == "stop":
+        print("stopped" if broker.stop() else "not running")
+        return 0
+    if args.action == "status":
+        status = broker.status()
+        print(status.describe())
+        return 0 if status.running else 3
+    started = broker.start()
+    try:
+        return _run_command(args.cmd)
+    finally:
+        if started:
+            broker.stop()
+
+
+def _run_command(cmd: list[str]) -> int:
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ConfigError("broker run: give the command to run after --")
+    return subprocess.call(cmd)
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from shelfq.topic_admin import check_topics, ensure_topics
+
+    if args.check:
+        drift = check_topics(settings)
+        for line in drift:
+            print(f"drift  {line}")
+        if not drift:
+            print(f"ok: all {len(topic_specs(settings))} topics match their definitions")
+        return 1 if drift else 0
+    report = ensure_topics(settings)
+    for line in report.lines():
+        print(line)
+    if report.drift:
+        print("drift remains: partition counts and replication factors are never changed in place", file=sys.stderr)
+        return 1
+    print(f"ok: all {len(topic_specs(settings))} topics exist as defined")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from shelfq.roundtrip import roundtrip
+    from shelfq.topic_admin import ensure_topics
+
+    broker = None
+    if not settings.external_cluster:
+        from shelfq.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker(settings)
+        print("starting the embedded Apache Kafka broker (the first start resolves its jars with Maven)...")
+        if not broker.start():
+            broker = None  # it already ran: leave it running
+    try:
+        print(f"broker: {settings.bootstrap}")
+        report = ensure_topics(settings)
+        print(f"topics: {len(topic_specs(settings))} defined, {len(report.created)} created, {len(report.drift)} drifted")
+        print("round trip of one event of each kind through Kafka:")
+        ok = roundtrip(settings)
+        print("all events came back intact" if ok else "some events did not come back intact")
+        return 0 if ok else 1
+    finally:
+        if broker is not None and not args.keep_broker:
+            broker.stop()
+            print("stopped the broker this demo started")
+
+
+COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "settings": cmd_settings, "demo": cmd_demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Apply the topic definitions of ``contracts.topics`` to a cluster, or check them.
+
+``ensure_topics`` creates what is missing and sets drifted configs (safe to change in place);
+partition counts and replication factors it reports but never changes, since adding partitions
+would move users to other partitions and break the co-partitioning of the user-keyed topics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from contracts.errors import ShelfqError
+from contracts.settings import Settings
+from contracts.topics import ActualTopic, TopicSpec, topic_drift, topic_specs
+
+TIMEOUT_S = 30.0
+
+
+@dataclass
+class TopicReport:
+    """What ``ensure_topics`` found and did."""
+
+    created: list[str] = field(default_factory=list)
+    reconfigured: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return (
+            [f"created      {name}" for name in self.created]
+            + [f"reconfigured {change}" for change in self.reconfigured]
+            + [f"drift        {d}" for d in self.drift]
+        )
+
+
+def describe_topics(admin: AdminClient, specs: list[TopicSpec]) -> dict[str, ActualTopic | None]:
+    """What the cluster has for each spec's topic (None where the topic does not exist)."""
+    metadata = admin.list_topics(timeout=TIMEOUT_S).topics
+    present = [s for s in specs if s.name in metadata and metadata[s.name].error is None]
+    resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in present]
+    configs = {}
+    for resource, future in (admin.describe_configs(resources) if resources else {}).items():
+        entries = future.result(timeout=TIMEOUT_S)
+        configs[resource.name] = {name: entry.value for name, entry in entries.items()}
+    actual: dict[str, ActualTopic | None] = {s.name: None for s in specs}
+    for s in present:
+        partitions = metadata[s.name].partitions
+        replicas = len(partitions[0].replicas) if partitions else 0
+        actual[s.name] = ActualTopic(len(partitions), replicas, configs[s.name])
+    return actual
+
+
+def check_topics(settings: Settings) -> list[str]:
+    """Every difference between the definitions and the cluster; empty when they agree."""
+    specs = list(topic_specs(settings).values())
+    actual = describe_topics(_admin(settings), specs)
+    return [line for s in specs for line in topic_drift(s, actual[s.name])]
+
+
+def ensure_topics(settings: Settings) -> TopicReport:
+    """Create missing topics, fix drifted configs, and report drift that needs a person."""
+    admin = _admin(settings)
+    specs = list(topic_specs(settings).values())
+    actual = describe_topics(admin, specs)
+    report = TopicReport()
+
+    missing = [s for s in specs if actual[s.name] is None]
+    if missing:
+        new = [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=dict(s.config))
+            for s in missing
+        ]
+        for name, future in admin.create_topics(new, request_timeout=TIMEOUT_S).items():
+            try:
+                future.result(timeout=TIMEOUT_S)
+                report.created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent create won the race
+                    raise ShelfqError(f"could not create {name}: {exc.args[0].str()}") from None
+
+    for s in specs:
+        have = actual[s.name]
+        if have is None:
+            continue
+        changes = {k: v for k, v in s.config.items() if have.config.get(k) != v}
+        if changes:
+            entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in changes.items()]
+            resource = ConfigResource(ResourceType.TOPIC, s.name, incremental_configs=entries)
+            for future in admin.incremental_alter_configs([resource]).values():
+                future.result(timeout=TIMEOUT_S)
+            report.reconfigured += [f"{s.name}: {k} {have.config.get(k)} -> {v}" for k, v in changes.items()]
+        fixed = ActualTopic(have.partitions, have.replication_factor, {**have.config, **changes})
+        report.drift += topic_drift(s, fixed)
+    return report
+
+
+def delete_topics(settings: Settings, names: list[str]) -> None:
+    """Delete topics by full name (tests use it to clean up their prefixed topics)."""
+    admin = _admin(settings)
+    for future in admin.delete_topics(names, operation_timeout=TIMEOUT_S).values():
+        try:
+            future.result(timeout=TIMEOUT_S)
+        except KafkaException as exc:
+            if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise
+
+
+def _admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.confluent_config())

@@ -1,0 +1,40 @@
+"""Topic definitions and drift detection, without a cluster."""
+
+from __future__ import annotations
+
+from contracts.settings import Settings
+from contracts.topics import USER_STATE, ActualTopic, topic_drift, topic_specs
+
+DESIGN_TOPICS = {"requests", "slates", "impressions", "feedback", "items", "transitions", "user-state", "models", "dlq"}
+
+
+def test_every_design_topic_is_defined_with_the_prefix() -> None:
+    specs = topic_specs(Settings(topic_prefix="shop1."))
+    assert set(specs) == DESIGN_TOPICS
+    assert all(s.name == f"shop1.{s.logical}" for s in specs.values())
+
+
+def test_cleanup_policies_and_model_size_follow_the_design() -> None:
+    specs = topic_specs(Settings(model_max_bytes=32 << 20))
+    compacted = {name for name, s in specs.items() if s.config["cleanup.policy"] == "compact"}
+    assert compacted == {"items", "user-state", "models"}
+    assert specs["models"].config["max.message.bytes"] == str(32 << 20)
+
+
+def test_user_keyed_topics_are_co_partitioned() -> None:
+    specs = topic_specs(Settings(partitions=9))
+    user_keyed = [s for s in specs.values() if s.key == "user_id"]
+    assert {s.logical for s in user_keyed} >= {"requests", "slates", "impressions", "feedback", USER_STATE}
+    assert {s.partitions for s in user_keyed} == {9}
+
+
+def test_drift_lists_every_difference() -> None:
+    spec = topic_specs(Settings())["models"]
+    actual = ActualTopic(2, 3, {"cleanup.policy": "delete", "max.message.bytes": "1048588"})
+    assert topic_drift(spec, actual) == [
+        "shelfq.models: 2 partitions, want 1",
+        "shelfq.models: replication factor 3, want 1",
+        "shelfq.models: cleanup.policy is delete, want compact",
+        f"shelfq.models: max.message.bytes is 1048588, want {64 << 20}",
+    ]
+    assert topic_drift(spec, ActualTopic(1, 1, dict(spec.config))) == []
