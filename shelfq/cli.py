@@ -13,6 +13,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from confluent_kafka import KafkaException
+
 from contracts.errors import ConfigError, ShelfqError
 from contracts.settings import Settings
 from contracts.topics import topic_specs
@@ -94,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ShelfqError as exc:
         print(f"shelfq: error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:
+        print(f"shelfq: error: Kafka: {exc.args[0].str() if exc.args else exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -7,9 +7,10 @@ would move users to other partitions and break the co-partitioning of the user-k
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -24,6 +25,8 @@ from contracts.settings import Settings
 from contracts.topics import ActualTopic, TopicSpec, topic_drift, topic_specs
 
 TIMEOUT_S = 30.0
+UNREACHABLE_S = 10.0  # every broker refusing connections this long: give up early
+_FATAL_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL}
 
 
 @dataclass
@@ -44,7 +47,7 @@ class TopicReport:
 
 def describe_topics(admin: AdminClient, specs: list[TopicSpec]) -> dict[str, ActualTopic | None]:
     """What the cluster has for each spec's topic (None where the topic does not exist)."""
-    metadata = admin.list_topics(timeout=TIMEOUT_S).topics
+    metadata = _metadata(admin)
     present = [s for s in specs if s.name in metadata and metadata[s.name].error is None]
     resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in present]
     configs = {}
@@ -114,5 +117,33 @@ def delete_topics(settings: Settings, names: list[str]) -> None:
                 raise
 
 
-def _admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.confluent_config())
+class _Admin(AdminClient):
+    """An AdminClient that remembers client-level errors (authentication, unreachable brokers)
+    so a wrong password fails at once with its reason instead of after a timeout."""
+
+    def __init__(self, config: dict) -> None:
+        self.errors: list[KafkaError] = []
+        # error_cb receives what the log would repeat on every retry; log only the critical.
+        super().__init__({**config, "error_cb": self.errors.append, "log_level": 2})
+
+
+def _admin(settings: Settings) -> _Admin:
+    return _Admin(settings.confluent_config())
+
+
+def _metadata(admin: AdminClient) -> dict:
+    start = time.monotonic()
+    while True:
+        try:
+            return admin.list_topics(timeout=1.0).topics
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            errors = getattr(admin, "errors", [])
+            fatal = [e for e in errors if e.code() in _FATAL_CODES or e.fatal()]
+            if fatal:
+                raise ShelfqError(f"Kafka refused the connection: {fatal[-1].str()}") from None
+            waited = time.monotonic() - start
+            all_down = any(e.code() == KafkaError._ALL_BROKERS_DOWN for e in errors)
+            if waited > TIMEOUT_S or (all_down and waited > UNREACHABLE_S):
+                last = errors[-1].str() if errors else exc.args[0].str()
+                raise ShelfqError(f"cannot reach Kafka after {waited:.0f}s: {last}") from None
