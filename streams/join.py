@@ -1,0 +1,414 @@
+"""The slates x impressions x feedback join, as pure code: events and a watermark in,
+transitions and dead letters out. No Kafka, no Faust, no clocks of its own.
+
+One ``Record`` per request_id gathers the slate (decision log), the impression (what was shown)
+and the feedback on it. An item's attribution window opens at the impression and closes
+``window_s`` later in event time; its transition is emitted when the partition's watermark
+passes the close, or early on a purchase of that item or the session's exit.
+
+Records live in a mapping the caller provides (a Faust table's store in production), so the
+caller persists exactly the keys in ``Output.writes``. Emission is two-phase for at-least-once
+delivery: ``Output.transitions`` are marked in flight, and only ``acked()`` (called once the
+broker has them) records them as emitted in the persisted record. A crash in between re-emits
+with the same ``transition_id``; nothing is lost.
+
+>>> from contracts.examples import EXAMPLES
+>>> join = Join(JoinConfig(window_s=10))
+>>> _ = join.process(0, "slates", EXAMPLES["slates"][1], now=0)
+>>> _ = join.process(0, "impressions", EXAMPLES["impressions"][1], now=0)
+>>> out = join.process(0, "feedback", EXAMPLES["feedback"][1], now=0)
+>>> [(t.action, t.reward, t.reward_parts) for t in out.transitions]   # the purchase closes early
+[('sku-3', 5.0, {'purchase': 1})]
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import msgspec
+
+from contracts.errors import ConfigError
+from contracts.events import Event, Feedback, Impression, Interaction, Slate, State, Transition
+
+SLATES, IMPRESSIONS, FEEDBACK = "slates", "impressions", "feedback"
+DEFAULT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """Settings of the join (SHELFQ_JOIN_* in the worker)."""
+
+    window_s: float = 1800.0
+    """Attribution window: feedback up to this many seconds after the impression counts."""
+    allowed_lateness_s: float = 10.0
+    """The watermark trails the newest event time by this much, so slightly out-of-order
+    events still land in their window."""
+    idle_advance_s: float = 5.0
+    """A partition without events for this long advances its watermark with the wall clock,
+    so a quiet shop still gets its transitions."""
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    """Reward weight of each feedback kind; reward = sum over deduplicated feedback."""
+    history_length: int = 50
+    """Interactions kept in a next_state and in user-state."""
+    max_future_skew_s: float = 300.0
+    """Event times further than this ahead of the wall clock do not move the watermark (a
+    producer with a wrong clock must not close every window at once)."""
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.allowed_lateness_s < 0 or self.idle_advance_s <= 0:
+            raise ConfigError("join: window_s and idle_advance_s must be > 0, allowed_lateness_s >= 0")
+        if self.history_length < 1:
+            raise ConfigError("join: history_length must be >= 1")
+        unknown = set(self.weights) - {"click", "add_to_cart", "purchase"}
+        if unknown or not all(math.isfinite(w) for w in self.weights.values()):
+            raise ConfigError(f"join: weights are finite numbers for click, add_to_cart, purchase; got {dict(self.weights)}")
+
+
+class Record(msgspec.Struct, array_like=True):
+    """Everything known about one request_id; persisted in the join table."""
+
+    request_id: str
+    partition: int
+    slate: Slate | None = None
+    impression: Impression | None = None
+    feedback: list[Feedback] = []
+    """Accepted feedback, deduplicated by (item, kind); held until the impression is joined."""
+    emitted: list[int] = []
+    """Positions whose transitions the broker has acknowledged."""
+    done: bool = False
+    """The session exited."""
+    closed_at: float | None = None
+    """Event time when every item was emitted; the record then only marks late feedback."""
+
+    def state(self) -> State | None:
+        """The state the policy saw: inline on the impression if it came so, else the slate's."""
+        if self.impression is not None and self.impression.state is not None:
+            return self.impression.state
+        return self.slate.state if self.slate is not None else None
+
+    def joined(self) -> bool:
+        return self.impression is not None and self.state() is not None
+
+
+class DeadLetterOut(NamedTuple):
+    reason: str
+    detail: str
+    topic: str
+    event: Event
+
+
+@dataclass
+class Output:
+    """What one step produced."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    dead_letters: list[DeadLetterOut] = field(default_factory=list)
+    writes: dict[str, tuple[int, Record | None]] = field(default_factory=dict)
+    """Keys to persist: request_id -> (partition, record, or None to delete)."""
+
+    def extend(self, other: Output) -> None:
+        self.transitions += other.transitions
+        self.dead_letters += other.dead_letters
+        self.writes.update(other.writes)
+
+
+class Join:
+    """The join state machine over any number of partitions."""
+
+    def __init__(self, config: JoinConfig = JoinConfig(), records: MutableMapping[str, Record] | None = None) -> None:
+        self.config = config
+        self.records: MutableMapping[str, Record] = {} if records is None else records
+        self._deadlines: dict[int, list[tuple[float, str]]] = {}
+        self._watermark: dict[int, float] = {}
+        self._last_event: dict[int, tuple[float, float]] = {}  # partition -> (wall time, watermark)
+        self._inflight: dict[str, set[int]] = {}
+        self._now = 0.0  # wall time of the step in progress
+        self.inputs: Counter[str] = Counter()
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def process(self, partition: int, topic: str, event: Event, now: float) -> Output:
+        """Apply one valid event of ``topic`` from ``partition`` at wall time ``now``."""
+        self.inputs[topic] += 1
+        self._now = now
+        out = Output()
+        rec = self.records.get(event.request_id)  # type: ignore[attr-defined]
+        if rec is None:
+            rec = Record(request_id=event.request_id, partition=partition)  # type: ignore[attr-defined]
+            self.records[rec.request_id] = rec
+            before = None
+        else:
+            before = self._deadline(rec)
+        if topic == SLATES:
+            self._on_slate(rec, event, out)  # type: ignore[arg-type]
+        elif topic == IMPRESSIONS:
+            self._on_impression(rec, event, out)  # type: ignore[arg-type]
+        elif topic == FEEDBACK:
+            self._on_feedback(rec, event, out, now)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"the join reads slates, impressions and feedback, not {topic!r}")
+        if rec.request_id in self.records and self._deadline(rec) != before:
+            self._schedule(rec)
+        self._advance(partition, event.ts, now, out)  # type: ignore[attr-defined]
+        return out
+
+    def tick(self, partition: int, now: float) -> Output:
+        """Wall-clock progress: a partition idle for ``idle_advance_s`` moves its watermark."""
+        self._now = now
+        out = Output()
+        last = self._last_event.get(partition)
+        if last is not None and now - last[0] >= self.config.idle_advance_s:
+            self._close(partition, last[1] + (now - last[0]), now, out)
+        return out
+
+    def acked(self, transition: Transition) -> Output:
+        """The broker has ``transition``: record it as emitted (persist ``writes``)."""
+        out = Output()
+        rec = self.records.get(transition.request_id)
+        inflight = self._inflight.get(transition.request_id)
+        if rec is None or inflight is None or transition.position not in inflight:
+            return out  # a partition revoked since, or a repeat: nothing to record
+        inflight.discard(transition.position)
+        if not inflight:
+            del self._inflight[transition.request_id]
+        rec.emitted.append(transition.position)
+        assert rec.impression is not None
+        if len(rec.emitted) == len(rec.impression.items):
+            # Every item is out: keep only a marker, so feedback still to come counts as late.
+            rec.closed_at = self._watermark.get(rec.partition, transition.ts_impression)
+            rec.slate, rec.impression, rec.feedback = None, None, []
+            self._schedule(rec)
+        out.writes[rec.request_id] = (rec.partition, rec)
+        return out
+
+    # -- event handlers ----------------------------------------------------------------------
+
+    def _on_slate(self, rec: Record, slate: Slate, out: Output) -> None:
+        if rec.slate is not None or rec.closed_at is not None:
+            self.outcomes[(SLATES, "duplicate")] += 1
+            return
+        rec.slate = slate
+        out.writes[rec.request_id] = (rec.partition, rec)
+        if rec.impression is not None:
+            self.outcomes[(SLATES, "joined")] += 1
+            if rec.impression.state is None:  # the impression was waiting for its slate
+                self.outcomes[(IMPRESSIONS, "joined")] += 1
+                self._attribute_held(rec, out)
+
+    def _on_impression(self, rec: Record, imp: Impression, out: Output) -> None:
+        if rec.impression is not None or rec.closed_at is not None:
+            self.outcomes[(IMPRESSIONS, "duplicate")] += 1
+            return
+        rec.impression = imp
+        out.writes[rec.request_id] = (rec.partition, rec)
+        if rec.slate is not None:
+            self.outcomes[(SLATES, "joined")] += 1
+        if rec.joined():
+            self.outcomes[(IMPRESSIONS, "joined")] += 1
+            self._attribute_held(rec, out)
+
+    def _on_feedback(self, rec: Record, fb: Feedback, out: Output, now: float) -> None:
+        if any(_same(fb, seen) for seen in rec.feedback):
+            self.outcomes[(FEEDBACK, "duplicate")] += 1
+            return
+        if rec.closed_at is not None:
+            self._dead(out, "late", f"feedback on request {fb.request_id}, whose every item was already emitted", fb)
+            return
+        rec.feedback.append(fb)
+        out.writes[rec.request_id] = (rec.partition, rec)
+        if rec.joined():
+            self._attribute(rec, fb, out)  # otherwise held until the impression joins
+
+    def _attribute_held(self, rec: Record, out: Output) -> None:
+        held, rec.feedback = rec.feedback, []
+        for fb in sorted(held, key=lambda f: f.ts):
+            rec.feedback.append(fb)
+            self._attribute(rec, fb, out)
+
+    def _attribute(self, rec: Record, fb: Feedback, out: Output) -> None:
+        """Classify one accepted feedback of a joined record; close early on purchase or exit."""
+        imp = rec.impression
+        assert imp is not None
+        if fb.ts > imp.ts + self.config.window_s:
+            rec.feedback.remove(fb)
+            self._dead(out, "late", f"feedback at ts {fb.ts} is after its window closed at {imp.ts + self.config.window_s}", fb)
+            return
+        if fb.event == "exit":
+            self.outcomes[(FEEDBACK, "attributed")] += 1
+            rec.done = True
+            self._emit(rec, range(len(imp.items)), out)
+            return
+        if fb.item_id not in imp.items:
+            rec.feedback.remove(fb)
+            self._dead(out, "orphan", f"item {fb.item_id!r} was not shown in impression {imp.request_id}", fb)
+            return
+        position = imp.items.index(fb.item_id)
+        if position in rec.emitted or position in self._inflight.get(rec.request_id, ()):
+            rec.feedback.remove(fb)
+            self._dead(out, "late", f"feedback on {fb.item_id!r} after its transition was emitted", fb)
+            return
+        self.outcomes[(FEEDBACK, "attributed")] += 1
+        if fb.event == "purchase":
+            self._emit(rec, [position], out)
+
+    # -- time --------------------------------------------------------------------------------
+
+    def _advance(self, partition: int, ts: float, now: float, out: Output) -> None:
+        if ts > now + self.config.max_future_skew_s:
+            ts = now  # a clock far ahead does not get to close windows
+        mark = max(self._watermark.get(partition, -math.inf), ts - self.config.allowed_lateness_s)
+        self._last_event[partition] = (now, mark)
+        self._close(partition, mark, now, out)
+
+    def _close(self, partition: int, mark: float, now: float, out: Output) -> None:
+        """Move the watermark to ``mark`` and settle every record whose deadline passed."""
+        self._watermark[partition] = max(mark, self._watermark.get(partition, -math.inf))
+        mark = self._watermark[partition]
+        heap = self._deadlines.get(partition, [])
+        while heap and heap[0][0] <= mark:
+            _deadline, key = heapq.heappop(heap)
+            rec = self.records.get(key)
+            if rec is None:
+                continue
+            current = self._deadline(rec)
+            if current is None:
+                continue
+            if current > mark:  # moved since it was scheduled
+                heapq.heappush(heap, (current, key))
+                continue
+            self._expire(rec, out)
+
+    def _deadline(self, rec: Record) -> float | None:
+        w = self.config.window_s
+        if rec.closed_at is not None:
+            return rec.closed_at + w
+        if rec.impression is not None:
+            return rec.impression.ts + w
+        if rec.slate is not None:
+            return rec.slate.ts + w
+        return min((f.ts for f in rec.feedback), default=0.0) + w
+
+    def _schedule(self, rec: Record) -> None:
+        deadline = self._deadline(rec)
+        if deadline is not None:
+            heapq.heappush(self._deadlines.setdefault(rec.partition, []), (deadline, rec.request_id))
+
+    def _expire(self, rec: Record, out: Output) -> None:
+        """A record's window closed: emit what is due, or dead-letter what never met."""
+        if rec.joined():
+            assert rec.impression is not None
+            self._emit(rec, range(len(rec.impression.items)), out)
+            return
+        if rec.closed_at is None and rec.request_id in self._inflight:
+            return  # waiting for acks
+        if rec.closed_at is None:
+            if rec.impression is not None:
+                self._dead(out, "orphan", f"impression {rec.request_id} met no slate and carries no state", rec.impression)
+            elif rec.slate is not None:
+                self.outcomes[(SLATES, "unshown")] += 1
+            for fb in rec.feedback:
+                self._dead(out, "orphan", f"feedback on request {fb.request_id} met no impression", fb)
+        del self.records[rec.request_id]
+        out.writes[rec.request_id] = (rec.partition, None)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _emit(self, rec: Record, positions: range | list[int], out: Output) -> None:
+        imp, state = rec.impression, rec.state()
+        assert imp is not None and state is not None
+        inflight = self._inflight.setdefault(rec.request_id, set())
+        due = [p for p in positions if p not in inflight and p not in rec.emitted]
+        if not due:
+            return
+        weights = self.config.weights
+        kinds_by_item: dict[str, list[str]] = {}
+        for fb in rec.feedback:
+            if fb.item_id is not None:
+                kinds_by_item.setdefault(fb.item_id, []).append(fb.event)
+        news = [Interaction(item_id=f.item_id, event=f.event, ts=f.ts)  # type: ignore[arg-type]
+                for f in sorted(rec.feedback, key=lambda f: f.ts) if f.item_id is not None]
+        next_state = State(history=(list(state.history) + news)[-self.config.history_length:], context=state.context)
+        slate = rec.slate
+        for position in due:
+            item = imp.items[position]
+            kinds = kinds_by_item.get(item, [])
+            out.transitions.append(
+                Transition(
+                    transition_id=f"{rec.request_id}:{position}",
+                    request_id=rec.request_id,
+                    user_id=imp.user_id,
+                    session_id=imp.session_id,
+                    state=state,
+                    action=item,
+                    position=position,
+                    slate=imp.items,
+                    reward=float(sum(weights.get(k, 0.0) for k in kinds)),
+                    reward_parts=dict(Counter(kinds)),
+                    next_state=next_state,
+                    done=rec.done,
+                    propensity=_propensity(rec, item, position),
+                    policy=slate.policy if slate is not None else imp.policy,
+                    model_version=slate.model_version if slate is not None else imp.model_version,
+                    ts_impression=imp.ts,
+                    ts_emitted=self._now,
+                )
+            )
+            inflight.add(position)
+
+    def _dead(self, out: Output, reason: str, detail: str, event: Event) -> None:
+        topic = {Slate: SLATES, Impression: IMPRESSIONS, Feedback: FEEDBACK}[type(event)]
+        self.outcomes[(topic, reason)] += 1
+        out.dead_letters.append(DeadLetterOut(reason, detail, topic, event))
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def pending(self) -> Counter[str]:
+        """Events consumed whose outcome is not decided yet, by topic (conservation:
+        inputs == outcomes + pending, per topic)."""
+        counts: Counter[str] = Counter()
+        for rec in self.records.values():
+            if rec.closed_at is not None:
+                continue
+            if rec.slate is not None and rec.impression is None:
+                counts[SLATES] += 1
+            if rec.impression is not None and not rec.joined():
+                counts[IMPRESSIONS] += 1
+            if not rec.joined():
+                counts[FEEDBACK] += len(rec.feedback)
+        return counts
+
+    def pending_items(self) -> int:
+        """Shown items whose transition is not yet acknowledged."""
+        return sum(len(r.impression.items) - len(r.emitted) for r in self.records.values() if r.impression is not None)
+
+    def rebuild(self, partitions: set[int]) -> None:
+        """After a rebalance: keep the records of ``partitions`` only, and reschedule them."""
+        for key in [k for k, r in self.records.items() if r.partition not in partitions]:
+            del self.records[key]
+        self._deadlines = {p: [] for p in partitions}
+        self._inflight.clear()  # in-flight sends of a revoked owner are re-emitted by the new one
+        for p in list(self._watermark):
+            if p not in partitions:
+                self._watermark.pop(p)
+                self._last_event.pop(p, None)
+        for rec in self.records.values():
+            self._schedule(rec)
+
+
+def _same(a: Feedback, b: Feedback) -> bool:
+    return a.event == b.event and a.item_id == b.item_id
+
+
+def _propensity(rec: Record, item: str, position: int) -> float | None:
+    imp = rec.impression
+    if imp is not None and imp.propensities is not None:
+        return imp.propensities[position]
+    if rec.slate is not None and item in rec.slate.items:
+        return rec.slate.propensities[rec.slate.items.index(item)]
+    return None  # logged without propensities, or an item the agent did not choose

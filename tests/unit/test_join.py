@@ -1,0 +1,254 @@
+"""The pure join, table-driven: events in (in any order), transitions and dead letters out,
+and every consumed event ends in exactly one outcome."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+
+from contracts.events import Event, Feedback, Impression, Interaction, Slate, State, Transition
+from streams.join import Join, JoinConfig
+
+WINDOW = 60.0
+CONFIG = JoinConfig(window_s=WINDOW, allowed_lateness_s=0.0, idle_advance_s=1.0)
+STATE = State(history=[Interaction(item_id="old", event="click", ts=1.0)], context={"page": "home"})
+
+
+def slate(req: str = "r1", items=("a", "b", "c"), ts: float = 100.0) -> tuple[str, Event]:
+    n = len(items)
+    return "slates", Slate(request_id=req, user_id="u1", session_id="s1", ts=ts, items=list(items),
+                           scores=[float(n - i) for i in range(n)], propensities=[0.5] * n,
+                           policy="dqn", model_version=3, state=STATE)
+
+
+def imp(req: str = "r1", items=("a", "b", "c"), ts: float = 101.0, **inline) -> tuple[str, Event]:
+    return "impressions", Impression(request_id=req, user_id="u1", session_id="s1", ts=ts, items=list(items), **inline)
+
+
+def fb(event: str, item: str | None = None, ts: float = 110.0, req: str = "r1") -> tuple[str, Event]:
+    return "feedback", Feedback(request_id=req, user_id="u1", session_id="s1", ts=ts, event=event, item_id=item)
+
+
+def later(ts: float) -> tuple[str, Event]:
+    """An unrelated slate whose event time moves the watermark to ``ts``."""
+    return slate(req=f"clock-{ts}", items=("z",), ts=ts)
+
+
+@dataclass
+class Run:
+    join: Join
+    transitions: dict[str, Transition] = field(default_factory=dict)
+    emitted_before_drain: set[str] = field(default_factory=set)
+    dead: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, topic, request_id)
+
+
+def run(events: list[tuple[str, Event]], drain: bool = True) -> Run:
+    """Feed the events (wall clock = event time), ack every transition, then let wall time pass."""
+    r = Run(Join(CONFIG))
+
+    def take(out) -> None:
+        for t in out.transitions:
+            assert t.transition_id not in r.transitions, "emitted twice"
+            r.transitions[t.transition_id] = t
+            r.join.acked(t)
+        r.dead += [(d.reason, d.topic, d.event.request_id) for d in out.dead_letters]
+
+    for topic, event in events:
+        take(r.join.process(0, topic, event, now=event.ts))
+    r.emitted_before_drain = set(r.transitions)
+    if drain:
+        last = max(e.ts for _t, e in events)
+        for step in range(1, 4):
+            take(r.join.tick(0, now=last + step * 10 * WINDOW))
+    return r
+
+
+def assert_conservation(join: Join) -> None:
+    pending = join.pending()
+    for topic, count in join.inputs.items():
+        settled = sum(n for (t, _o), n in join.outcomes.items() if t == topic)
+        assert count == settled + pending[topic], (topic, join.inputs, join.outcomes, pending)
+
+
+def clicks(r: Run) -> dict[str, tuple[float, dict, bool]]:
+    return {t.action: (t.reward, t.reward_parts, t.done) for t in r.transitions.values() if not t.request_id.startswith("clock")}
+
+
+CASES = {
+    "in order": (
+        [slate(), imp(), fb("click", "b")],
+        {"a": (0.0, {}, False), "b": (1.0, {"click": 1}, False), "c": (0.0, {}, False)},
+        [],
+    ),
+    "feedback before impression": (
+        [fb("click", "b", ts=102), fb("add_to_cart", "b", ts=103), slate(), imp(ts=101)],
+        {"a": (0.0, {}, False), "b": (3.0, {"click": 1, "add_to_cart": 1}, False), "c": (0.0, {}, False)},
+        [],
+    ),
+    "impression before slate": (
+        [imp(), fb("click", "c"), slate()],
+        {"a": (0.0, {}, False), "b": (0.0, {}, False), "c": (1.0, {"click": 1}, False)},
+        [],
+    ),
+    "duplicate click counts once": (
+        [slate(), imp(), fb("click", "a"), fb("click", "a", ts=111)],
+        {"a": (1.0, {"click": 1}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
+        [],
+    ),
+    "late click": (
+        [slate(), imp(), later(101 + WINDOW + 1), fb("click", "a", ts=105)],
+        {"a": (0.0, {}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
+        [("late", "feedback", "r1")],
+    ),
+    "click after its window, before the close": (
+        [slate(), imp(), fb("click", "a", ts=101 + WINDOW + 5)],
+        {"a": (0.0, {}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
+        [("late", "feedback", "r1")],
+    ),
+    "orphan click: no impression ever": (
+        [fb("click", "a", req="ghost")],
+        {},
+        [("orphan", "feedback", "ghost")],
+    ),
+    "orphan click: item not shown": (
+        [slate(), imp(), fb("click", "x")],
+        {"a": (0.0, {}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
+        [("orphan", "feedback", "r1")],
+    ),
+    "purchase closes early": (
+        [slate(), imp(), fb("click", "b"), fb("purchase", "b", ts=112)],
+        {"a": (0.0, {}, False), "b": (6.0, {"click": 1, "purchase": 1}, False), "c": (0.0, {}, False)},
+        [],
+    ),
+    "exit marks done": (
+        [slate(), imp(), fb("click", "a"), fb("exit", ts=115)],
+        {"a": (1.0, {"click": 1}, True), "b": (0.0, {}, True), "c": (0.0, {}, True)},
+        [],
+    ),
+    "no click gives 0": (
+        [slate(), imp()],
+        {"a": (0.0, {}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
+        [],
+    ),
+    "several clicks in one slate": (
+        [slate(), imp(), fb("click", "a"), fb("click", "c", ts=111), fb("add_to_cart", "c", ts=112)],
+        {"a": (1.0, {"click": 1}, False), "b": (0.0, {}, False), "c": (3.0, {"click": 1, "add_to_cart": 1}, False)},
+        [],
+    ),
+    "impression with inline state and no slate": (
+        [imp(state=STATE, propensities=[0.9, 0.05, 0.05], policy="replay"), fb("click", "a")],
+        {"a": (1.0, {"click": 1}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
+        [],
+    ),
+    "impression with no slate and no state": (
+        [imp(), fb("click", "a")],
+        {},
+        [("orphan", "impressions", "r1"), ("orphan", "feedback", "r1")],
+    ),
+    "slate never shown gives no transition": (
+        [slate()],
+        {},
+        [],
+    ),
+    "repeated slate and impression": (
+        [slate(), slate(), imp(), imp(), fb("click", "a")],
+        {"a": (1.0, {"click": 1}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
+        [],
+    ),
+    "feedback after every item was emitted": (
+        [slate(), imp(), fb("exit", ts=102), fb("click", "a", ts=103)],
+        {"a": (0.0, {}, True), "b": (0.0, {}, True), "c": (0.0, {}, True)},
+        [("late", "feedback", "r1")],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_join(name: str) -> None:
+    events, expected, dead = CASES[name]
+    r = run(events)
+    assert clicks(r) == expected
+    assert sorted(r.dead) == sorted(dead)
+    assert_conservation(r.join)
+    assert sum(r.join.pending().values()) == 0, "everything is settled once the windows closed"
+    assert r.join.pending_items() == 0
+
+
+def test_transition_carries_the_logged_state_and_next_state() -> None:
+    r = run([slate(), imp(), fb("click", "b", ts=105), fb("add_to_cart", "b", ts=106)])
+    t = r.transitions["r1:1"]
+    assert (t.state, t.action, t.position, t.slate) == (STATE, "b", 1, ["a", "b", "c"])
+    assert [(i.item_id, i.event) for i in t.next_state.history] == [("old", "click"), ("b", "click"), ("b", "add_to_cart")]
+    assert t.next_state.context == STATE.context
+    assert (t.propensity, t.policy, t.model_version, t.ts_impression) == (0.5, "dqn", 3, 101.0)
+
+
+def test_inline_propensities_and_policy_are_used() -> None:
+    r = run([imp(state=STATE, propensities=[0.9, 0.05, 0.05], policy="replay", model_version=1)])
+    t = r.transitions["r1:0"]
+    assert (t.propensity, t.policy, t.model_version) == (0.9, "replay", 1)
+
+
+def test_windows_close_on_event_time_before_any_wall_clock_help() -> None:
+    r = run([slate(), imp(), fb("click", "a"), later(101 + WINDOW + 0.5)], drain=False)
+    assert {"r1:0", "r1:1", "r1:2"} <= r.emitted_before_drain
+
+
+def test_purchase_emits_at_once_and_the_rest_waits() -> None:
+    r = run([slate(), imp(), fb("purchase", "c")], drain=False)
+    assert r.emitted_before_drain == {"r1:2"}
+    assert r.join.pending_items() == 2
+
+
+def test_a_quiet_partition_closes_its_windows_on_wall_clock() -> None:
+    join = Join(CONFIG)
+    for topic, event in [slate(), imp()]:
+        join.process(0, topic, event, now=1000.0)
+    assert join.tick(0, now=1000.5).transitions == []  # not idle long enough
+    assert join.tick(0, now=1000.0 + WINDOW - 5).transitions == []  # window still open
+    out = join.tick(0, now=1000.0 + WINDOW + 2)
+    assert sorted(t.transition_id for t in out.transitions) == ["r1:0", "r1:1", "r1:2"]
+
+
+def test_without_acks_a_record_is_not_closed_and_a_rebuild_re_emits_the_same_ids() -> None:
+    join = Join(CONFIG)
+    first = Counter()
+    for topic, event in [slate(), imp(), later(500.0)]:
+        first.update(t.transition_id for t in join.process(0, topic, event, now=event.ts).transitions)
+    assert first == Counter({"r1:0": 1, "r1:1": 1, "r1:2": 1})
+    # A crash before the acks: the restored owner has the records, not the in-flight marks.
+    join.rebuild({0})
+    again = join.tick(0, now=10_000.0)
+    assert sorted(t.transition_id for t in again.transitions) == ["r1:0", "r1:1", "r1:2"]
+
+
+def test_acked_records_persist_as_closed_markers_then_disappear() -> None:
+    join = Join(CONFIG)
+    outs = [join.process(0, t, e, now=e.ts) for t, e in [slate(), imp(), fb("exit", ts=102)]]
+    transitions = [t for o in outs for t in o.transitions]
+    writes = {}
+    for t in transitions:
+        writes.update(join.acked(t).writes)
+    assert writes["r1"][1].closed_at is not None and writes["r1"][1].slate is None
+    out = join.tick(0, now=10_000.0)
+    assert out.writes["r1"] == (0, None)
+    assert "r1" not in join.records
+
+
+def test_rebuild_keeps_only_the_assigned_partitions() -> None:
+    join = Join(CONFIG)
+    join.process(0, *slate("r0"), now=100.0)
+    join.process(1, *slate("r1"), now=100.0)
+    join.rebuild({1})
+    assert set(join.records) == {"r1"}
+
+
+@pytest.mark.parametrize("bad", [dict(window_s=0), dict(history_length=0), dict(weights={"like": 1.0}),
+                                 dict(weights={"click": float("nan")})])
+def test_impossible_join_settings_are_refused(bad: dict) -> None:
+    from contracts.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        JoinConfig(**bad)
