@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Create every shelfq topic that is missing and set drifted configs (cleanup.policy, max.message.bytes). Partition counts and replication factors are reported, never changed. Exits 1 when drift remains.")
     create.add_argument("--check", action="store_true", help="change nothing; list every difference and exit 1 if there is any")
 
+    streams = sub.add_parser("streams", parents=[common], help="run a streams worker: the join into transitions and user-state",
+                             description="Run a Faust worker that joins slates, impressions and feedback into reward-labelled transitions and publishes each user's recent history to user-state. Workers sharing a topic prefix share the partitions. Join settings: SHELFQ_JOIN_WINDOW_S (1800), SHELFQ_JOIN_ALLOWED_LATENESS_S (10), SHELFQ_JOIN_IDLE_ADVANCE_S (5), SHELFQ_JOIN_WEIGHTS (click=1,add_to_cart=2,purchase=5), SHELFQ_JOIN_HISTORY_LENGTH (50).")
+    streams.add_argument("--metrics-port", type=int, help="port of /metrics (default 9101, SHELFQ_STREAMS_METRICS_PORT; 0 turns it off)")
+    streams.add_argument("--max-seconds", type=float, help="stop cleanly after this many seconds (default: run until SIGINT/SIGTERM)")
+    streams.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log level (default warning)")
+
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
     demo = sub.add_parser("demo", parents=[common], help="start the broker if needed, create topics, round-trip one event of each kind",
@@ -160,6 +166,15 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import run_worker
+    from streams.config import StreamsConfig
+
+    config = StreamsConfig.from_env(metrics_port=args.metrics_port)
+    run_worker(settings, config, max_seconds=args.max_seconds, log_level=args.log_level)
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
     return 0
@@ -191,7 +206,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print("stopped the broker this demo started")
 
 
-COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "settings": cmd_settings, "demo": cmd_demo}
+COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "settings": cmd_settings, "demo": cmd_demo}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from shelfq.cli import build_parser, main
 
 COMMANDS = [
     ["broker", "start"], ["broker", "stop"], ["broker", "status"], ["broker", "run"],
-    ["topics", "create"], ["settings"], ["demo"], ["broker"], ["topics"], [],
+    ["topics", "create"], ["streams"], ["settings"], ["demo"], ["broker"], ["topics"], [],
 ]
 
 
@@ -19,13 +19,13 @@ def test_help_exits_zero_and_explains(argv: list[str], capsys: pytest.CaptureFix
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: shelfq")
-    if len(argv) == 2 or argv in (["settings"], ["demo"]):
+    if len(argv) == 2 or argv in (["settings"], ["demo"], ["streams"]):
         assert "--bootstrap-servers" in out and "-X NAME=VALUE" in out
 
 
 def test_help_lists_every_command() -> None:
     text = build_parser().format_help()
-    for command in ("broker", "topics", "settings", "demo"):
+    for command in ("broker", "topics", "streams", "settings", "demo"):
         assert command in text
 
 

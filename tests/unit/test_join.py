@@ -252,3 +252,14 @@ def test_impossible_join_settings_are_refused(bad: dict) -> None:
 
     with pytest.raises(ConfigError):
         JoinConfig(**bad)
+
+
+def test_synthetic_traffic_through_the_join_matches_its_oracle() -> None:
+    from streams.synthetic import synthetic_traffic
+
+    traffic = synthetic_traffic(users=40, requests_per_user=4, slate_size=5, t0=1000.0, seed=3, gap_s=20.0)
+    r = run([(topic, event) for topic, _key, event in traffic.events])
+    assert {tid: (t.reward, t.done) for tid, t in r.transitions.items()} == {
+        tid: (e.reward, e.done) for tid, e in traffic.expected.items()}
+    assert r.dead == []
+    assert_conservation(r.join)

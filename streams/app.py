@@ -1,0 +1,260 @@
+"""The Faust worker around the pure join: ``create_app(settings, config)`` builds it.
+
+One agent reads slates, impressions and feedback (co-partitioned by user_id) in partition
+order and feeds ``streams.join.Join``. Its records live in a changelog-backed Faust table,
+written with the partition of the request they belong to; user histories live in a second table
+whose changelog *is* the compacted ``user-state`` topic, so every write publishes the user's
+state. A timer closes the windows of quiet partitions on wall-clock time.
+
+At-least-once: Faust flushes the producer before it commits source offsets, so everything an
+event caused is durable before the event is marked consumed. Transitions are recorded as
+emitted only once the broker acknowledged them (``Join.acked``); a crash in between re-emits
+them with the same transition_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+
+from contracts.dlq import dead_letter
+from contracts.errors import EventError
+from contracts.events import Event, Feedback, Interaction, Transition, UserState, decode, encode
+from contracts.settings import Settings
+from contracts.topics import DLQ, FEEDBACK, IMPRESSIONS, SLATES, TRANSITIONS, USER_STATE, EVENT_OF_TOPIC
+from streams.config import StreamsConfig
+from streams.join import Join, Output, Record
+from streams.metrics import StreamsMetrics
+
+log = logging.getLogger("shelfq.streams")
+COMPONENT = "streams"
+
+
+class _MsgpackRecordCodec(codecs.Codec):
+    """Join records in the changelog: msgpack arrays, compact and fast; never pickle."""
+
+    _encoder = __import__("msgspec").msgpack.Encoder()
+    _decoder = __import__("msgspec").msgpack.Decoder(Record)
+
+    def _dumps(self, obj: Any) -> bytes:
+        return self._encoder.encode(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return self._decoder.decode(s)
+
+
+class _UserStateCodec(codecs.Codec):
+    """user-state values are the public JSON contract, since the changelog is that topic."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return encode(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode(s, UserState)
+
+
+class _Utf8Codec(codecs.Codec):
+    """Keys (request and user ids) as UTF-8 text."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else obj
+
+    def _loads(self, s: bytes) -> Any:
+        return s.decode()
+
+
+codecs.register("shelfq-utf8", _Utf8Codec())
+codecs.register("shelfq-join-record", _MsgpackRecordCodec())
+codecs.register("shelfq-user-state", _UserStateCodec())
+
+
+class JoinTable(faust.Table):
+    """The join's records; tells the worker when a rebalance's recovery is complete."""
+
+    on_recovered: Any = None
+
+    async def on_recovery_completed(self, active_tps: set, standby_tps: set) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        if self.on_recovered is not None:
+            self.on_recovered({tp.partition for tp in active_tps})
+
+
+@dataclass
+class JoinWorker:
+    """Routes Faust events through the join and its outputs back to Kafka."""
+
+    app: faust.App
+    settings: Settings
+    config: StreamsConfig
+    records: JoinTable
+    histories: faust.Table
+    metrics: StreamsMetrics = field(default_factory=StreamsMetrics)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.join = Join(self.config.join, self.records.data)
+        self.partitions: set[int] = set()
+        self.logical = {s.topic(t): t for t in (SLATES, IMPRESSIONS, FEEDBACK)}
+        self.transitions_topic = self.app.topic(s.topic(TRANSITIONS), key_serializer="raw", value_serializer="raw")
+        self.dlq_topic = self.app.topic(s.topic(DLQ), key_serializer="raw", value_serializer="raw")
+        self.records.on_recovered = self.on_recovered
+        self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
+
+    def on_recovered(self, partitions: set[int]) -> None:
+        self.partitions = partitions
+        self.join.rebuild(partitions)
+        self.metrics.partitions.set(len(partitions))
+        log.info("join owns partitions %s with %d records", sorted(partitions), len(self.join.records))
+
+    def on_event(self, event: faust.EventT) -> None:
+        started = time.perf_counter()
+        msg = event.message
+        topic = self.logical[msg.topic]
+        try:
+            parsed = decode(msg.value, EVENT_OF_TOPIC[topic], max_bytes=self.settings.max_event_bytes)  # type: ignore[arg-type]
+        except EventError as exc:
+            self._dead_letter("invalid", str(exc), msg.topic, msg.value, msg.key, msg.partition, msg.offset)
+            self.metrics.events.labels(topic, "invalid").inc()
+            return
+        out = self.join.process(msg.partition, topic, parsed, now=time.time())
+        if isinstance(parsed, Feedback):
+            self._publish_user_state(msg.partition, parsed)
+        self._handle(out, started, origin=(msg.partition, msg.offset))
+
+    def on_tick(self) -> None:
+        started, now = time.perf_counter(), time.time()
+        for partition in sorted(self.partitions):
+            self._handle(self.join.tick(partition, now), started)
+        self._report()
+
+    def _handle(self, out: Output, started: float, origin: tuple[int, int] | None = None) -> None:
+        for transition in out.transitions:
+            self.transitions_topic.send_soon(
+                key=transition.user_id.encode(), value=encode(transition),
+                callback=lambda fut, t=transition: self._on_acked(t, started))
+        for dl in out.dead_letters:
+            partition, offset = origin if origin is not None else (None, None)
+            same = origin is not None and dl.event is not None
+            self._dead_letter(dl.reason, dl.detail, self.settings.topic(dl.topic), encode(dl.event),
+                              dl.event.user_id.encode(), partition if same else None, offset if same else None)
+        self._persist(out)
+
+    def _on_acked(self, transition: Transition, started: float) -> None:
+        self.metrics.emit_latency.observe(time.perf_counter() - started)
+        self.metrics.transitions.inc()
+        self._persist(self.join.acked(transition))
+
+    def _persist(self, out: Output) -> None:
+        for key, (partition, record) in out.writes.items():
+            if record is None:
+                self.records.send_changelog(partition, key, None, value_serializer="raw")
+            else:
+                self.records.send_changelog(partition, key, record)
+
+    def _publish_user_state(self, partition: int, fb: Feedback) -> None:
+        """Append the interaction to the user's history; the table write publishes user-state."""
+        previous = self.histories.data.get(fb.user_id)
+        history = list(previous.history) if previous is not None else []
+        if fb.item_id is not None:
+            history.append(Interaction(item_id=fb.item_id, event=fb.event, ts=fb.ts))  # type: ignore[arg-type]
+        state = UserState(user_id=fb.user_id, history=history[-self.config.join.history_length:], ts=fb.ts)
+        self.histories.data[fb.user_id] = state
+        self.histories.send_changelog(partition, fb.user_id, state)
+        self.metrics.user_states.inc()
+
+    def _dead_letter(self, reason: str, detail: str, topic: str, value: bytes | None, key: bytes | None,
+                     partition: int | None, offset: int | None) -> None:
+        record = dead_letter(COMPONENT, reason, topic, value, key=key, partition=partition, offset=offset,
+                             detail=detail, max_value_bytes=self.settings.dlq_max_value_bytes)
+        self.dlq_topic.send_soon(key=key, value=encode(record))
+        self.metrics.dead_letters.labels(reason).inc()
+
+    def _report(self) -> None:
+        """Move the join's outcome counts into the metrics; refresh the gauges."""
+        inputs, outcomes = self._reported
+        for (topic, outcome), n in self.join.outcomes.items():
+            if n != outcomes[(topic, outcome)]:
+                self.metrics.events.labels(topic, outcome).inc(n - outcomes[(topic, outcome)])
+        self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
+        pending = self.join.pending()
+        for topic in (SLATES, IMPRESSIONS, FEEDBACK):
+            self.metrics.pending_events.labels(topic).set(pending[topic])
+        self.metrics.pending_items.set(self.join.pending_items())
+        self.metrics.records.set(len(self.join.records))
+
+
+def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, JoinWorker]:
+    """Build the Faust app and its worker logic for these settings (nothing runs yet)."""
+    app = faust.App(
+        f"{settings.topic_prefix}streams",
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=0,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        broker_commit_interval=config.commit_interval_s,
+    )
+    records = app.tables.add(JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon,
+                                       partitions=settings.partitions))
+    user_state_topic = app.topic(settings.topic(USER_STATE), key_serializer="shelfq-utf8",
+                                 value_serializer="shelfq-user-state", partitions=settings.partitions,
+                                 compacting=True, internal=False)
+    histories = app.Table("user-history", default=None, partitions=settings.partitions,
+                          changelog_topic=user_state_topic)
+    # Faust derives a table's serializers from its key/value types (JSON by default); ours are
+    # codecs, set before the changelog topics are first built.
+    for table, value_codec in ((records, "shelfq-join-record"), (histories, "shelfq-user-state")):
+        table.key_serializer, table.value_serializer = "shelfq-utf8", value_codec
+    worker = JoinWorker(app, settings, config, records, histories)
+    source = app.topic(*(settings.topic(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)),
+                       key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="join")
+    async def join_agent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            worker.on_event(event)
+
+    @app.timer(interval=config.tick_s)
+    async def tick() -> None:
+        worker.on_tick()
+
+    return app, worker
+
+
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The aiokafka translation of the Kafka client settings, as Faust credentials."""
+    kw = settings.aiokafka_config()
+    protocol = kw.get("security_protocol", "PLAINTEXT")
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=kw.get("sasl_plain_username"), password=kw.get("sasl_plain_password"),
+                                     mechanism=kw.get("sasl_mechanism", "PLAIN"), ssl_context=kw.get("ssl_context"))
+    if protocol == "SSL":
+        return faust.SSLCredentials(kw["ssl_context"])
+    return None
+
+
+def run_worker(settings: Settings, config: StreamsConfig, max_seconds: float | None = None,
+               log_level: str = "warning") -> None:
+    """Run a streams worker until SIGINT/SIGTERM (or ``max_seconds``)."""
+    app, worker = create_app(settings, config)
+    if config.metrics_port:
+        worker.metrics.serve(config.metrics_port, config.metrics_addr)
+    faust_worker = faust.Worker(app, loglevel=log_level, quiet=True)
+    if max_seconds is not None:
+        faust_worker.loop.call_later(max_seconds, os.kill, os.getpid(), signal.SIGTERM)
+    faust_worker.execute_from_commandline()
+
+
+__all__ = ["create_app", "run_worker", "JoinWorker", "Event"]

@@ -1,0 +1,81 @@
+"""Settings of the streams worker, from ``SHELFQ_JOIN_*`` and ``SHELFQ_STREAMS_*`` variables.
+
+>>> c = StreamsConfig.from_env({"SHELFQ_JOIN_WINDOW_S": "60", "SHELFQ_JOIN_WEIGHTS": "click=1,purchase=10"})
+>>> c.join.window_s, dict(c.join.weights)
+(60.0, {'click': 1.0, 'purchase': 10.0})
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from contracts.errors import ConfigError
+from streams.join import JoinConfig
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    """The join's settings plus the worker's own."""
+
+    join: JoinConfig = field(default_factory=JoinConfig)
+    """Window, lateness, reward weights, history length (SHELFQ_JOIN_*)."""
+    tick_s: float = 0.5
+    """How often quiet partitions are checked for windows to close on wall-clock time."""
+    commit_interval_s: float = 1.0
+    """How often Faust commits source offsets (after flushing everything produced)."""
+    metrics_port: int = 9101
+    """Port of /metrics (0 turns the endpoint off)."""
+    metrics_addr: str = "0.0.0.0"
+    """Address /metrics listens on."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> StreamsConfig:
+        env = os.environ if env is None else env
+
+        def num(name: str, kind: type = float) -> object | None:
+            raw = env.get(name)
+            if raw is None:
+                return None
+            try:
+                return kind(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+
+        join_kw = {k: v for k, v in {
+            "window_s": num("SHELFQ_JOIN_WINDOW_S"),
+            "allowed_lateness_s": num("SHELFQ_JOIN_ALLOWED_LATENESS_S"),
+            "idle_advance_s": num("SHELFQ_JOIN_IDLE_ADVANCE_S"),
+            "history_length": num("SHELFQ_JOIN_HISTORY_LENGTH", int),
+        }.items() if v is not None}
+        if "SHELFQ_JOIN_WEIGHTS" in env:
+            join_kw["weights"] = parse_weights(env["SHELFQ_JOIN_WEIGHTS"])
+        kw = {k: v for k, v in {
+            "tick_s": num("SHELFQ_STREAMS_TICK_S"),
+            "commit_interval_s": num("SHELFQ_STREAMS_COMMIT_INTERVAL_S"),
+            "metrics_port": num("SHELFQ_STREAMS_METRICS_PORT", int),
+            "metrics_addr": env.get("SHELFQ_STREAMS_METRICS_ADDR"),
+        }.items() if v is not None}
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(join=JoinConfig(**join_kw), **kw)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        if self.tick_s <= 0 or self.commit_interval_s <= 0:
+            raise ConfigError("streams: tick_s and commit_interval_s must be > 0")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"streams: metrics_port must be a TCP port or 0, got {self.metrics_port}")
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``click=1,add_to_cart=2,purchase=5`` -> a dict; errors name the bad part."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"SHELFQ_JOIN_WEIGHTS: expected kind=number, got {part!r}") from None
+        if not sep:
+            raise ConfigError(f"SHELFQ_JOIN_WEIGHTS: expected kind=number, got {part!r}")
+    return weights

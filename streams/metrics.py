@@ -1,0 +1,32 @@
+"""Prometheus metrics of the streams worker, on a registry of its own (one per worker)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Emit latency is milliseconds to seconds; the buckets resolve the 50 ms budget finely.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class StreamsMetrics:
+    """The worker's series; ``serve(port)`` exposes them on /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "shelfq_streams_events", "Events consumed, by topic and outcome (each event counts once, when its outcome is known).",
+            ["topic", "outcome"], registry=r)
+        self.transitions = Counter("shelfq_streams_transitions", "Transitions produced (acknowledged by the broker).", registry=r)
+        self.dead_letters = Counter("shelfq_streams_dead_letters", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=r)
+        self.pending_items = Gauge("shelfq_streams_pending_items", "Shown items whose transition is not yet produced.", registry=r)
+        self.pending_events = Gauge("shelfq_streams_pending_events", "Consumed events whose outcome is still open, by topic.", ["topic"], registry=r)
+        self.records = Gauge("shelfq_streams_join_records", "Requests held in the join table.", registry=r)
+        self.emit_latency = Histogram(
+            "shelfq_streams_emit_latency_seconds", "From the event (or clock tick) that closed a window to its transition acknowledged.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.partitions = Gauge("shelfq_streams_partitions", "Partitions this worker owns (0 while rebalancing).", registry=r)
+        self.user_states = Counter("shelfq_streams_user_states", "user-state records published.", registry=r)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
