@@ -205,9 +205,10 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         broker_commit_interval=config.commit_interval_s,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=3.0,
     )
-    records = app.tables.add(JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon,
-                                       partitions=settings.partitions))
+    records = JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon, partitions=settings.partitions)
     user_state_topic = app.topic(settings.topic(USER_STATE), key_serializer="shelfq-utf8",
                                  value_serializer="shelfq-user-state", partitions=settings.partitions,
                                  compacting=True, internal=False)
@@ -217,6 +218,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
     # codecs, set before the changelog topics are first built.
     for table, value_codec in ((records, "shelfq-join-record"), (histories, "shelfq-user-state")):
         table.key_serializer, table.value_serializer = "shelfq-utf8", value_codec
+    app.tables.add(records)  # builds its changelog topic, now with the codecs above
     worker = JoinWorker(app, settings, config, records, histories)
     source = app.topic(*(settings.topic(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)),
                        key_serializer="raw", value_serializer="raw")

@@ -25,6 +25,9 @@ class StreamsConfig:
     """How often quiet partitions are checked for windows to close on wall-clock time."""
     commit_interval_s: float = 1.0
     """How often Faust commits source offsets (after flushing everything produced)."""
+    session_timeout_s: float = 10.0
+    """How long the group waits for a silent worker before handing its partitions to the others
+    (Kafka's classic default); lower means faster takeover after a crash."""
     metrics_port: int = 9101
     """Port of /metrics (0 turns the endpoint off)."""
     metrics_addr: str = "0.0.0.0"
@@ -54,6 +57,7 @@ class StreamsConfig:
         kw = {k: v for k, v in {
             "tick_s": num("SHELFQ_STREAMS_TICK_S"),
             "commit_interval_s": num("SHELFQ_STREAMS_COMMIT_INTERVAL_S"),
+            "session_timeout_s": num("SHELFQ_STREAMS_SESSION_TIMEOUT_S"),
             "metrics_port": num("SHELFQ_STREAMS_METRICS_PORT", int),
             "metrics_addr": env.get("SHELFQ_STREAMS_METRICS_ADDR"),
         }.items() if v is not None}
@@ -63,6 +67,8 @@ class StreamsConfig:
     def __post_init__(self) -> None:
         if self.tick_s <= 0 or self.commit_interval_s <= 0:
             raise ConfigError("streams: tick_s and commit_interval_s must be > 0")
+        if self.session_timeout_s < 6:
+            raise ConfigError("streams: session_timeout_s must be >= 6 (heartbeats go every 3 s)")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"streams: metrics_port must be a TCP port or 0, got {self.metrics_port}")
 

@@ -1,0 +1,191 @@
+"""The streams worker against the real broker: events in, transitions out with the expected
+rewards; kill -9 mid-stream loses nothing; two workers split the load."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from contracts.events import DeadLetter, Transition, decode, encode
+from contracts.kafka import ReliableProducer
+from contracts.settings import Settings
+from streams.synthetic import SyntheticTraffic, synthetic_traffic
+from tests.integration.conftest import free_port
+
+JOIN_ENV = {
+    "SHELFQ_JOIN_WINDOW_S": "2",
+    "SHELFQ_JOIN_ALLOWED_LATENESS_S": "0",
+    "SHELFQ_JOIN_IDLE_ADVANCE_S": "0.5",
+    "SHELFQ_STREAMS_TICK_S": "0.2",
+}
+
+
+class Worker:
+    """A `shelfq streams` process with its own /metrics port."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.port = free_port()
+        env = {**os.environ, **JOIN_ENV, "SHELFQ_PARTITIONS": str(settings.partitions)}
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shelfq", "streams", "--topic-prefix", settings.topic_prefix,
+             "--metrics-port", str(self.port), "--max-seconds", "300", "--log-level", "info"],
+            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+    def metric(self, name: str) -> float:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        found = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+        return sum(float(v) for v in found)
+
+    def wait_owning(self, at_least: int = 1, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.metric("shelfq_streams_partitions") < at_least:
+            assert self.proc.poll() is None, f"worker exited: {self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"worker owns no partition: {self.log.read_text()[-3000:]}"
+            time.sleep(0.3)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def start(workers: list[Worker], settings: Settings, tmp_path: Path) -> Worker:
+    w = Worker(settings, tmp_path / f"worker-{len(workers)}.log")
+    workers.append(w)
+    return w
+
+
+def produce(settings: Settings, traffic: SyntheticTraffic, shift: float) -> None:
+    """Send the traffic with its event times moved to now (so the wall clock agrees)."""
+    import msgspec
+
+    producer = ReliableProducer(settings)
+    for topic, key, event in traffic.events:
+        producer.produce(settings.topic(topic), encode(msgspec.structs.replace(event, ts=event.ts + shift)), key)
+    producer.flush()
+
+
+def collect(settings: Settings, topic: str, until, timeout: float = 60.0) -> list[bytes]:
+    consumer = Consumer(settings.confluent_config(**{"group.id": f"reader-{time.time()}", "auto.offset.reset": "earliest"}))
+    consumer.subscribe([settings.topic(topic)])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not until(values) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                values.append(msg.value())
+    finally:
+        consumer.close()
+    return values
+
+
+def transitions_of(values: list[bytes]) -> dict[str, list[Transition]]:
+    by_id: dict[str, list[Transition]] = defaultdict(list)
+    for v in values:
+        t = decode(v, Transition)
+        by_id[t.transition_id].append(t)
+    return by_id
+
+
+def assert_same_except_emission_time(copies: list[Transition]) -> None:
+    import msgspec
+
+    first = msgspec.structs.replace(copies[0], ts_emitted=0.0)
+    assert all(msgspec.structs.replace(c, ts_emitted=0.0) == first for c in copies)
+
+
+def test_events_in_transitions_out_with_expected_rewards(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
+    worker = start(workers, settings, tmp_path)
+    worker.wait_owning(settings.partitions)
+    traffic = synthetic_traffic(users=20, requests_per_user=3, slate_size=4, seed=11, gap_s=0.2, tag="a")
+    produce(settings, traffic, shift=time.time())
+    # One orphan (no impression ever) and one malformed event, to see them in dlq.
+    producer = ReliableProducer(settings)
+    _topic, key, fb = next(e for e in traffic.events if e[0] == "feedback")
+    import msgspec
+    producer.produce(settings.topic("feedback"), encode(msgspec.structs.replace(fb, request_id="never-shown", ts=time.time())), key)
+    producer.produce(settings.topic("impressions"), b'{"schema": "shelfq.impression.v1"}', key)
+    producer.flush()
+
+    values = collect(settings, "transitions", lambda v: len(transitions_of(v)) >= len(traffic.expected))
+    got = transitions_of(values)
+    assert {tid: (ts[0].reward, ts[0].done) for tid, ts in got.items()} == {
+        tid: (e.reward, e.done) for tid, e in traffic.expected.items()}
+    for copies in got.values():
+        assert_same_except_emission_time(copies)
+
+    letters = [decode(v, DeadLetter) for v in collect(settings, "dlq", lambda v: len(v) >= 2, timeout=20)]
+    assert sorted(d.reason for d in letters) == ["invalid", "orphan"]
+    assert all(d.component == "streams" for d in letters)
+    orphan = next(d for d in letters if d.reason == "orphan")
+    assert orphan.topic == settings.topic("feedback") and "never-shown" in orphan.detail
+    assert worker.metric("shelfq_streams_emit_latency_seconds_count") >= len(traffic.expected)
+    assert worker.metric("shelfq_streams_user_states_total") > 0
+
+
+def test_kill_9_mid_stream_loses_no_transition(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
+    first = start(workers, settings, tmp_path)
+    first.wait_owning(settings.partitions)
+    early = synthetic_traffic(users=30, requests_per_user=3, slate_size=4, seed=5, gap_s=0.2, tag="early")
+    late = synthetic_traffic(users=30, requests_per_user=3, slate_size=4, seed=6, gap_s=0.2, tag="late")
+    produce(settings, early, shift=time.time())
+    # Kill as soon as transitions start to flow: some windows are closed, some open, some acked.
+    collect(settings, "transitions", lambda v: len(v) >= 10, timeout=60)
+    first.kill9()
+    produce(settings, late, shift=time.time())
+
+    second = start(workers, settings, tmp_path)
+    second.wait_owning(settings.partitions)
+    expected = {**early.expected, **late.expected}
+    values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(expected), timeout=90)
+    got = transitions_of(values)
+    assert set(got) == set(expected), f"missing: {sorted(set(expected) - set(got))[:10]}"
+    for tid, copies in got.items():
+        assert (copies[0].reward, copies[0].done) == (expected[tid].reward, expected[tid].done), tid
+        assert_same_except_emission_time(copies)
+
+
+def test_two_workers_split_the_load(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
+    a = start(workers, settings, tmp_path)
+    b = start(workers, settings, tmp_path)
+    deadline = time.monotonic() + 90
+    while not (a.metric("shelfq_streams_partitions") >= 1 and b.metric("shelfq_streams_partitions") >= 1
+               and a.metric("shelfq_streams_partitions") + b.metric("shelfq_streams_partitions") == settings.partitions):
+        assert time.monotonic() < deadline, "the two workers did not share the partitions"
+        time.sleep(0.5)
+    traffic = synthetic_traffic(users=60, requests_per_user=2, slate_size=4, seed=9, gap_s=0.2, tag="two")
+    produce(settings, traffic, shift=time.time())
+    values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(traffic.expected), timeout=90)
+    assert set(transitions_of(values)) == set(traffic.expected)
+    assert a.metric("shelfq_streams_transitions_total") > 0 and b.metric("shelfq_streams_transitions_total") > 0
