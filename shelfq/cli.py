@@ -8,10 +8,11 @@ environment variables (see ``shelfq settings``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from confluent_kafka import KafkaException
 
@@ -75,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     streams.add_argument("--metrics-port", type=int, help="port of /metrics (default 9101, SHELFQ_STREAMS_METRICS_PORT; 0 turns it off)")
     streams.add_argument("--max-seconds", type=float, help="stop cleanly after this many seconds (default: run until SIGINT/SIGTERM)")
     streams.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log level (default warning)")
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures, with a same-run baseline",
+                           description="Benchmarks on the real broker. Each prints its figures and a ratio against a baseline measured in the same run (these machines are noisy); --json prints one JSON object as the last line. With the default bootstrap and no broker running, the embedded broker is started and stopped afterwards.")
+    bsub2 = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
+    bjoin = bsub2.add_parser("join", parents=[common], help="the streams join: events/s, emit latency, memory, vs. a plain consume-and-produce",
+                             description="Load synthetic shoppers into fresh topics, copy them with a plain confluent-kafka consume-and-produce (the baseline), then join them with a `shelfq streams` worker. Reports input_events_per_s, transitions_per_s, emit_latency_p50_ms, emit_latency_p99_ms, rss_mb, passthrough_events_per_s, ratio, and the join's memory for 1,000,000 pending items.")
+    bjoin.add_argument("--events", type=int, default=300_000, help="input events to load (default 300000)")
+    bjoin.add_argument("--window", type=float, default=5.0, help="attribution window in seconds of event time (default 5)")
+    bjoin.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
@@ -175,6 +185,42 @@ def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bench import run_bench
+
+    if args.events < 1000:
+        raise ConfigError("bench join: --events must be at least 1000")
+    with _broker_for(settings):
+        result = run_bench(settings, args.events, window_s=args.window, report=lambda line: print(line, file=sys.stderr))
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+@contextlib.contextmanager
+def _broker_for(settings: Settings, keep: bool = False) -> Iterator[None]:
+    """The embedded broker for the duration of a command, unless an external cluster is set or
+    a broker already runs (then it is left as it is); ``keep`` leaves a started one running."""
+    broker = None
+    if not settings.external_cluster:
+        from shelfq.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker(settings)
+        if broker.start():
+            print("started the embedded Apache Kafka broker for this command", file=sys.stderr)
+        else:
+            broker = None
+    try:
+        yield
+    finally:
+        if broker is not None and not keep:
+            broker.stop()
+            print("stopped the embedded broker this command started", file=sys.stderr)
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
     return 0
@@ -184,29 +230,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.roundtrip import roundtrip
     from shelfq.topic_admin import ensure_topics
 
-    broker = None
-    if not settings.external_cluster:
-        from shelfq.broker import EmbeddedBroker
-
-        broker = EmbeddedBroker(settings)
-        print("starting the embedded Apache Kafka broker (the first start resolves its jars with Maven)...")
-        if not broker.start():
-            broker = None  # it already ran: leave it running
-    try:
+    print("(the first start of the embedded broker resolves its jars with Maven)")
+    with _broker_for(settings, keep=args.keep_broker):
         print(f"broker: {settings.bootstrap}")
         report = ensure_topics(settings)
         print(f"topics: {len(topic_specs(settings))} defined, {len(report.created)} created, {len(report.drift)} drifted")
         print("round trip of one event of each kind through Kafka:")
         ok = roundtrip(settings)
         print("all events came back intact" if ok else "some events did not come back intact")
-        return 0 if ok else 1
-    finally:
-        if broker is not None and not args.keep_broker:
-            broker.stop()
-            print("stopped the broker this demo started")
+    return 0 if ok else 1
 
 
-COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "settings": cmd_settings, "demo": cmd_demo}
+COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "bench": cmd_bench,
+            "settings": cmd_settings, "demo": cmd_demo}
 
 
 if __name__ == "__main__":

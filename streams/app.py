@@ -14,6 +14,7 @@ them with the same transition_id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -71,7 +72,8 @@ class _Utf8Codec(codecs.Codec):
 
 
 codecs.register("shelfq-utf8", _Utf8Codec())
-codecs.register("shelfq-join-record", _MsgpackRecordCodec())
+_RECORD_CODEC = _MsgpackRecordCodec()
+codecs.register("shelfq-join-record", _RECORD_CODEC)
 codecs.register("shelfq-user-state", _UserStateCodec())
 
 
@@ -88,7 +90,12 @@ class JoinTable(faust.Table):
 
 @dataclass
 class JoinWorker:
-    """Routes Faust events through the join and its outputs back to Kafka."""
+    """Routes Faust events through the join and its outputs back to Kafka.
+
+    Outputs are gathered per batch (record and user-state writes coalesced by key) and sent
+    straight to the app's producer by ``flush()``, which the agent awaits before Faust acks the
+    batch: Faust's own per-message send buffer is far too slow for this volume.
+    """
 
     app: faust.App
     settings: Settings
@@ -102,10 +109,16 @@ class JoinWorker:
         self.join = Join(self.config.join, self.records.data)
         self.partitions: set[int] = set()
         self.logical = {s.topic(t): t for t in (SLATES, IMPRESSIONS, FEEDBACK)}
-        self.transitions_topic = self.app.topic(s.topic(TRANSITIONS), key_serializer="raw", value_serializer="raw")
-        self.dlq_topic = self.app.topic(s.topic(DLQ), key_serializer="raw", value_serializer="raw")
+        self.transitions_topic = s.topic(TRANSITIONS)
+        self.dlq_topic = s.topic(DLQ)
+        self.user_state_topic = s.topic(USER_STATE)
         self.records.on_recovered = self.on_recovered
+        self._outbox: list[tuple[str, bytes | None, bytes | None, int | None, Any]] = []
+        self._record_writes: dict[str, tuple[int, Record | None]] = {}
+        self._user_writes: dict[str, tuple[int, UserState]] = {}
+        self._flush_lock = asyncio.Lock()
         self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
+        self._input_counters = {t: self.metrics.inputs.labels(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)}
 
     def on_recovered(self, partitions: set[int]) -> None:
         self.partitions = partitions
@@ -113,20 +126,22 @@ class JoinWorker:
         self.metrics.partitions.set(len(partitions))
         log.info("join owns partitions %s with %d records", sorted(partitions), len(self.join.records))
 
-    def on_event(self, event: faust.EventT) -> None:
-        started = time.perf_counter()
-        msg = event.message
-        topic = self.logical[msg.topic]
-        try:
-            parsed = decode(msg.value, EVENT_OF_TOPIC[topic], max_bytes=self.settings.max_event_bytes)  # type: ignore[arg-type]
-        except EventError as exc:
-            self._dead_letter("invalid", str(exc), msg.topic, msg.value, msg.key, msg.partition, msg.offset)
-            self.metrics.events.labels(topic, "invalid").inc()
-            return
-        out = self.join.process(msg.partition, topic, parsed, now=time.time())
-        if isinstance(parsed, Feedback):
-            self._publish_user_state(msg.partition, parsed)
-        self._handle(out, started, origin=(msg.partition, msg.offset))
+    def on_batch(self, events: list[faust.EventT]) -> None:
+        started, now = time.perf_counter(), time.time()
+        for event in events:
+            msg = event.message
+            topic = self.logical[msg.topic]
+            self._input_counters[topic].inc()
+            try:
+                parsed = decode(msg.value, EVENT_OF_TOPIC[topic], max_bytes=self.settings.max_event_bytes)  # type: ignore[arg-type]
+            except EventError as exc:
+                self._dead_letter("invalid", str(exc), msg.topic, msg.value, msg.key, msg.partition, msg.offset)
+                self.metrics.events.labels(topic, "invalid").inc()
+                continue
+            out = self.join.process(msg.partition, topic, parsed, now=now)
+            if isinstance(parsed, Feedback):
+                self._update_user_state(msg.partition, parsed)
+            self._handle(out, started, origin=(msg.partition, msg.offset))
 
     def on_tick(self) -> None:
         started, now = time.perf_counter(), time.time()
@@ -134,51 +149,69 @@ class JoinWorker:
             self._handle(self.join.tick(partition, now), started)
         self._report()
 
+    async def flush(self) -> None:
+        """Send everything gathered so far to the producer (Faust flushes it before committing).
+
+        One flush at a time: the agent and the timer both flush, and a record's newer state
+        must never be overtaken by an older one on the changelog."""
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        record_topic = self.records.changelog_topic.get_topic_name()
+        for key, (partition, record) in self._record_writes.items():
+            value = None if record is None else _RECORD_CODEC.dumps(record)
+            self._outbox.append((record_topic, key.encode(), value, partition, None))
+        for user, (partition, state) in self._user_writes.items():
+            self._outbox.append((self.user_state_topic, user.encode(), encode(state), partition, None))
+            self.metrics.user_states.inc()
+        self._record_writes, self._user_writes = {}, {}
+        outbox, self._outbox = self._outbox, []
+        send = self.app.producer.send
+        for topic, key, value, partition, callback in outbox:
+            fut = await send(topic, key, value, partition, None, None)
+            if callback is not None:
+                fut.add_done_callback(callback)
+
     def _handle(self, out: Output, started: float, origin: tuple[int, int] | None = None) -> None:
         for transition in out.transitions:
-            self.transitions_topic.send_soon(
-                key=transition.user_id.encode(), value=encode(transition),
-                callback=lambda fut, t=transition: self._on_acked(t, started))
+            self._outbox.append((self.transitions_topic, transition.user_id.encode(), encode(transition), None,
+                                 lambda fut, t=transition: self._on_acked(fut, t, started)))
         for dl in out.dead_letters:
+            # The event in hand is the one dead-lettered unless it was held earlier (then its
+            # offset is not known here).
             partition, offset = origin if origin is not None else (None, None)
-            same = origin is not None and dl.event is not None
             self._dead_letter(dl.reason, dl.detail, self.settings.topic(dl.topic), encode(dl.event),
-                              dl.event.user_id.encode(), partition if same else None, offset if same else None)
-        self._persist(out)
+                              dl.event.user_id.encode(), partition, offset)
+        self._record_writes.update(out.writes)
 
-    def _on_acked(self, transition: Transition, started: float) -> None:
+    def _on_acked(self, fut: Any, transition: Transition, started: float) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the producer failed: Faust crashes the worker, and the restart re-emits
         self.metrics.emit_latency.observe(time.perf_counter() - started)
         self.metrics.transitions.inc()
-        self._persist(self.join.acked(transition))
+        self._record_writes.update(self.join.acked(transition).writes)
 
-    def _persist(self, out: Output) -> None:
-        for key, (partition, record) in out.writes.items():
-            if record is None:
-                self.records.send_changelog(partition, key, None, value_serializer="raw")
-            else:
-                self.records.send_changelog(partition, key, record)
-
-    def _publish_user_state(self, partition: int, fb: Feedback) -> None:
-        """Append the interaction to the user's history; the table write publishes user-state."""
+    def _update_user_state(self, partition: int, fb: Feedback) -> None:
+        """Append the interaction to the user's history; its table write publishes user-state."""
         previous = self.histories.data.get(fb.user_id)
         history = list(previous.history) if previous is not None else []
         if fb.item_id is not None:
             history.append(Interaction(item_id=fb.item_id, event=fb.event, ts=fb.ts))  # type: ignore[arg-type]
         state = UserState(user_id=fb.user_id, history=history[-self.config.join.history_length:], ts=fb.ts)
         self.histories.data[fb.user_id] = state
-        self.histories.send_changelog(partition, fb.user_id, state)
-        self.metrics.user_states.inc()
+        self._user_writes[fb.user_id] = (partition, state)
 
     def _dead_letter(self, reason: str, detail: str, topic: str, value: bytes | None, key: bytes | None,
                      partition: int | None, offset: int | None) -> None:
         record = dead_letter(COMPONENT, reason, topic, value, key=key, partition=partition, offset=offset,
                              detail=detail, max_value_bytes=self.settings.dlq_max_value_bytes)
-        self.dlq_topic.send_soon(key=key, value=encode(record))
+        self._outbox.append((self.dlq_topic, key, encode(record), None, None))
         self.metrics.dead_letters.labels(reason).inc()
 
     def _report(self) -> None:
         """Move the join's outcome counts into the metrics; refresh the gauges."""
-        inputs, outcomes = self._reported
+        _inputs, outcomes = self._reported
         for (topic, outcome), n in self.join.outcomes.items():
             if n != outcomes[(topic, outcome)]:
                 self.metrics.events.labels(topic, outcome).inc(n - outcomes[(topic, outcome)])
@@ -225,12 +258,16 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
 
     @app.agent(source, name="join")
     async def join_agent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            worker.on_event(event)
+        # Faust acks a batch's events only when the next batch is asked for, i.e. after the
+        # flush: offsets never run ahead of what the batch caused.
+        async for batch in stream.take_events(config.batch_size, within=config.batch_wait_s):
+            worker.on_batch(batch)
+            await worker.flush()
 
     @app.timer(interval=config.tick_s)
     async def tick() -> None:
         worker.on_tick()
+        await worker.flush()
 
     return app, worker
 

@@ -21,6 +21,10 @@ class StreamsConfig:
 
     join: JoinConfig = field(default_factory=JoinConfig)
     """Window, lateness, reward weights, history length (SHELFQ_JOIN_*)."""
+    batch_size: int = 1000
+    """Events the agent takes at once; their outputs are sent together, writes coalesced."""
+    batch_wait_s: float = 0.005
+    """How long the agent waits to fill a batch (bounds the latency batching adds)."""
     tick_s: float = 0.5
     """How often quiet partitions are checked for windows to close on wall-clock time."""
     commit_interval_s: float = 1.0

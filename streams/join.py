@@ -36,6 +36,7 @@ from contracts.errors import ConfigError
 from contracts.events import Event, Feedback, Impression, Interaction, Slate, State, Transition
 
 SLATES, IMPRESSIONS, FEEDBACK = "slates", "impressions", "feedback"
+INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
 DEFAULT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
 
 
@@ -125,7 +126,9 @@ class Join:
         self.records: MutableMapping[str, Record] = {} if records is None else records
         self._deadlines: dict[int, list[tuple[float, str]]] = {}
         self._watermark: dict[int, float] = {}
-        self._last_event: dict[int, tuple[float, float]] = {}  # partition -> (wall time, watermark)
+        # partition -> input topic -> (newest event time, wall time it arrived)
+        self._seen: dict[int, dict[str, tuple[float, float]]] = {}
+        self._first_seen: dict[int, float] = {}
         self._inflight: dict[str, set[int]] = {}
         self._now = 0.0  # wall time of the step in progress
         self.inputs: Counter[str] = Counter()
@@ -155,16 +158,17 @@ class Join:
             raise ValueError(f"the join reads slates, impressions and feedback, not {topic!r}")
         if rec.request_id in self.records and self._deadline(rec) != before:
             self._schedule(rec)
-        self._advance(partition, event.ts, now, out)  # type: ignore[attr-defined]
+        self._advance(partition, topic, event.ts, now, out)  # type: ignore[attr-defined]
         return out
 
     def tick(self, partition: int, now: float) -> Output:
-        """Wall-clock progress: a partition idle for ``idle_advance_s`` moves its watermark."""
+        """Wall-clock progress: inputs idle for ``idle_advance_s`` stop holding the watermark
+        back, and a partition whose inputs are all idle moves it with the wall clock."""
         self._now = now
         out = Output()
-        last = self._last_event.get(partition)
-        if last is not None and now - last[0] >= self.config.idle_advance_s:
-            self._close(partition, last[1] + (now - last[0]), now, out)
+        mark = self._mark(partition, now)
+        if mark is not None:
+            self._close(partition, mark, now, out)
         return out
 
     def acked(self, transition: Transition) -> Output:
@@ -259,12 +263,35 @@ class Join:
 
     # -- time --------------------------------------------------------------------------------
 
-    def _advance(self, partition: int, ts: float, now: float, out: Output) -> None:
+    def _advance(self, partition: int, topic: str, ts: float, now: float, out: Output) -> None:
         if ts > now + self.config.max_future_skew_s:
             ts = now  # a clock far ahead does not get to close windows
-        mark = max(self._watermark.get(partition, -math.inf), ts - self.config.allowed_lateness_s)
-        self._last_event[partition] = (now, mark)
-        self._close(partition, mark, now, out)
+        if partition not in self._seen:
+            self._seen[partition], self._first_seen[partition] = {}, now
+        seen = self._seen[partition]
+        newest = seen.get(topic, (-math.inf, now))[0]
+        seen[topic] = (max(newest, ts), now)
+        mark = self._mark(partition, now)
+        if mark is not None:
+            self._close(partition, mark, now, out)
+
+    def _mark(self, partition: int, now: float) -> float | None:
+        """The partition's watermark candidate: the slowest active input's newest event time,
+        less the allowed lateness. Topics are not read in step (a backlog on one must not make
+        the others' events late), so the watermark follows the input that is furthest behind;
+        an input idle for ``idle_advance_s`` stops holding it back, and when every input is
+        idle, event time moves on with the wall clock."""
+        seen = self._seen.get(partition)
+        if not seen:
+            return None
+        lateness, idle = self.config.allowed_lateness_s, self.config.idle_advance_s
+        if len(seen) < len(INPUTS) and now - self._first_seen[partition] < idle:
+            return None  # just started: an input not read yet may still be behind the others
+        active = [ts for ts, wall in seen.values() if now - wall < idle]
+        if active:
+            return min(active) - lateness
+        newest_wall = max(wall for _ts, wall in seen.values())
+        return max(ts for ts, _wall in seen.values()) - lateness + (now - newest_wall)
 
     def _close(self, partition: int, mark: float, now: float, out: Output) -> None:
         """Move the watermark to ``mark`` and settle every record whose deadline passed."""
@@ -396,7 +423,7 @@ class Join:
         for p in list(self._watermark):
             if p not in partitions:
                 self._watermark.pop(p)
-                self._last_event.pop(p, None)
+                self._seen.pop(p, None)
         for rec in self.records.values():
             self._schedule(rec)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Emit latency is milliseconds to seconds; the buckets resolve the 50 ms budget finely.
-LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+                   0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class StreamsMetrics:
@@ -14,6 +15,7 @@ class StreamsMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.inputs = Counter("shelfq_streams_input_events", "Events consumed, by topic, as they arrive.", ["topic"], registry=r)
         self.events = Counter(
             "shelfq_streams_events", "Events consumed, by topic and outcome (each event counts once, when its outcome is known).",
             ["topic", "outcome"], registry=r)

@@ -8,7 +8,7 @@ from shelfq.cli import build_parser, main
 
 COMMANDS = [
     ["broker", "start"], ["broker", "stop"], ["broker", "status"], ["broker", "run"],
-    ["topics", "create"], ["streams"], ["settings"], ["demo"], ["broker"], ["topics"], [],
+    ["topics", "create"], ["streams"], ["bench", "join"], ["bench"], ["settings"], ["demo"], ["broker"], ["topics"], [],
 ]
 
 

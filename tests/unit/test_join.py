@@ -31,9 +31,11 @@ def fb(event: str, item: str | None = None, ts: float = 110.0, req: str = "r1") 
     return "feedback", Feedback(request_id=req, user_id="u1", session_id="s1", ts=ts, event=event, item_id=item)
 
 
-def later(ts: float) -> tuple[str, Event]:
-    """An unrelated slate whose event time moves the watermark to ``ts``."""
-    return slate(req=f"clock-{ts}", items=("z",), ts=ts)
+def later(ts: float) -> list[tuple[str, Event]]:
+    """An unrelated request whose slate, impression and feedback move the watermark to ``ts``
+    (the watermark follows the input topic that is furthest behind)."""
+    req = f"clock-{ts}"
+    return [slate(req=req, items=("z",), ts=ts), imp(req=req, items=("z",), ts=ts), fb("click", "z", ts=ts, req=req)]
 
 
 @dataclass
@@ -44,8 +46,9 @@ class Run:
     dead: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, topic, request_id)
 
 
-def run(events: list[tuple[str, Event]], drain: bool = True) -> Run:
-    """Feed the events (wall clock = event time), ack every transition, then let wall time pass."""
+def run(events: list[tuple[str, Event]], drain: bool = True, wall: float | None = None) -> Run:
+    """Feed the events (wall clock = event time, or ``wall`` for a backlog read all at once),
+    ack every transition, then let wall time pass."""
     r = Run(Join(CONFIG))
 
     def take(out) -> None:
@@ -56,10 +59,10 @@ def run(events: list[tuple[str, Event]], drain: bool = True) -> Run:
         r.dead += [(d.reason, d.topic, d.event.request_id) for d in out.dead_letters]
 
     for topic, event in events:
-        take(r.join.process(0, topic, event, now=event.ts))
+        take(r.join.process(0, topic, event, now=event.ts if wall is None else wall))
     r.emitted_before_drain = set(r.transitions)
     if drain:
-        last = max(e.ts for _t, e in events)
+        last = max(e.ts for _t, e in events) if wall is None else wall
         for step in range(1, 4):
             take(r.join.tick(0, now=last + step * 10 * WINDOW))
     return r
@@ -98,7 +101,7 @@ CASES = {
         [],
     ),
     "late click": (
-        [slate(), imp(), later(101 + WINDOW + 1), fb("click", "a", ts=105)],
+        [slate(), imp(), *later(101 + WINDOW + 1), fb("click", "a", ts=105)],
         {"a": (0.0, {}, False), "b": (0.0, {}, False), "c": (0.0, {}, False)},
         [("late", "feedback", "r1")],
     ),
@@ -192,8 +195,17 @@ def test_inline_propensities_and_policy_are_used() -> None:
 
 
 def test_windows_close_on_event_time_before_any_wall_clock_help() -> None:
-    r = run([slate(), imp(), fb("click", "a"), later(101 + WINDOW + 0.5)], drain=False)
+    r = run([slate(), imp(), fb("click", "a"), *later(101 + WINDOW + 0.5)], drain=False)
     assert {"r1:0", "r1:1", "r1:2"} <= r.emitted_before_drain
+
+
+def test_a_topic_read_ahead_does_not_make_the_others_late() -> None:
+    # A backlog: the slates topic is read far ahead of impressions and feedback.
+    events = [slate(), slate(req="r2", ts=102), *[slate(req=f"x{i}", items=("z",), ts=200.0 + i) for i in range(5)],
+              imp(), fb("click", "b", ts=105), imp(req="r2", ts=103), fb("click", "a", ts=104, req="r2")]
+    r = run(events, wall=5000.0)
+    assert r.dead == []
+    assert r.transitions["r1:1"].reward == 1.0 and r.transitions["r2:0"].reward == 1.0
 
 
 def test_purchase_emits_at_once_and_the_rest_waits() -> None:
@@ -215,13 +227,13 @@ def test_a_quiet_partition_closes_its_windows_on_wall_clock() -> None:
 def test_without_acks_a_record_is_not_closed_and_a_rebuild_re_emits_the_same_ids() -> None:
     join = Join(CONFIG)
     first = Counter()
-    for topic, event in [slate(), imp(), later(500.0)]:
+    for topic, event in [slate(), imp(), *later(500.0)]:
         first.update(t.transition_id for t in join.process(0, topic, event, now=event.ts).transitions)
     assert first == Counter({"r1:0": 1, "r1:1": 1, "r1:2": 1})
     # A crash before the acks: the restored owner has the records, not the in-flight marks.
     join.rebuild({0})
     again = join.tick(0, now=10_000.0)
-    assert sorted(t.transition_id for t in again.transitions) == ["r1:0", "r1:1", "r1:2"]
+    assert sorted(t.transition_id for t in again.transitions if t.request_id == "r1") == ["r1:0", "r1:1", "r1:2"]
 
 
 def test_acked_records_persist_as_closed_markers_then_disappear() -> None:

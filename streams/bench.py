@@ -1,0 +1,237 @@
+"""``shelfq bench join``: the join's throughput, emit latency and memory on the real broker,
+against a same-run baseline (a plain confluent-kafka consume-and-produce of the same messages).
+
+Synthetic shoppers are loaded into fresh topics first; then the baseline copies them, and then
+a ``shelfq streams`` worker joins them. Throughput is input events over the time from the
+worker's first consumed event to its last (read from its /metrics every 100 ms); latency is
+estimated from its emit-latency histogram as Prometheus' histogram_quantile does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer
+
+from contracts.events import encode
+from contracts.kafka import ReliableProducer
+from contracts.settings import Settings
+from contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
+from streams.synthetic import synthetic_traffic
+
+INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
+EVENTS_PER_REQUEST = 3.4  # slate + impression + feedback at the synthetic click rates, about
+
+
+@dataclass
+class WorkerRun:
+    seconds: float
+    transitions: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    rss_mb: float
+
+
+def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=print) -> dict:
+    from shelfq.topic_admin import delete_topics, ensure_topics
+
+    prefix = f"bench-{uuid.uuid4().hex[:6]}."
+    bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,
+                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
+    ensure_topics(bench)
+    try:
+        requests = max(1, int(events / EVENTS_PER_REQUEST))
+        users = max(1, requests // 5)
+        # Event time spans ~20 windows, so windows keep closing while the stream flows.
+        span = 20 * window_s
+        t0 = time.time() - span
+        traffic = synthetic_traffic(users=users, requests_per_user=5, slate_size=5, t0=t0, seed=1,
+                                    gap_s=span / 5, tag="b")
+        n = len(traffic.events)
+        report(f"loading {n} events ({users} users, {requests} slates, window {window_s:g}s) into {prefix}* ...")
+        producer = ReliableProducer(bench, **{"linger.ms": 20, "batch.size": 1_000_000})
+        for topic, key, event in traffic.events:
+            producer.produce(bench.topic(topic), encode(event), key)
+        producer.flush(120)
+
+        report("baseline: plain confluent-kafka consume-and-produce of the same messages ...")
+        passthrough = _passthrough(bench, n)
+        report(f"  {passthrough:,.0f} events/s")
+        report("shelfq streams worker ...")
+        run = _run_worker(bench, n, len(traffic.expected), window_s)
+    finally:
+        names = [bench.topic(t) for t in ("requests", "slates", "impressions", "feedback", "items", "transitions",
+                                          "user-state", "models", "dlq", "passthrough", "streams-join-records-changelog",
+                                          "streams-__assignor-__leader")]
+        delete_topics(bench, names)
+    result = {
+        "input_events": n,
+        "input_events_per_s": round(n / run.seconds, 1),
+        "transitions_per_s": round(run.transitions / run.seconds, 1),
+        "emit_latency_p50_ms": round(run.latency_p50_ms, 2),
+        "emit_latency_p99_ms": round(run.latency_p99_ms, 2),
+        "rss_mb": round(run.rss_mb, 1),
+        "passthrough_events_per_s": round(passthrough, 1),
+        "ratio": round(n / run.seconds / passthrough, 3),
+        "partitions": settings.partitions,
+    }
+    result.update(measure_pending_memory())
+    return result
+
+
+def _passthrough(settings: Settings, n: int) -> float:
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": f"passthrough-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "enable.auto.commit": False}))
+    consumer.subscribe([settings.topic(t) for t in INPUTS])
+    producer = ReliableProducer(settings)
+    sink = settings.topic("passthrough")
+    _create(settings, sink)
+    seen, start = 0, None
+    deadline = time.monotonic() + 300
+    while seen < n and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 1.0):
+            if msg.error() is not None:
+                continue
+            start = start or time.perf_counter()
+            producer.produce(sink, msg.value(), msg.key())
+            seen += 1
+    producer.flush()
+    consumer.commit(asynchronous=False)
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    consumer.close()
+    return seen / elapsed if elapsed > 0 else 0.0
+
+
+def _create(settings: Settings, name: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings.confluent_config())
+    for f in admin.create_topics([NewTopic(name, settings.partitions, settings.replication_factor)]).values():
+        f.result(30)
+
+
+def _run_worker(settings: Settings, n: int, expected_transitions: int, window_s: float) -> WorkerRun:
+    port = _free_port()
+    env = {**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions), "SHELFQ_JOIN_WINDOW_S": str(window_s),
+           "SHELFQ_JOIN_ALLOWED_LATENESS_S": "1", "SHELFQ_JOIN_IDLE_ADVANCE_S": "1"}
+    if settings.external_cluster:
+        env["SHELFQ_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
+    log = tempfile.NamedTemporaryFile(prefix="shelfq-bench-worker-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "shelfq", "streams", "--topic-prefix", settings.topic_prefix,
+                             "--metrics-port", str(port), "--max-seconds", "900"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        start = end = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            m = _scrape(port)
+            consumed = sum(v for k, v in m.items() if k.startswith("shelfq_streams_input_events_total"))
+            if consumed > 0 and start is None:
+                start = time.perf_counter()
+            if consumed >= n:
+                end = time.perf_counter()
+                transitions = m.get("shelfq_streams_transitions_total", 0.0)
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker died; its log: {log.name}")
+            time.sleep(0.1)
+        if start is None or end is None:
+            raise RuntimeError(f"the worker did not consume every event within 10 minutes; its log: {log.name}")
+        # Let the remaining windows close on the wall clock, so latency covers every emission.
+        settle = time.monotonic() + 3 * window_s + 10
+        while m.get("shelfq_streams_transitions_total", 0) < expected_transitions and time.monotonic() < settle:
+            time.sleep(0.5)
+            m = _scrape(port)
+        rss = _peak_rss_mb(proc.pid)
+        buckets = sorted((float(le), v) for k, v in m.items()
+                         if (le := _label(k, "shelfq_streams_emit_latency_seconds_bucket", "le")) is not None)
+        return WorkerRun(end - start, int(transitions), 1000 * _quantile(0.5, buckets),
+                         1000 * _quantile(0.99, buckets), rss)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def measure_pending_memory(items: int = 1_000_000) -> dict:
+    """Memory of the pure join holding ``items`` shown items whose windows are all open, measured
+    in a fresh interpreter (RSS after minus before)."""
+    code = (
+        "import resource, gc\n"
+        "from streams.join import Join, JoinConfig\n"
+        "from streams.synthetic import synthetic_traffic\n"
+        f"n = {items}\n"
+        "join = Join(JoinConfig(window_s=1e9))\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "gc.collect(); before = rss(); done = 0; batch = 0\n"
+        "while done < n:\n"
+        "    t = synthetic_traffic(users=2000, requests_per_user=5, slate_size=5, t0=1e6, seed=batch, tag=str(batch), click_p=0.2, exit_p=0.0)\n"
+        "    for topic, key, e in t.events:\n"
+        "        if topic != 'feedback' or e.event != 'purchase':\n"
+        "            join.process(0, topic, e, now=1e6)\n"
+        "    batch += 1; done = join.pending_items()\n"
+        "gc.collect(); print(done, (rss() - before) / 2**20)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    pending, mb = int(out[0]), float(out[1])
+    return {"pending_items": pending, "pending_items_mb": round(mb, 1),
+            "mb_per_1m_pending_items": round(mb * 1_000_000 / pending, 1)}
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def _label(series: str, name: str, label: str) -> str | None:
+    if not series.startswith(name + "{"):
+        return None
+    m = re.search(rf'{label}="([^"]+)"', series)
+    return m[1] if m and m[1] != "+Inf" else None
+
+
+def _quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """histogram_quantile over cumulative (upper bound, count) buckets, linear within a bucket."""
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            span = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / span if span else 1.0)
+        lower_bound, lower_count = bound, count
+    return buckets[-1][0]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
