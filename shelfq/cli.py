@@ -186,7 +186,7 @@ def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.bench import run_bench
+    from shelfq.bench_join import run_bench
 
     if args.events < 1000:
         raise ConfigError("bench join: --events must be at least 1000")
