@@ -24,6 +24,7 @@ from typing import Any
 
 import faust
 from faust.serializers import codecs
+from faust.types import TP
 
 from contracts.dlq import dead_letter
 from contracts.errors import EventError
@@ -117,6 +118,7 @@ class JoinWorker:
         self._record_writes: dict[str, tuple[int, Record | None]] = {}
         self._user_writes: dict[str, tuple[int, UserState]] = {}
         self._flush_lock = asyncio.Lock()
+        self._next_offset: dict[TP, int] = {}
         self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)}
 
@@ -128,8 +130,10 @@ class JoinWorker:
 
     def on_batch(self, events: list[faust.EventT]) -> None:
         started, now = time.perf_counter(), time.time()
+        next_offset = self._next_offset
         for event in events:
             msg = event.message
+            next_offset[msg.tp] = msg.offset + 1
             topic = self.logical[msg.topic]
             self._input_counters[topic].inc()
             try:
@@ -146,8 +150,22 @@ class JoinWorker:
     def on_tick(self) -> None:
         started, now = time.perf_counter(), time.time()
         for partition in sorted(self.partitions):
+            self.join.note_backlog(partition, self._backlog(partition))
             self._handle(self.join.tick(partition, now), started)
         self._report()
+
+    def _backlog(self, partition: int) -> set[str]:
+        """Input topics of ``partition`` with messages not processed yet."""
+        lagging = set()
+        for full, topic in self.logical.items():
+            tp = TP(full, partition)
+            try:
+                highwater = self.app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet: no information
+                continue
+            if highwater is not None and highwater > self._next_offset.get(tp, 0):
+                lagging.add(topic)
+        return lagging
 
     async def flush(self) -> None:
         """Send everything gathered so far to the producer (Faust flushes it before committing).
@@ -240,6 +258,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         broker_commit_interval=config.commit_interval_s,
         broker_session_timeout=config.session_timeout_s,
         broker_heartbeat_interval=3.0,
+        broker_max_poll_records=config.batch_size,
+        stream_buffer_maxsize=4 * config.batch_size,
     )
     records = JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon, partitions=settings.partitions)
     user_state_topic = app.topic(settings.topic(USER_STATE), key_serializer="shelfq-utf8",
@@ -287,10 +307,18 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
 def run_worker(settings: Settings, config: StreamsConfig, max_seconds: float | None = None,
                log_level: str = "warning") -> None:
     """Run a streams worker until SIGINT/SIGTERM (or ``max_seconds``)."""
+    try:  # uvloop's event loop cuts Faust's per-event asyncio overhead
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
     app, worker = create_app(settings, config)
     if config.metrics_port:
         worker.metrics.serve(config.metrics_port, config.metrics_addr)
     faust_worker = faust.Worker(app, loglevel=log_level, quiet=True)
+    # aiokafka formats a debug record per message sent when its logger lets DEBUG through.
+    logging.getLogger("aiokafka").setLevel(max(logging.INFO, logging.getLevelName(log_level.upper())))
     if max_seconds is not None:
         faust_worker.loop.call_later(max_seconds, os.kill, os.getpid(), signal.SIGTERM)
     faust_worker.execute_from_commandline()

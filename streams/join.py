@@ -129,6 +129,7 @@ class Join:
         # partition -> input topic -> (newest event time, wall time it arrived)
         self._seen: dict[int, dict[str, tuple[float, float]]] = {}
         self._first_seen: dict[int, float] = {}
+        self._backlog: dict[int, frozenset[str]] = {}
         self._inflight: dict[str, set[int]] = {}
         self._now = 0.0  # wall time of the step in progress
         self.inputs: Counter[str] = Counter()
@@ -170,6 +171,12 @@ class Join:
         if mark is not None:
             self._close(partition, mark, now, out)
         return out
+
+    def note_backlog(self, partition: int, topics: set[str]) -> None:
+        """Which inputs of ``partition`` have unread messages (the caller's consumer knows). An
+        input with a backlog never counts as idle, however long it has been since its last
+        event: the consumer is reading other topics first, and its events are still to come."""
+        self._backlog[partition] = frozenset(topics)
 
     def acked(self, transition: Transition) -> Output:
         """The broker has ``transition``: record it as emitted (persist ``writes``)."""
@@ -285,9 +292,12 @@ class Join:
         if not seen:
             return None
         lateness, idle = self.config.allowed_lateness_s, self.config.idle_advance_s
-        if len(seen) < len(INPUTS) and now - self._first_seen[partition] < idle:
-            return None  # just started: an input not read yet may still be behind the others
-        active = [ts for ts, wall in seen.values() if now - wall < idle]
+        backlog = self._backlog.get(partition, frozenset())
+        for topic in INPUTS:
+            if topic not in seen and (topic in backlog or now - self._first_seen[partition] < idle):
+                return None  # an input not read yet may still be behind the others
+        # An input is idle when it sent nothing for a while *and* nothing of it waits unread.
+        active = [ts for topic, (ts, wall) in seen.items() if now - wall < idle or topic in backlog]
         if active:
             return min(active) - lateness
         newest_wall = max(wall for _ts, wall in seen.values())

@@ -275,3 +275,18 @@ def test_synthetic_traffic_through_the_join_matches_its_oracle() -> None:
         tid: (e.reward, e.done) for tid, e in traffic.expected.items()}
     assert r.dead == []
     assert_conservation(r.join)
+
+
+def test_an_input_with_unread_messages_is_never_idle() -> None:
+    join = Join(CONFIG)
+    for topic, event in [slate(), imp(), fb("click", "a", ts=102)]:
+        join.process(0, topic, event, now=1000.0)
+    # Much later on the wall clock the slates topic races ahead while feedback still has a
+    # backlog: feedback must keep holding the watermark back.
+    join.note_backlog(0, {"feedback"})
+    for i in range(3):
+        join.process(0, *slate(req=f"x{i}", items=("z",), ts=500.0 + i), now=1010.0)
+        join.process(0, *imp(req=f"x{i}", items=("z",), ts=500.0 + i), now=1010.0)
+    assert join.tick(0, now=1010.0).transitions == []
+    join.note_backlog(0, set())  # caught up, and quiet: now it may close
+    assert {t.transition_id for t in join.tick(0, now=1010.0).transitions} >= {"r1:0", "r1:1", "r1:2"}
