@@ -37,6 +37,7 @@ from streams.metrics import StreamsMetrics
 
 log = logging.getLogger("shelfq.streams")
 COMPONENT = "streams"
+REPORT_EVERY_S = 2.0
 
 
 class _MsgpackRecordCodec(codecs.Codec):
@@ -119,6 +120,7 @@ class JoinWorker:
         self._user_writes: dict[str, tuple[int, UserState]] = {}
         self._flush_lock = asyncio.Lock()
         self._next_offset: dict[TP, int] = {}
+        self._last_report = 0.0
         self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)}
 
@@ -152,7 +154,9 @@ class JoinWorker:
         for partition in sorted(self.partitions):
             self.join.note_backlog(partition, self._backlog(partition))
             self._handle(self.join.tick(partition, now), started)
-        self._report()
+        if now - self._last_report >= REPORT_EVERY_S:  # the gauges scan every record
+            self._last_report = now
+            self._report()
 
     def _backlog(self, partition: int) -> set[str]:
         """Input topics of ``partition`` with messages not processed yet."""
