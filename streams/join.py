@@ -81,8 +81,6 @@ class Record(msgspec.Struct, array_like=True):
     """Accepted feedback, deduplicated by (item, kind); held until the impression is joined."""
     emitted: list[int] = []
     """Positions whose transitions the broker has acknowledged."""
-    done: bool = False
-    """The session exited."""
     closed_at: float | None = None
     """Event time when every item was emitted; the record then only marks late feedback."""
 
@@ -252,7 +250,6 @@ class Join:
             return
         if fb.event == "exit":
             self.outcomes[(FEEDBACK, "attributed")] += 1
-            rec.done = True
             self._emit(rec, range(len(imp.items)), out)
             return
         if fb.item_id not in imp.items:
@@ -357,24 +354,33 @@ class Join:
     # -- output ------------------------------------------------------------------------------
 
     def _emit(self, rec: Record, positions: range | list[int], out: Output) -> None:
+        """Emit the transitions of ``positions`` not yet emitted.
+
+        What a transition holds depends only on the record, never on when it is emitted, so a
+        re-emission after a crash is identical: an item closes at its first purchase (done
+        False), else at the session's exit (done True), else at its window's end; its reward
+        and next_state count the feedback up to that close, in event time."""
         imp, state = rec.impression, rec.state()
         assert imp is not None and state is not None
         inflight = self._inflight.setdefault(rec.request_id, set())
         due = [p for p in positions if p not in inflight and p not in rec.emitted]
         if not due:
             return
-        weights = self.config.weights
-        kinds_by_item: dict[str, list[str]] = {}
-        for fb in rec.feedback:
-            if fb.item_id is not None:
-                kinds_by_item.setdefault(fb.item_id, []).append(fb.event)
-        news = [Interaction(item_id=f.item_id, event=f.event, ts=f.ts)  # type: ignore[arg-type]
-                for f in sorted(rec.feedback, key=lambda f: f.ts) if f.item_id is not None]
-        next_state = State(history=(list(state.history) + news)[-self.config.history_length:], context=state.context)
+        feedback = sorted(rec.feedback, key=lambda f: f.ts)
+        exit_ts = next((f.ts for f in feedback if f.event == "exit"), None)
         slate = rec.slate
         for position in due:
             item = imp.items[position]
-            kinds = kinds_by_item.get(item, [])
+            purchase_ts = next((f.ts for f in feedback if f.item_id == item and f.event == "purchase"), None)
+            if purchase_ts is not None and (exit_ts is None or purchase_ts < exit_ts):
+                close, done = purchase_ts, False
+            elif exit_ts is not None:
+                close, done = exit_ts, True
+            else:
+                close, done = imp.ts + self.config.window_s, False
+            seen = [f for f in feedback if f.ts <= close and f.item_id is not None]
+            kinds = [f.event for f in seen if f.item_id == item]
+            news = [Interaction(item_id=f.item_id, event=f.event, ts=f.ts) for f in seen]  # type: ignore[arg-type]
             out.transitions.append(
                 Transition(
                     transition_id=f"{rec.request_id}:{position}",
@@ -385,10 +391,11 @@ class Join:
                     action=item,
                     position=position,
                     slate=imp.items,
-                    reward=float(sum(weights.get(k, 0.0) for k in kinds)),
+                    reward=float(sum(self.config.weights.get(k, 0.0) for k in kinds)),
                     reward_parts=dict(Counter(kinds)),
-                    next_state=next_state,
-                    done=rec.done,
+                    next_state=State(history=(list(state.history) + news)[-self.config.history_length:],
+                                     context=state.context),
+                    done=done,
                     propensity=_propensity(rec, item, position),
                     policy=slate.policy if slate is not None else imp.policy,
                     model_version=slate.model_version if slate is not None else imp.model_version,

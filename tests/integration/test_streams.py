@@ -122,7 +122,10 @@ def assert_same_except_emission_time(copies: list[Transition]) -> None:
     import msgspec
 
     first = msgspec.structs.replace(copies[0], ts_emitted=0.0)
-    assert all(msgspec.structs.replace(c, ts_emitted=0.0) == first for c in copies)
+    for c in copies[1:]:
+        other = msgspec.structs.replace(c, ts_emitted=0.0)
+        assert other == first, {f: (getattr(first, f), getattr(other, f)) for f in first.__struct_fields__
+                                if getattr(first, f) != getattr(other, f)}
 
 
 def test_events_in_transitions_out_with_expected_rewards(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 
 from contracts.events import Event, Feedback, Impression, Interaction, Slate, State, Transition
@@ -290,3 +291,18 @@ def test_an_input_with_unread_messages_is_never_idle() -> None:
     assert join.tick(0, now=1010.0).transitions == []
     join.note_backlog(0, set())  # caught up, and quiet: now it may close
     assert {t.transition_id for t in join.tick(0, now=1010.0).transitions} >= {"r1:0", "r1:1", "r1:2"}
+
+
+def test_re_emission_after_a_crash_is_identical() -> None:
+    # Purchase of "b", a click on "c", then the exit: b closed at its purchase (done False,
+    # without the later click in next_state), the rest at the exit (done True).
+    events = [slate(), imp(), fb("purchase", "b", ts=105), fb("click", "c", ts=106), fb("exit", ts=107)]
+    join = Join(CONFIG)
+    first = {t.transition_id: t for _e in [0] for topic, event in events
+             for t in join.process(0, topic, event, now=1000.0).transitions}
+    join.rebuild({0})  # restored from the changelog, no acks recorded
+    again = {t.transition_id: t for t in join.tick(0, now=10_000.0).transitions}
+    strip = lambda t: msgspec.structs.replace(t, ts_emitted=0.0)  # noqa: E731
+    assert {k: strip(v) for k, v in again.items()} == {k: strip(v) for k, v in first.items()}
+    assert (first["r1:1"].done, first["r1:2"].done) == (False, True)
+    assert [i.item_id for i in first["r1:1"].next_state.history] == ["old", "b"]
