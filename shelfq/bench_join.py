@@ -65,6 +65,9 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
         report("baseline: plain confluent-kafka consume-and-produce of the same messages ...")
         passthrough = _passthrough(bench, n)
         report(f"  {passthrough:,.0f} events/s")
+        report("ceiling: a Faust agent that reads the same topics and does nothing ...")
+        faust_noop = _faust_noop(bench, n)
+        report(f"  {faust_noop:,.0f} events/s")
         report("shelfq streams worker ...")
         run = _run_worker(bench, n, len(traffic.expected), window_s)
     finally:
@@ -81,6 +84,8 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
         "rss_mb": round(run.rss_mb, 1),
         "passthrough_events_per_s": round(passthrough, 1),
         "ratio": round(n / run.seconds / passthrough, 3),
+        "faust_noop_events_per_s": round(faust_noop, 1),
+        "ratio_to_faust_noop": round(n / run.seconds / faust_noop, 3),
         "partitions": settings.partitions,
     }
     result.update(measure_pending_memory())
@@ -108,6 +113,18 @@ def _passthrough(settings: Settings, n: int) -> float:
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
     return seen / elapsed if elapsed > 0 else 0.0
+
+
+def _faust_noop(settings: Settings, n: int) -> float:
+    env = {**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions)}
+    if settings.external_cluster:
+        env["SHELFQ_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
+    out = subprocess.run([sys.executable, "-m", "shelfq.bench_faust_noop", settings.topic_prefix, str(n)],
+                         env=env, capture_output=True, text=True, timeout=600).stdout
+    found = re.search(r"events_per_s=([0-9.]+)", out)
+    if found is None:
+        raise RuntimeError(f"the Faust no-op reader printed no rate: {out[-1000:]}")
+    return float(found[1])
 
 
 def _create(settings: Settings, name: str) -> None:
