@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -104,6 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Client libraries (librdkafka through "shelfq.kafka") log warnings; say whose they are.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
         return COMMANDS[args.command](args, settings)

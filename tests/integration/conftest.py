@@ -51,3 +51,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def aiokafka_round_trip(settings: Settings, topic: str, key: bytes, value: bytes, group_id: str) -> bytes:
+    """Produce one message and read it back with aiokafka clients built from the settings alone."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    async def run() -> bytes:
+        producer = AIOKafkaProducer(**settings.aiokafka_config())
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value, key=key)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(topic, group_id=group_id, auto_offset_reset="earliest", **settings.aiokafka_config())
+        await consumer.start()
+        try:
+            return (await asyncio.wait_for(consumer.getone(), timeout=30)).value
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())

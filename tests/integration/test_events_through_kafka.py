@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts.events import decode, encode
 from contracts.examples import EXAMPLES
@@ -13,6 +10,7 @@ from contracts.kafka import EventConsumer, ReliableProducer
 from contracts.settings import Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC
 from shelfq.roundtrip import roundtrip
+from tests.integration.conftest import aiokafka_round_trip
 
 JSON_TOPICS = [t for t, kind in EVENT_OF_TOPIC.items() if kind is not None and t != DLQ]
 
@@ -47,21 +45,5 @@ def test_event_consumer_receives_each_kind_typed(settings: Settings, group_id: s
 
 def test_aiokafka_uses_the_same_settings(settings: Settings, group_id: str) -> None:
     key, event = EXAMPLES["feedback"]
-    topic = settings.topic("feedback")
-
-    async def round_trip() -> bytes:
-        producer = AIOKafkaProducer(**settings.aiokafka_config())
-        await producer.start()
-        try:
-            await producer.send_and_wait(topic, encode(event), key=key.encode())
-        finally:
-            await producer.stop()
-        consumer = AIOKafkaConsumer(topic, group_id=group_id, auto_offset_reset="earliest", **settings.aiokafka_config())
-        await consumer.start()
-        try:
-            msg = await asyncio.wait_for(consumer.getone(), timeout=30)
-            return msg.value
-        finally:
-            await consumer.stop()
-
-    assert decode(asyncio.run(round_trip()), type(event)) == event
+    value = aiokafka_round_trip(settings, settings.topic("feedback"), key.encode(), encode(event), group_id)
+    assert decode(value, type(event)) == event

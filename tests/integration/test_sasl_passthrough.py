@@ -3,7 +3,6 @@ a broker that demands SASL/PLAIN, reached with nothing but SHELFQ_KAFKA_* variab
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -12,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts.events import Feedback, decode, encode
 from contracts.examples import EXAMPLES
 from contracts.settings import Settings
 from shelfq.broker import KAFKA_DEPLOY_DIR, EmbeddedBroker
-from tests.integration.conftest import free_port
+from tests.integration.conftest import aiokafka_round_trip, free_port
 
 SASL_LISTENER = """
 listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_PLAINTEXT://127.0.0.1:{port}
@@ -80,24 +78,8 @@ def test_a_wrong_password_is_refused(sasl_bootstrap: str) -> None:
 
 def test_aiokafka_authenticates_from_the_same_environment(sasl_bootstrap: str) -> None:
     settings = Settings.from_env(sasl_env(sasl_bootstrap, "alice-secret"))
-    topic = settings.topic("feedback")
-    key, event = EXAMPLES["feedback"]
-
-    async def round_trip() -> bytes:
-        producer = AIOKafkaProducer(**settings.aiokafka_config())
-        await producer.start()
-        try:
-            await producer.send_and_wait(topic, encode(event), key=key.encode())
-        finally:
-            await producer.stop()
-        consumer = AIOKafkaConsumer(topic, group_id="sasl-test", auto_offset_reset="earliest",
-                                    **settings.aiokafka_config())
-        await consumer.start()
-        try:
-            return (await asyncio.wait_for(consumer.getone(), timeout=30)).value
-        finally:
-            await consumer.stop()
-
     subprocess.run([sys.executable, "-m", "shelfq", "topics", "create"], check=True, capture_output=True,
                    env={**os.environ, **sasl_env(sasl_bootstrap, "alice-secret")}, timeout=120)
-    assert decode(asyncio.run(round_trip()), Feedback) == event
+    key, event = EXAMPLES["feedback"]
+    value = aiokafka_round_trip(settings, settings.topic("feedback"), key.encode(), encode(event), "sasl-test")
+    assert decode(value, Feedback) == event
