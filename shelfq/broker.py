@@ -97,7 +97,7 @@ class EmbeddedBroker:
             self.pid_file.write_text(f"{proc.pid}\n")
             try:
                 self._wait_ready(proc)
-            except BrokerError:
+            except BaseException:  # a failed start, or Ctrl-C: leave no broker behind
                 self._terminate(proc.pid, timeout=10)
                 self.pid_file.unlink(missing_ok=True)
                 raise
@@ -125,6 +125,15 @@ class EmbeddedBroker:
         done = self.libs.parent / "complete"
         if done.exists():
             return self.libs
+        self.libs.parent.mkdir(parents=True, exist_ok=True)
+        # The cache is shared by every SHELFQ_HOME: one resolver at a time.
+        with open(self.libs.parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                self._resolve_into(done)
+        return self.libs
+
+    def _resolve_into(self, done: Path) -> None:
         mvn = shutil.which("mvn")
         if mvn is None:
             raise BrokerError(
@@ -146,7 +155,6 @@ class EmbeddedBroker:
         shutil.rmtree(self.libs, ignore_errors=True)
         staging.rename(self.libs)
         done.touch()
-        return self.libs
 
     def _render_properties(self) -> None:
         """Write server.properties with this home's data dir and the configured ports.
@@ -203,6 +211,7 @@ class EmbeddedBroker:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + self.settings.broker_start_timeout_s
+        admin = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BrokerError(
@@ -210,7 +219,7 @@ class EmbeddedBroker:
                     f"see {self.stdout_file} and {self.log_file}:\n{_tail(_read(self.stdout_file))}"
                 )
             if _port_open(self.settings.broker_port):
-                admin = AdminClient({"bootstrap.servers": self.settings.bootstrap, "log_level": 0})
+                admin = admin or AdminClient({"bootstrap.servers": self.settings.bootstrap, "log_level": 0})
                 with contextlib.suppress(Exception):
                     admin.list_topics(timeout=5)
                     return

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -144,6 +145,8 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         print(status.describe())
         return 0 if status.running else 3
     started = broker.start()
+    # SIGTERM (a CI timeout, a supervisor) must still stop the broker this command started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         return _run_command(args.cmd)
     finally:

@@ -126,15 +126,24 @@ class JoinWorker:
 
     def on_recovered(self, partitions: set[int]) -> None:
         self.partitions = partitions
-        self.join.rebuild(partitions)
+        self.join.rebuild(partitions, time.time())
         self.metrics.partitions.set(len(partitions))
         log.info("join owns partitions %s with %d records", sorted(partitions), len(self.join.records))
 
+    def on_revoked(self, partitions: set[int]) -> None:
+        """Stop acting for partitions another worker is about to own."""
+        self.partitions -= partitions
+        self.join.rebuild(self.partitions, time.time())
+        self.metrics.partitions.set(len(self.partitions))
+
     def on_batch(self, events: list[faust.EventT]) -> None:
-        started, now = time.perf_counter(), time.time()
+        now = time.time()
         next_offset = self._next_offset
         for event in events:
             msg = event.message
+            # Emit latency counts from the moment Faust handed the message to the stream, so
+            # the time it waited in the batch buffer is included.
+            started = msg.time_in if msg.time_in is not None else time.monotonic()
             next_offset[msg.tp] = msg.offset + 1
             topic = self.logical[msg.topic]
             self._input_counters[topic].inc()
@@ -145,12 +154,12 @@ class JoinWorker:
                 self.metrics.events.labels(topic, "invalid").inc()
                 continue
             out = self.join.process(msg.partition, topic, parsed, now=now)
-            if isinstance(parsed, Feedback):
-                self._update_user_state(msg.partition, parsed)
+            for fb in out.attributed:  # counted once: duplicates and replays leave history alone
+                self._update_user_state(msg.partition, fb)
             self._handle(out, started, origin=(msg.partition, msg.offset))
 
     def on_tick(self) -> None:
-        started, now = time.perf_counter(), time.time()
+        started, now = time.monotonic(), time.time()
         for partition in sorted(self.partitions):
             self.join.note_backlog(partition, self._backlog(partition))
             self._handle(self.join.tick(partition, now), started)
@@ -163,11 +172,14 @@ class JoinWorker:
         lagging = set()
         for full, topic in self.logical.items():
             tp = TP(full, partition)
+            processed = self._next_offset.get(tp)
+            if processed is None:
+                continue  # nothing read here since the assignment: no position to compare
             try:
                 highwater = self.app.consumer.highwater(tp)
             except Exception:  # noqa: BLE001 - not fetched yet: no information
                 continue
-            if highwater is not None and highwater > self._next_offset.get(tp, 0):
+            if highwater is not None and highwater > processed:
                 lagging.add(topic)
         return lagging
 
@@ -182,6 +194,8 @@ class JoinWorker:
     async def _flush(self) -> None:
         record_topic = self.records.changelog_topic.get_topic_name()
         for key, (partition, record) in self._record_writes.items():
+            if partition not in self.partitions:
+                continue  # revoked meanwhile: the new owner writes this record
             value = None if record is None else _RECORD_CODEC.dumps(record)
             self._outbox.append((record_topic, key.encode(), value, partition, None))
         for user, (partition, state) in self._user_writes.items():
@@ -210,7 +224,7 @@ class JoinWorker:
     def _on_acked(self, fut: Any, transition: Transition, started: float) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return  # the producer failed: Faust crashes the worker, and the restart re-emits
-        self.metrics.emit_latency.observe(time.perf_counter() - started)
+        self.metrics.emit_latency.observe(time.monotonic() - started)
         self.metrics.transitions.inc()
         self._record_writes.update(self.join.acked(transition).writes)
 
@@ -287,6 +301,10 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         async for batch in stream.take_events(config.batch_size, within=config.batch_wait_s):
             worker.on_batch(batch)
             await worker.flush()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: faust.App, revoked: set, **_: Any) -> None:
+        worker.on_revoked({tp.partition for tp in revoked if tp.topic in worker.logical})
 
     @app.timer(interval=config.tick_s)
     async def tick() -> None:

@@ -12,11 +12,11 @@ delivery: ``Output.transitions`` are marked in flight, and only ``acked()`` (cal
 broker has them) records them as emitted in the persisted record. A crash in between re-emits
 with the same ``transition_id``; nothing is lost.
 
->>> from contracts.examples import EXAMPLES
+>>> from contracts.examples import EXAMPLES, T0
 >>> join = Join(JoinConfig(window_s=10))
->>> _ = join.process(0, "slates", EXAMPLES["slates"][1], now=0)
->>> _ = join.process(0, "impressions", EXAMPLES["impressions"][1], now=0)
->>> out = join.process(0, "feedback", EXAMPLES["feedback"][1], now=0)
+>>> _ = join.process(0, "slates", EXAMPLES["slates"][1], now=T0)
+>>> _ = join.process(0, "impressions", EXAMPLES["impressions"][1], now=T0)
+>>> out = join.process(0, "feedback", EXAMPLES["feedback"][1], now=T0 + 5)
 >>> [(t.action, t.reward, t.reward_parts) for t in out.transitions]   # the purchase closes early
 [('sku-3', 5.0, {'purchase': 1})]
 """
@@ -37,6 +37,7 @@ from contracts.events import Event, Feedback, Impression, Interaction, Slate, St
 
 SLATES, IMPRESSIONS, FEEDBACK = "slates", "impressions", "feedback"
 INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
+RESTORED = "restored"  # the event time a partition's restored records had reached
 DEFAULT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
 
 
@@ -57,8 +58,9 @@ class JoinConfig:
     history_length: int = 50
     """Interactions kept in a next_state and in user-state."""
     max_future_skew_s: float = 300.0
-    """Event times further than this ahead of the wall clock do not move the watermark (a
-    producer with a wrong clock must not close every window at once)."""
+    """Events stamped further than this ahead of the worker's clock are dead letters (reason
+    ``future``): a producer with a wrong clock (or milliseconds for seconds) must neither close
+    every window at once nor pin a record for ever."""
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.allowed_lateness_s < 0 or self.idle_advance_s <= 0:
@@ -109,11 +111,8 @@ class Output:
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     writes: dict[str, tuple[int, Record | None]] = field(default_factory=dict)
     """Keys to persist: request_id -> (partition, record, or None to delete)."""
-
-    def extend(self, other: Output) -> None:
-        self.transitions += other.transitions
-        self.dead_letters += other.dead_letters
-        self.writes.update(other.writes)
+    attributed: list[Feedback] = field(default_factory=list)
+    """Feedback counted towards a transition (once each): what user histories record."""
 
 
 class Join:
@@ -140,6 +139,11 @@ class Join:
         self.inputs[topic] += 1
         self._now = now
         out = Output()
+        if event.ts > now + self.config.max_future_skew_s:  # type: ignore[attr-defined]
+            # A clock far ahead (or milliseconds for seconds) would pin the record for ever.
+            self._dead(out, "future", f"event time {event.ts} is more than {self.config.max_future_skew_s:g}s "  # type: ignore[attr-defined]
+                       f"ahead of the worker's clock ({now:.0f})", event)
+            return out
         rec = self.records.get(event.request_id)  # type: ignore[attr-defined]
         if rec is None:
             rec = Record(request_id=event.request_id, partition=partition)  # type: ignore[attr-defined]
@@ -249,8 +253,15 @@ class Join:
             self._dead(out, "late", f"feedback at ts {fb.ts} is after its window closed at {imp.ts + self.config.window_s}", fb)
             return
         if fb.event == "exit":
+            open_items = [p for p in range(len(imp.items))
+                          if p not in rec.emitted and p not in self._inflight.get(rec.request_id, ())]
+            if not open_items:
+                rec.feedback.remove(fb)
+                self._dead(out, "late", f"exit on request {fb.request_id} after every item was emitted", fb)
+                return
             self.outcomes[(FEEDBACK, "attributed")] += 1
-            self._emit(rec, range(len(imp.items)), out)
+            out.attributed.append(fb)
+            self._emit(rec, open_items, out)
             return
         if fb.item_id not in imp.items:
             rec.feedback.remove(fb)
@@ -262,14 +273,13 @@ class Join:
             self._dead(out, "late", f"feedback on {fb.item_id!r} after its transition was emitted", fb)
             return
         self.outcomes[(FEEDBACK, "attributed")] += 1
+        out.attributed.append(fb)
         if fb.event == "purchase":
             self._emit(rec, [position], out)
 
     # -- time --------------------------------------------------------------------------------
 
     def _advance(self, partition: int, topic: str, ts: float, now: float, out: Output) -> None:
-        if ts > now + self.config.max_future_skew_s:
-            ts = now  # a clock far ahead does not get to close windows
         if partition not in self._seen:
             self._seen[partition], self._first_seen[partition] = {}, now
         seen = self._seen[partition]
@@ -431,8 +441,10 @@ class Join:
         """Shown items whose transition is not yet acknowledged."""
         return sum(len(r.impression.items) - len(r.emitted) for r in self.records.values() if r.impression is not None)
 
-    def rebuild(self, partitions: set[int]) -> None:
-        """After a rebalance: keep the records of ``partitions`` only, and reschedule them."""
+    def rebuild(self, partitions: set[int], now: float) -> None:
+        """After a rebalance or a restart: keep the records of ``partitions`` only, reschedule
+        them, and start each partition's event time from its newest restored event, so a
+        partition that stays quiet still closes the windows it restored."""
         for key in [k for k, r in self.records.items() if r.partition not in partitions]:
             del self.records[key]
         self._deadlines = {p: [] for p in partitions}
@@ -441,8 +453,23 @@ class Join:
             if p not in partitions:
                 self._watermark.pop(p)
                 self._seen.pop(p, None)
+        newest: dict[int, float] = {}
         for rec in self.records.values():
             self._schedule(rec)
+            newest[rec.partition] = max(newest.get(rec.partition, -math.inf), _newest_ts(rec))
+        for p, ts in newest.items():
+            if p not in self._seen:
+                self._seen[p], self._first_seen[p] = {RESTORED: (ts, now)}, now
+
+
+def _newest_ts(rec: Record) -> float:
+    times = [f.ts for f in rec.feedback]
+    for part in (rec.slate, rec.impression):
+        if part is not None:
+            times.append(part.ts)
+    if rec.closed_at is not None:
+        times.append(rec.closed_at)
+    return max(times, default=-math.inf)
 
 
 def _same(a: Feedback, b: Feedback) -> bool:

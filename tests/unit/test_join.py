@@ -232,7 +232,7 @@ def test_without_acks_a_record_is_not_closed_and_a_rebuild_re_emits_the_same_ids
         first.update(t.transition_id for t in join.process(0, topic, event, now=event.ts).transitions)
     assert first == Counter({"r1:0": 1, "r1:1": 1, "r1:2": 1})
     # A crash before the acks: the restored owner has the records, not the in-flight marks.
-    join.rebuild({0})
+    join.rebuild({0}, now=5000.0)
     again = join.tick(0, now=10_000.0)
     assert sorted(t.transition_id for t in again.transitions if t.request_id == "r1") == ["r1:0", "r1:1", "r1:2"]
 
@@ -254,7 +254,7 @@ def test_rebuild_keeps_only_the_assigned_partitions() -> None:
     join = Join(CONFIG)
     join.process(0, *slate("r0"), now=100.0)
     join.process(1, *slate("r1"), now=100.0)
-    join.rebuild({1})
+    join.rebuild({1}, now=100.0)
     assert set(join.records) == {"r1"}
 
 
@@ -300,9 +300,43 @@ def test_re_emission_after_a_crash_is_identical() -> None:
     join = Join(CONFIG)
     first = {t.transition_id: t for _e in [0] for topic, event in events
              for t in join.process(0, topic, event, now=1000.0).transitions}
-    join.rebuild({0})  # restored from the changelog, no acks recorded
+    join.rebuild({0}, now=1000.0)  # restored from the changelog, no acks recorded
     again = {t.transition_id: t for t in join.tick(0, now=10_000.0).transitions}
     strip = lambda t: msgspec.structs.replace(t, ts_emitted=0.0)  # noqa: E731
     assert {k: strip(v) for k, v in again.items()} == {k: strip(v) for k, v in first.items()}
     assert (first["r1:1"].done, first["r1:2"].done) == (False, True)
     assert [i.item_id for i in first["r1:1"].next_state.history] == ["old", "b"]
+
+
+def test_a_restored_quiet_partition_still_closes_its_windows() -> None:
+    old = Join(CONFIG)
+    for topic, event in [slate(), imp()]:
+        old.process(0, topic, event, now=1000.0)
+    restored = Join(CONFIG, records=dict(old.records))  # a new worker, nothing else arrives
+    restored.rebuild({0}, now=2000.0)
+    assert restored.tick(0, now=2000.5).transitions == []
+    out = restored.tick(0, now=2000.0 + WINDOW + 5)
+    assert sorted(t.transition_id for t in out.transitions) == ["r1:0", "r1:1", "r1:2"]
+
+
+def test_events_from_the_far_future_are_dead_letters() -> None:
+    join = Join(CONFIG)
+    out = join.process(0, *fb("click", "a", ts=1.7e12), now=1000.0)  # milliseconds, not seconds
+    assert [(d.reason, d.topic) for d in out.dead_letters] == [("future", "feedback")]
+    assert join.records == {} and join.pending() == Counter()
+    assert_conservation(join)
+
+
+def test_an_exit_after_every_item_is_out_is_late() -> None:
+    r = run([slate(), imp(), *later(101 + WINDOW + 1), fb("exit", ts=120)])
+    assert ("late", "feedback", "r1") in r.dead
+    assert not any(t.done for t in r.transitions.values())
+
+
+def test_only_attributed_feedback_is_reported_for_user_histories() -> None:
+    join = Join(CONFIG)
+    for topic, event in [slate(), imp()]:
+        join.process(0, topic, event, now=1000.0)
+    assert [f.item_id for f in join.process(0, *fb("click", "a"), now=1000.0).attributed] == ["a"]
+    assert join.process(0, *fb("click", "a"), now=1000.0).attributed == []  # duplicate
+    assert join.process(0, *fb("click", "x"), now=1000.0).attributed == []  # orphan
