@@ -161,27 +161,30 @@ class JoinWorker:
     def on_tick(self) -> None:
         started, now = time.monotonic(), time.time()
         for partition in sorted(self.partitions):
-            self.join.note_backlog(partition, self._backlog(partition))
             self._handle(self.join.tick(partition, now), started)
         if now - self._last_report >= REPORT_EVERY_S:  # the gauges scan every record
             self._last_report = now
             self._report()
 
-    def _backlog(self, partition: int) -> set[str]:
-        """Input topics of ``partition`` with messages not processed yet."""
-        lagging = set()
-        for full, topic in self.logical.items():
-            tp = TP(full, partition)
-            processed = self._next_offset.get(tp)
-            if processed is None:
-                continue  # nothing read here since the assignment: no position to compare
-            try:
-                highwater = self.app.consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - not fetched yet: no information
-                continue
-            if highwater is not None and highwater > processed:
-                lagging.add(topic)
-        return lagging
+    async def refresh_backlog(self) -> None:
+        """Tell the join which inputs have unread messages: the consumer's highwater against
+        the next offset processed (or, before any message of that input was processed, the
+        consumer's position). Unknown counts as a backlog, since it only lasts until the first
+        fetch; an input wrongly taken for idle would let the others make its events late."""
+        for partition in sorted(self.partitions):
+            lagging = set()
+            for full, topic in self.logical.items():
+                tp = TP(full, partition)
+                try:
+                    highwater = self.app.consumer.highwater(tp)
+                    position = self._next_offset.get(tp)
+                    if position is None:
+                        position = await self.app.consumer.position(tp)
+                except Exception:  # noqa: BLE001 - not assigned or not fetched yet
+                    highwater = position = None
+                if highwater is None or position is None or highwater > position:
+                    lagging.add(topic)
+            self.join.note_backlog(partition, lagging)
 
     async def flush(self) -> None:
         """Send everything gathered so far to the producer (Faust flushes it before committing).
@@ -308,6 +311,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
 
     @app.timer(interval=config.tick_s)
     async def tick() -> None:
+        await worker.refresh_backlog()
         worker.on_tick()
         await worker.flush()
 
