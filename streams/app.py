@@ -38,6 +38,7 @@ from streams.metrics import StreamsMetrics
 log = logging.getLogger("shelfq.streams")
 COMPONENT = "streams"
 REPORT_EVERY_S = 2.0
+UNKNOWN_BACKLOG_S = 15.0  # how long an input not fetched yet may hold the watermark back
 
 
 class _MsgpackRecordCodec(codecs.Codec):
@@ -121,11 +122,13 @@ class JoinWorker:
         self._flush_lock = asyncio.Lock()
         self._next_offset: dict[TP, int] = {}
         self._last_report = 0.0
+        self._assigned_at = time.monotonic()
         self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)}
 
     def on_recovered(self, partitions: set[int]) -> None:
         self.partitions = partitions
+        self._assigned_at = time.monotonic()
         self.join.rebuild(partitions, time.time())
         self.metrics.partitions.set(len(partitions))
         log.info("join owns partitions %s with %d records", sorted(partitions), len(self.join.records))
@@ -169,8 +172,10 @@ class JoinWorker:
     async def refresh_backlog(self) -> None:
         """Tell the join which inputs have unread messages: the consumer's highwater against
         the next offset processed (or, before any message of that input was processed, the
-        consumer's position). Unknown counts as a backlog, since it only lasts until the first
-        fetch; an input wrongly taken for idle would let the others make its events late."""
+        consumer's position). Unknown counts as a backlog for a while after an assignment (it
+        normally lasts only until the first fetch; an input wrongly taken for idle would let the
+        others make its events late), and never holds the watermark for longer than that."""
+        unknown_is_backlog = time.monotonic() - self._assigned_at < UNKNOWN_BACKLOG_S
         for partition in sorted(self.partitions):
             lagging = set()
             for full, topic in self.logical.items():
@@ -182,7 +187,10 @@ class JoinWorker:
                         position = await self.app.consumer.position(tp)
                 except Exception:  # noqa: BLE001 - not assigned or not fetched yet
                     highwater = position = None
-                if highwater is None or position is None or highwater > position:
+                if highwater is None or position is None:
+                    if unknown_is_backlog:
+                        lagging.add(topic)
+                elif highwater > position:
                     lagging.add(topic)
             self.join.note_backlog(partition, lagging)
 

@@ -26,7 +26,7 @@ from tests.integration.conftest import free_port
 JOIN_ENV = {
     "SHELFQ_JOIN_WINDOW_S": "2",
     "SHELFQ_JOIN_ALLOWED_LATENESS_S": "0",
-    "SHELFQ_JOIN_IDLE_ADVANCE_S": "0.5",
+    "SHELFQ_JOIN_IDLE_ADVANCE_S": "2",
     "SHELFQ_STREAMS_TICK_S": "0.2",
 }
 
