@@ -236,7 +236,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.roundtrip import roundtrip
     from shelfq.topic_admin import ensure_topics
 
-    print("(the first start of the embedded broker resolves its jars with Maven)")
+    if not settings.external_cluster:
+        print("(the first start of the embedded broker resolves its jars with Maven)")
     with _broker_for(settings, keep=args.keep_broker):
         print(f"broker: {settings.bootstrap}")
         report = ensure_topics(settings)

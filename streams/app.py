@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import msgspec
 from faust.serializers import codecs
 from faust.types import TP
 
 from contracts.dlq import dead_letter
 from contracts.errors import EventError
-from contracts.events import Event, Feedback, Interaction, Transition, UserState, decode, encode
+from contracts.events import Feedback, Interaction, Transition, UserState, decode, encode
 from contracts.settings import Settings
 from contracts.topics import DLQ, FEEDBACK, IMPRESSIONS, SLATES, TRANSITIONS, USER_STATE, EVENT_OF_TOPIC
 from streams.config import StreamsConfig
@@ -44,8 +45,8 @@ UNKNOWN_BACKLOG_S = 15.0  # how long an input not fetched yet may hold the water
 class _MsgpackRecordCodec(codecs.Codec):
     """Join records in the changelog: msgpack arrays, compact and fast; never pickle."""
 
-    _encoder = __import__("msgspec").msgpack.Encoder()
-    _decoder = __import__("msgspec").msgpack.Decoder(Record)
+    _encoder = msgspec.msgpack.Encoder()
+    _decoder = msgspec.msgpack.Decoder(Record)
 
     def _dumps(self, obj: Any) -> bytes:
         return self._encoder.encode(obj)
@@ -357,5 +358,3 @@ def run_worker(settings: Settings, config: StreamsConfig, max_seconds: float | N
         faust_worker.loop.call_later(max_seconds, os.kill, os.getpid(), signal.SIGTERM)
     faust_worker.execute_from_commandline()
 
-
-__all__ = ["create_app", "run_worker", "JoinWorker", "Event"]
