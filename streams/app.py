@@ -170,26 +170,25 @@ class JoinWorker:
             self._last_report = now
             self._report()
 
-    async def refresh_backlog(self) -> None:
+    def refresh_backlog(self) -> None:
         """Tell the join which inputs have unread messages: the consumer's highwater against
-        the next offset processed (or, before any message of that input was processed, the
-        consumer's position). Unknown counts as a backlog for a while after an assignment (it
-        normally lasts only until the first fetch; an input wrongly taken for idle would let the
-        others make its events late), and never holds the watermark for longer than that."""
+        the next offset processed. An input nothing was processed of since the assignment counts
+        as a backlog for ``UNKNOWN_BACKLOG_S`` (Faust reads topics in long runs; taking it for
+        idle would let the others make its events late), never longer. (Asking the consumer for
+        its position instead can block Faust's consumer thread, and it counts messages queued
+        inside Faust as read.)"""
         unknown_is_backlog = time.monotonic() - self._assigned_at < UNKNOWN_BACKLOG_S
         for partition in sorted(self.partitions):
             lagging = set()
             for full, topic in self.logical.items():
                 tp = TP(full, partition)
+                position = self._next_offset.get(tp)
                 try:
                     highwater = self.app.consumer.highwater(tp)
-                    position = self._next_offset.get(tp)
-                    if position is None:
-                        position = await self.app.consumer.position(tp)
                 except Exception:  # noqa: BLE001 - not assigned or not fetched yet
-                    highwater = position = None
+                    highwater = None
                 if highwater is None or position is None:
-                    if unknown_is_backlog:
+                    if unknown_is_backlog and highwater != 0:
                         lagging.add(topic)
                 elif highwater > position:
                     lagging.add(topic)
@@ -320,7 +319,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
 
     @app.timer(interval=config.tick_s)
     async def tick() -> None:
-        await worker.refresh_backlog()
+        worker.refresh_backlog()
         worker.on_tick()
         await worker.flush()
 
