@@ -39,7 +39,6 @@ from streams.metrics import StreamsMetrics
 log = logging.getLogger("shelfq.streams")
 COMPONENT = "streams"
 REPORT_EVERY_S = 2.0
-UNKNOWN_BACKLOG_S = 15.0  # how long an input not fetched yet may hold the watermark back
 
 
 class _MsgpackRecordCodec(codecs.Codec):
@@ -123,13 +122,14 @@ class JoinWorker:
         self._flush_lock = asyncio.Lock()
         self._next_offset: dict[TP, int] = {}
         self._last_report = 0.0
-        self._assigned_at = time.monotonic()
+        self._start_offsets: dict[TP, int] | None = None
+        self._admin: Any = None
         self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)}
 
     def on_recovered(self, partitions: set[int]) -> None:
         self.partitions = partitions
-        self._assigned_at = time.monotonic()
+        self._start_offsets = None  # the assignment changed: read the committed offsets again
         self.join.rebuild(partitions, time.time())
         self.metrics.partitions.set(len(partitions))
         log.info("join owns partitions %s with %d records", sorted(partitions), len(self.join.records))
@@ -170,29 +170,57 @@ class JoinWorker:
             self._last_report = now
             self._report()
 
-    def refresh_backlog(self) -> None:
-        """Tell the join which inputs have unread messages: the consumer's highwater against
-        the next offset processed. An input nothing was processed of since the assignment counts
-        as a backlog for ``UNKNOWN_BACKLOG_S`` (Faust reads topics in long runs; taking it for
-        idle would let the others make its events late), never longer. (Asking the consumer for
-        its position instead can block Faust's consumer thread, and it counts messages queued
-        inside Faust as read.)"""
-        unknown_is_backlog = time.monotonic() - self._assigned_at < UNKNOWN_BACKLOG_S
+    async def refresh_backlog(self) -> None:
+        """Tell the join which inputs have unread messages, from the broker's log-end offsets
+        against the next offset processed (or, before anything was processed since the
+        assignment, the group's committed offset: where Faust starts delivering).
+
+        Faust's own view cannot answer this: its fetch position counts messages queued inside
+        Faust as read, a paused partition has no fresh highwater, and asking its consumer for
+        a position can block the consumer thread. The admin requests run off the event loop."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._start_offsets is None:
+                self._start_offsets = await loop.run_in_executor(None, self._committed_offsets)
+            ends = await loop.run_in_executor(None, self._end_offsets)
+        except Exception as exc:  # noqa: BLE001 - keep the last known backlog
+            log.warning("could not read offsets for the watermark: %s", exc)
+            return
         for partition in sorted(self.partitions):
             lagging = set()
             for full, topic in self.logical.items():
                 tp = TP(full, partition)
-                position = self._next_offset.get(tp)
-                try:
-                    highwater = self.app.consumer.highwater(tp)
-                except Exception:  # noqa: BLE001 - not assigned or not fetched yet
-                    highwater = None
-                if highwater is None or position is None:
-                    if unknown_is_backlog and highwater != 0:
-                        lagging.add(topic)
-                elif highwater > position:
+                position = self._next_offset.get(tp, self._start_offsets.get(tp, 0))
+                if ends.get(tp, 0) > position:
                     lagging.add(topic)
             self.join.note_backlog(partition, lagging)
+
+    def _admin_client(self) -> Any:
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._admin = AdminClient(self.settings.confluent_config())
+        return self._admin
+
+    def _end_offsets(self) -> dict[TP, int]:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        request = {TopicPartition(full, p): OffsetSpec.latest() for full in self.logical for p in self.partitions}
+        if not request:
+            return {}
+        futures = self._admin_client().list_offsets(request, request_timeout=5)
+        return {TP(tp.topic, tp.partition): f.result(timeout=10).offset for tp, f in futures.items()}
+
+    def _committed_offsets(self) -> dict[TP, int]:
+        """The group's committed offsets of the input topics (0 where none: the group reads
+        from the beginning)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        group = self.app.conf.id
+        result = self._admin_client().list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)])[group].result(timeout=10)
+        return {TP(t.topic, t.partition): max(t.offset, 0) for t in result.topic_partitions if t.topic in self.logical}
 
     async def flush(self) -> None:
         """Send everything gathered so far to the producer (Faust flushes it before committing).
@@ -319,7 +347,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
 
     @app.timer(interval=config.tick_s)
     async def tick() -> None:
-        worker.refresh_backlog()
+        await worker.refresh_backlog()
         worker.on_tick()
         await worker.flush()
 
