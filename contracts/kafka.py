@@ -57,13 +57,12 @@ class ReliableProducer:
 
         ``on_delivered(msg)`` is called with the acknowledged message (topic, partition, offset).
         """
-        callback = self._on_delivery
-        if on_delivered is not None:
+        def report_and_notify(err: KafkaError | None, msg: Any) -> None:
+            self._on_delivery(err, msg)
+            if err is None and on_delivered is not None:
+                on_delivered(msg)
 
-            def callback(err: KafkaError | None, msg: Any) -> None:
-                self._on_delivery(err, msg)
-                if err is None:
-                    on_delivered(msg)
+        callback = self._on_delivery if on_delivered is None else report_and_notify
 
         while True:
             try:

@@ -31,9 +31,9 @@ from contracts.dlq import dead_letter
 from contracts.errors import EventError
 from contracts.events import Feedback, Interaction, Transition, UserState, decode, encode
 from contracts.settings import Settings
-from contracts.topics import DLQ, FEEDBACK, IMPRESSIONS, SLATES, TRANSITIONS, USER_STATE, EVENT_OF_TOPIC
+from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from streams.config import StreamsConfig
-from streams.join import Join, Output, Record
+from streams.join import INPUTS, Join, Output, Record
 from streams.metrics import StreamsMetrics
 
 log = logging.getLogger("shelfq.streams")
@@ -111,7 +111,7 @@ class JoinWorker:
         s = self.settings
         self.join = Join(self.config.join, self.records.data)
         self.partitions: set[int] = set()
-        self.logical = {s.topic(t): t for t in (SLATES, IMPRESSIONS, FEEDBACK)}
+        self.logical = {s.topic(t): t for t in INPUTS}
         self.transitions_topic = s.topic(TRANSITIONS)
         self.dlq_topic = s.topic(DLQ)
         self.user_state_topic = s.topic(USER_STATE)
@@ -124,8 +124,8 @@ class JoinWorker:
         self._last_report = 0.0
         self._start_offsets: dict[TP, int] | None = None
         self._admin: Any = None
-        self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
-        self._input_counters = {t: self.metrics.inputs.labels(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)}
+        self._reported = self.join.outcomes.copy()
+        self._input_counters = {t: self.metrics.inputs.labels(t) for t in INPUTS}
 
     def on_recovered(self, partitions: set[int]) -> None:
         self.partitions = partitions
@@ -286,13 +286,12 @@ class JoinWorker:
 
     def _report(self) -> None:
         """Move the join's outcome counts into the metrics; refresh the gauges."""
-        _inputs, outcomes = self._reported
         for (topic, outcome), n in self.join.outcomes.items():
-            if n != outcomes[(topic, outcome)]:
-                self.metrics.events.labels(topic, outcome).inc(n - outcomes[(topic, outcome)])
-        self._reported = (self.join.inputs.copy(), self.join.outcomes.copy())
+            if n != self._reported[(topic, outcome)]:
+                self.metrics.events.labels(topic, outcome).inc(n - self._reported[(topic, outcome)])
+        self._reported = self.join.outcomes.copy()
         pending = self.join.pending()
-        for topic in (SLATES, IMPRESSIONS, FEEDBACK):
+        for topic in INPUTS:
             self.metrics.pending_events.labels(topic).set(pending[topic])
         self.metrics.pending_items.set(self.join.pending_items())
         self.metrics.records.set(len(self.join.records))
@@ -330,7 +329,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         table.key_serializer, table.value_serializer = "shelfq-utf8", value_codec
     app.tables.add(records)  # builds its changelog topic, now with the codecs above
     worker = JoinWorker(app, settings, config, records, histories)
-    source = app.topic(*(settings.topic(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)),
+    source = app.topic(*(settings.topic(t) for t in INPUTS),
                        key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="join")
