@@ -1,0 +1,96 @@
+"""Model messages: a Q-network as safetensors bytes plus headers, and the loader that checks
+one before anything serves it. Shared by the learner (writer) and the agents (readers).
+
+Nothing is unpickled: safetensors holds raw tensors, the headers are JSON and text.
+
+>>> from learner.config import LearnerConfig
+>>> net = QNetwork(LearnerConfig(hash_buckets=64, context_buckets=8))
+>>> value, headers = model_message(net, LearnerConfig(hash_buckets=64, context_buckets=8), version=1, created_ts=1.0)
+>>> loaded = load_model(value, headers.to_headers())
+>>> loaded.headers.version, loaded.config.hash_buckets
+(1, 64)
+>>> load_model(value[:-4], headers.to_headers())  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+contracts.errors.EventError: value.value.2.weight: out_of_range: data offsets ... outside the ...-byte buffer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from contracts.errors import ConfigError, EventError
+from contracts.models import DTYPE_BYTES, ModelHeaders, read_safetensors_index
+from learner.config import NETWORK_FIELDS, LearnerConfig
+from learner.network import QNetwork
+
+_TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+assert set(_TORCH_DTYPES.values()) <= set(DTYPE_BYTES)
+
+
+class LoadedModel(NamedTuple):
+    """A checked model, ready to score (in eval mode, on the CPU unless moved)."""
+
+    network: QNetwork
+    headers: ModelHeaders
+    config: LearnerConfig
+
+
+def model_message(network: QNetwork, config: LearnerConfig, version: int, created_ts: float | None = None,
+                  extra: dict[str, Any] | None = None) -> tuple[bytes, ModelHeaders]:
+    """The value (safetensors bytes) and headers of one model version."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    meta = {**config.network(), "gamma": config.gamma, **(extra or {})}
+    headers = ModelHeaders(config.policy, version, time.time() if created_ts is None else created_ts, meta)
+    return save_tensors(tensors), headers
+
+
+def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
+               policy: str | None = None) -> LoadedModel:
+    """Check and load one model message, or raise ``EventError`` saying what is wrong.
+
+    Checked, in order: the headers; the policy (when ``policy`` is given); that the
+    safetensors table describes the buffer exactly; that the config builds a network; that
+    tensor names, shapes and dtypes are exactly that network's; that every weight is finite.
+    """
+    meta = ModelHeaders.from_headers(headers)
+    if policy is not None and meta.policy != policy:
+        raise EventError("headers.policy", "invalid", f"model is for policy {meta.policy!r}, not {policy!r}")
+    index = read_safetensors_index(value)
+    known = {f.name for f in dataclasses.fields(LearnerConfig)}
+    shape_fields = {k: v for k, v in meta.config.items() if k in known and k in NETWORK_FIELDS}
+    missing = [k for k in NETWORK_FIELDS if k not in shape_fields]
+    if missing:
+        raise EventError("headers.config", "missing", f"network settings missing: {', '.join(missing)}")
+    try:
+        config = LearnerConfig(policy=meta.policy, **shape_fields)
+    except (ConfigError, TypeError) as exc:
+        raise EventError("headers.config", "invalid", str(exc)) from None
+    network = QNetwork(config)
+    expected = network.state_dict()
+    problems = [f"missing {name}" for name in expected if name not in index]
+    problems += [f"unexpected {name}" for name in index if name not in expected]
+    for name, info in index.items():
+        want = expected.get(name)
+        if want is None:
+            continue
+        if tuple(want.shape) != info.shape:
+            problems.append(f"{name} has shape {list(info.shape)}, want {list(want.shape)}")
+        elif _TORCH_DTYPES.get(want.dtype) != info.dtype:
+            problems.append(f"{name} has dtype {info.dtype}, want {_TORCH_DTYPES.get(want.dtype)}")
+    if problems:
+        raise EventError("value", "invalid", "tensors do not match the network: " + "; ".join(problems[:5]))
+    tensors = load_tensors(value)  # type: ignore[arg-type]
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise EventError(f"value.{name}", "non_finite", "weights contain NaN or infinity")
+    network.load_state_dict(tensors, strict=True)
+    network.eval()
+    return LoadedModel(network, meta, config)

@@ -1,0 +1,180 @@
+"""Hyperparameters and runtime settings of the learner, from ``SHELFQ_LEARNER_*`` variables.
+
+Every field reads from ``SHELFQ_LEARNER_<FIELD>`` (upper case); flags override.
+
+>>> c = LearnerConfig.from_env({"SHELFQ_LEARNER_GAMMA": "0", "SHELFQ_LEARNER_ENCODER": "cnn"})
+>>> c.gamma, c.encoder
+(0.0, 'cnn')
+>>> LearnerConfig(encoder="transformer")
+Traceback (most recent call last):
+...
+contracts.errors.ConfigError: learner: encoder must be one of gru, lstm, cnn; got 'transformer'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contracts.errors import ConfigError
+
+ENCODERS = ("gru", "lstm", "cnn")
+ENV_PREFIX = "SHELFQ_LEARNER_"
+
+#: Fields that shape the network: a model message carries them, and a loader needs them.
+NETWORK_FIELDS = ("encoder", "embedding_dim", "hidden_dim", "hash_buckets", "history_length",
+                  "context_buckets", "content_dim", "position_bias")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The learner's settings. Network-shaping fields travel with every model."""
+
+    # -- the Q-network -----------------------------------------------------------------------
+    encoder: str = "gru"
+    """Sequence encoder over the user's recent items: gru, lstm or cnn (1-D convolution)."""
+    embedding_dim: int = 32
+    """Width of item, event and context embeddings."""
+    hidden_dim: int = 64
+    """Width of the encoder's state and of the dueling head."""
+    hash_buckets: int = 1 << 15
+    """Rows of the hashed item-id table: ids never seen before still get a (shared) row."""
+    history_length: int = 20
+    """Most recent interactions of a state the encoder reads (older ones are dropped)."""
+    context_buckets: int = 1024
+    """Rows of the hashed request-context table (``key=value`` strings, numeric keys)."""
+    content_dim: int = 0
+    """Width of item content vectors (384 with the MiniLM title embedder); 0 turns content off."""
+    position_bias: bool = True
+    """Learn a per-position reward offset in training (shown position explains clicks too); it
+    is left out when ranking, so the policy ranks items, not slots."""
+
+    # -- the DQN update ----------------------------------------------------------------------
+    gamma: float = 0.9
+    """Discount; 0 gives the myopic click-greedy baseline with the same code."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    learning_rate: float = 1e-3
+    """Adam step size."""
+    target_tau: float = 0.01
+    """Polyak rate of the target network per step; 1.0 with ``target_period`` > 1 is a copy."""
+    target_period: int = 1
+    """Steps between target updates (1 with a small tau: Polyak averaging)."""
+    max_grad_norm: float = 10.0
+    """Gradients are clipped to this global norm."""
+    candidates: int = 64
+    """Size of the candidate set for the max over a' in s' (popular items plus a catalog sample)."""
+    popular_share: float = 0.5
+    """Share of the candidate set taken by the most popular items; the rest is sampled."""
+
+    # -- replay ------------------------------------------------------------------------------
+    replay_capacity: int = 100_000
+    """Transitions the replay buffer keeps (the oldest are overwritten)."""
+    prioritized: bool = False
+    """Sample by TD error (proportional prioritized replay) instead of uniformly."""
+    priority_alpha: float = 0.6
+    """How strongly priorities skew sampling (0 = uniform)."""
+    priority_beta: float = 0.4
+    """Importance-sampling correction of prioritized sampling (1 = full correction)."""
+    replay_ratio: float = 1.0
+    """Transitions sampled for training per transition consumed (1: one batch per batch)."""
+    learning_starts: int = 256
+    """Transitions to collect before the first step."""
+    dedupe_capacity: int = 200_000
+    """transition_ids remembered to drop repeats (at-least-once delivery re-sends some)."""
+
+    # -- runtime -----------------------------------------------------------------------------
+    policy: str = "dqn"
+    """Policy name: the key of model messages and the slates' ``policy``."""
+    publish_every_s: float = 30.0
+    """Seconds between model publications (also published after ``publish_every_steps``)."""
+    publish_every_steps: int = 1000
+    """Steps between model publications."""
+    checkpoint_dir: Path = Path(".shelfq/learner")
+    """Where checkpoints go; offsets are committed only for what a checkpoint covers."""
+    checkpoint_every_s: float = 30.0
+    """Seconds between checkpoints (each is followed by an offset commit)."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, or cuda[:N]."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+    seed: int = 0
+    """Seeds weights, sampling and candidate draws."""
+    metrics_port: int = 9102
+    """Port of /metrics (0 turns the endpoint off)."""
+    metrics_addr: str = "0.0.0.0"
+    """Address /metrics listens on."""
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"learner: encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
+        positive = ("embedding_dim", "hidden_dim", "hash_buckets", "history_length", "context_buckets",
+                    "batch_size", "candidates", "replay_capacity", "dedupe_capacity", "target_period",
+                    "publish_every_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"learner: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.gamma < 1:
+            raise ConfigError(f"learner: gamma must be in [0, 1), got {self.gamma}")
+        if not 0 < self.target_tau <= 1:
+            raise ConfigError(f"learner: target_tau must be in (0, 1], got {self.target_tau}")
+        if self.content_dim < 0:
+            raise ConfigError(f"learner: content_dim must be >= 0, got {self.content_dim}")
+        if self.replay_capacity < self.batch_size:
+            raise ConfigError(f"learner: replay_capacity ({self.replay_capacity}) must hold a batch ({self.batch_size})")
+        for name in ("learning_rate", "max_grad_norm", "publish_every_s", "checkpoint_every_s", "replay_ratio"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"learner: {name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.popular_share <= 1 or not 0 <= self.priority_alpha <= 1 or not 0 <= self.priority_beta <= 1:
+            raise ConfigError("learner: popular_share, priority_alpha and priority_beta must be in [0, 1]")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"learner: metrics_port must be a TCP port or 0, got {self.metrics_port}")
+        if self.learning_starts < self.batch_size:
+            warnings.warn(f"learner: learning_starts {self.learning_starts} < batch_size {self.batch_size}; "
+                          "the first steps wait for a full batch anyway", stacklevel=2)
+        if self.gamma > 0.99:
+            warnings.warn(f"learner: gamma {self.gamma} > 0.99 makes online targets slow to settle", stacklevel=2)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> LearnerConfig:
+        """Read ``SHELFQ_LEARNER_*``; keyword overrides (flags) win; None means unset."""
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                kw[f.name] = _parse(f.name, f.type, raw)
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
+
+    def network(self) -> dict[str, Any]:
+        """The fields that shape the network, as carried in a model's config header."""
+        return {name: getattr(self, name) for name in NETWORK_FIELDS}
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected {kind}, got {raw!r}") from None

@@ -1,0 +1,207 @@
+"""Double DQN over the Q-network: ``learn_one`` transitions, ``train_step`` on batches,
+``score`` items for a state. No Kafka here; ``learner.service`` feeds it from the topic.
+
+>>> import msgspec
+>>> from contracts.examples import EXAMPLES
+>>> dqn = DQN(LearnerConfig(batch_size=2, learning_starts=2, replay_capacity=8, candidates=4))
+>>> t = EXAMPLES["transitions"][1]
+>>> dqn.learn_one(t) is None                            # not enough data for a step yet
+True
+>>> stats = dqn.learn_one(msgspec.structs.replace(t, transition_id="req-9f1c:2", position=2, action="sku-34"))
+>>> stats.step, dqn.learn_one(t)                        # a repeated transition_id is ignored
+(1, None)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from contracts.events import State, Transition
+from learner.candidates import Catalog
+from learner.config import LearnerConfig
+from learner.device import autocast, pick_device
+from learner.features import Featurizer
+from learner.network import QNetwork
+from learner.replay import ReplayBuffer, Sample
+
+
+class Batch(NamedTuple):
+    """A sampled batch on the training device."""
+
+    items: torch.Tensor
+    events: torch.Tensor
+    next_items: torch.Tensor
+    next_events: torch.Tensor
+    context: torch.Tensor
+    context_weights: torch.Tensor
+    actions: torch.Tensor
+    positions: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    weights: torch.Tensor
+
+
+class StepStats(NamedTuple):
+    step: int
+    loss: float
+    td_error: float
+    mean_q: float
+
+
+class Deduper:
+    """Remembers the last ``capacity`` transition_ids (at-least-once delivery repeats some)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, key: str) -> bool:
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return True
+
+    def keys(self) -> list[str]:
+        return list(self._seen)
+
+    def load(self, keys: Sequence[str]) -> None:
+        self._seen = OrderedDict.fromkeys(keys[-self.capacity:])
+
+
+class DQN:
+    """An online double-DQN learner with a replay buffer, a target network and a catalog of
+    candidate items for the max over next actions."""
+
+    def __init__(self, config: LearnerConfig, device: torch.device | str | None = None) -> None:
+        self.config = config
+        self.device = pick_device(config.device if device is None else str(device))
+        torch.manual_seed(config.seed)
+        self.online = QNetwork(config).to(self.device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.learning_rate, fused=True)
+        self.features = Featurizer(config.hash_buckets, config.history_length, config.context_buckets)
+        self.replay = ReplayBuffer(config.replay_capacity, config.history_length, prioritized=config.prioritized,
+                                   alpha=config.priority_alpha, beta=config.priority_beta, seed=config.seed)
+        self.catalog = Catalog(seed=config.seed)
+        self.dedupe = Deduper(config.dedupe_capacity)
+        self.step = 0
+        self.duplicates = 0
+        self._credit = 0.0  # transitions consumed but not yet trained on (x replay_ratio)
+
+    # -- online API --------------------------------------------------------------------------
+
+    def add(self, t: Transition) -> bool:
+        """Store one transition unless its id was seen; True when it was new."""
+        if not self.dedupe.first_time(t.transition_id):
+            self.duplicates += 1
+            return False
+        self.replay.add(self.features.row(t))
+        self.catalog.observe(t.slate, t.action, t.reward)
+        self._credit += self.config.replay_ratio
+        return True
+
+    def train_due(self) -> StepStats | None:
+        """Train as many steps as the transitions added since the last call pay for."""
+        stats = None
+        while self._credit >= self.config.batch_size and len(self.replay) >= self.config.learning_starts:
+            self._credit -= self.config.batch_size
+            stats = self.train_step(self.sample())
+        return stats
+
+    def learn_one(self, t: Transition) -> StepStats | None:
+        """``add`` then ``train_due``: the river-style entry point."""
+        return self.train_due() if self.add(t) else None
+
+    @torch.no_grad()
+    def score(self, state: State, item_ids: Sequence[str]) -> np.ndarray:
+        """Q(s, a) of each item for one state (position bias left out)."""
+        self.online.eval()
+        user = self.online.user(*self._state_tensors([state]))
+        q = self.online.q_candidates(user, self._rows(item_ids))[0]
+        self.online.train()
+        return q.float().cpu().numpy()
+
+    # -- training ----------------------------------------------------------------------------
+
+    def sample(self) -> tuple[Batch, torch.Tensor, np.ndarray]:
+        """A replay batch, the candidate rows for s' and the sampled slots."""
+        s = self.replay.sample(self.config.batch_size)
+        return self.to_batch(s), self._rows(self.catalog.candidates(self.config.candidates, self.config.popular_share)), s.indices
+
+    def to_batch(self, s: Sample) -> Batch:
+        dev = self.device
+
+        def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(a).to(dev, dtype, non_blocking=True)
+
+        return Batch(t(s.items, torch.long), t(s.events, torch.long), t(s.next_items, torch.long),
+                     t(s.next_events, torch.long), t(s.context, torch.long), t(s.context_weights, torch.float32),
+                     t(s.actions, torch.long), t(s.positions, torch.long), t(s.rewards, torch.float32),
+                     t(s.dones, torch.float32), t(s.weights, torch.float32))
+
+    def train_step(self, sampled: tuple[Batch, torch.Tensor, np.ndarray]) -> StepStats:
+        """One double-DQN update; returns the loss, mean |TD error| and mean Q of the batch."""
+        b, candidates, indices = sampled
+        cfg = self.config
+        with autocast(self.device):
+            # Q(s, a) of the logged actions, with the position offset.
+            q = self.online.q_logged(self.online.user(b.items, b.events, b.context, b.context_weights),
+                                     b.actions, b.positions, candidates)
+            with torch.no_grad():
+                if cfg.gamma > 0:
+                    # Double DQN: the online net picks a' in C, the target net values it.
+                    next_online = self.online.user(b.next_items, b.next_events, b.context, b.context_weights)
+                    best = self.online.q_candidates(next_online, candidates).argmax(dim=1, keepdim=True)
+                    next_target = self.target.user(b.next_items, b.next_events, b.context, b.context_weights)
+                    next_q = self.target.q_candidates(next_target, candidates).gather(1, best).squeeze(1)
+                else:
+                    next_q = torch.zeros_like(b.rewards)  # myopic: the target is the reward alone
+                # r + gamma * (1 - done) * Q_target(s', argmax_a' Q(s', a'))
+                y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_q.float()
+            td = q.float() - y
+            # Huber loss, weighted by importance sampling when replay is prioritized.
+            loss = (b.weights * nn.functional.smooth_l1_loss(q.float(), y, reduction="none")).mean()
+        # Gradient step with global-norm clipping.
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.online.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        # Priorities follow the new TD errors.
+        td_abs = td.detach().abs()
+        self.replay.update_priorities(indices, td_abs.cpu().numpy())
+        # Target network: Polyak average (or a copy every target_period steps with tau = 1).
+        self.step += 1
+        if self.step % cfg.target_period == 0:
+            with torch.no_grad():
+                for p_t, p in zip(self.target.parameters(), self.online.parameters()):
+                    p_t.lerp_(p, cfg.target_tau)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"learner: loss became {loss_value} at step {self.step}; "
+                                     "lower learning_rate or check the rewards")
+        return StepStats(self.step, loss_value, float(td_abs.mean()), float(q.detach().float().mean()))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _rows(self, item_ids: Sequence[str]) -> torch.Tensor:
+        return torch.from_numpy(self.features.buckets(item_ids)).to(self.device, torch.long)
+
+    def _state_tensors(self, states: Sequence[State]) -> tuple[torch.Tensor, ...]:
+        hist = [self.features.history(s) for s in states]
+        ctx = [self.features.context(s) for s in states]
+        dev = self.device
+        return (torch.from_numpy(np.stack([h[0] for h in hist])).to(dev, torch.long),
+                torch.from_numpy(np.stack([h[1] for h in hist])).to(dev, torch.long),
+                torch.from_numpy(np.stack([c[0] for c in ctx])).to(dev, torch.long),
+                torch.from_numpy(np.stack([c[1] for c in ctx])).to(dev, torch.float32))
+

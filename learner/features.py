@@ -1,0 +1,118 @@
+"""From events to the integer arrays the Q-network reads. Pure numpy; no torch, no Kafka.
+
+Item ids are hashed into a fixed table (``hash_buckets`` rows), so an id never seen before
+still has a row and the model never has to grow; row 0 is padding. The hash is stable across
+processes and machines (blake2b, not Python's salted ``hash``), because the learner and every
+agent replica must agree on it.
+
+>>> f = Featurizer(hash_buckets=1000, history_length=3)
+>>> f.bucket("sku-1") == f.bucket("sku-1") and 1 <= f.bucket("sku-1") < 1000
+True
+>>> from contracts.events import Interaction, State
+>>> s = State(history=[Interaction(item_id="a", event="click", ts=1.0),
+...                    Interaction(item_id="b", event="purchase", ts=2.0)], context={"device": "app"})
+>>> items, events = f.history(s)
+>>> int(items[0]), events.tolist()     # left-padded: the newest interaction is last
+(0, [0, 1, 3])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from contracts.events import State, Transition
+
+EVENT_IDS = {"click": 1, "add_to_cart": 2, "purchase": 3}
+EVENT_KINDS = len(EVENT_IDS) + 1  # plus padding
+MAX_CONTEXT = 8  # context entries read per state
+_CACHE_LIMIT = 1 << 20
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text`` that every process computes the same way.
+
+    >>> stable_hash("sku-1") == stable_hash("sku-1") != stable_hash("sku-2")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class Row(NamedTuple):
+    """One transition as arrays (what the replay buffer stores)."""
+
+    items: np.ndarray  # [L] int32 buckets of s's history, left-padded
+    events: np.ndarray  # [L] int8 event ids
+    next_items: np.ndarray
+    next_events: np.ndarray
+    context: np.ndarray  # [MAX_CONTEXT] int32 buckets of the context table
+    context_weights: np.ndarray  # [MAX_CONTEXT] float32
+    action: int
+    position: int
+    reward: float
+    done: bool
+
+
+class Featurizer:
+    """Maps ids, states and transitions to arrays, with a bounded cache of item hashes."""
+
+    def __init__(self, hash_buckets: int, history_length: int, context_buckets: int = 1024) -> None:
+        if hash_buckets < 2 or history_length < 1 or context_buckets < 2:
+            raise ValueError("hash_buckets and context_buckets must be >= 2, history_length >= 1")
+        self.hash_buckets = hash_buckets
+        self.history_length = history_length
+        self.context_buckets = context_buckets
+        self._buckets: dict[str, int] = {}
+
+    def bucket(self, item_id: str) -> int:
+        """The item table row of ``item_id`` (1..hash_buckets-1; 0 is padding)."""
+        b = self._buckets.get(item_id)
+        if b is None:
+            if len(self._buckets) >= _CACHE_LIMIT:
+                self._buckets.clear()  # a cache, not a registry: recomputing is cheap
+            b = self._buckets[item_id] = 1 + stable_hash(item_id) % (self.hash_buckets - 1)
+        return b
+
+    def buckets(self, item_ids: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self.bucket(i) for i in item_ids), dtype=np.int32, count=len(item_ids))
+
+    def history(self, state: State) -> tuple[np.ndarray, np.ndarray]:
+        """The newest ``history_length`` interactions as (buckets, event ids), left-padded."""
+        L = self.history_length
+        items, events = np.zeros(L, np.int32), np.zeros(L, np.int8)
+        recent = state.history[-L:]
+        start = L - len(recent)
+        for j, inter in enumerate(recent, start):
+            items[j] = self.bucket(inter.item_id)
+            events[j] = EVENT_IDS[inter.event]
+        return items, events
+
+    def context(self, state: State) -> tuple[np.ndarray, np.ndarray]:
+        """Context entries as hashed rows with weights: ``key=value`` for text (weight 1),
+        ``key`` for numbers (weight = the value, clipped to +-10).
+
+        >>> f = Featurizer(1000, 2, context_buckets=64)
+        >>> rows, weights = f.context(State(context={"device": "app", "hour": 3}))
+        >>> int((rows > 0).sum()), sorted(weights.tolist())[-2:]
+        (2, [1.0, 3.0])
+        """
+        rows, weights = np.zeros(MAX_CONTEXT, np.int32), np.zeros(MAX_CONTEXT, np.float32)
+        for j, (key, value) in enumerate(sorted(state.context.items())[:MAX_CONTEXT]):
+            if isinstance(value, str):
+                rows[j], weights[j] = self._context_row(f"{key}={value}"), 1.0
+            else:
+                rows[j], weights[j] = self._context_row(key), max(-10.0, min(10.0, float(value)))
+        return rows, weights
+
+    def _context_row(self, text: str) -> int:
+        return 1 + stable_hash("ctx:" + text) % (self.context_buckets - 1)
+
+    def row(self, t: Transition) -> Row:
+        items, events = self.history(t.state)
+        next_items, next_events = self.history(t.next_state)
+        context, weights = self.context(t.state)
+        return Row(items, events, next_items, next_events, context, weights, self.bucket(t.action),
+                   t.position, t.reward, t.done)

@@ -1,0 +1,130 @@
+"""A bounded replay buffer of featurized transitions, sampled uniformly or by priority.
+
+Preallocated numpy arrays: memory is fixed by ``capacity`` and known up front, appends and
+samples are vectorised, and the whole buffer saves to safetensors as it is (checkpoints).
+
+>>> from learner.features import Row
+>>> import numpy as np
+>>> buf = ReplayBuffer(capacity=4, history_length=2, seed=0)
+>>> row = Row(np.zeros(2, np.int32), np.zeros(2, np.int8), np.zeros(2, np.int32), np.zeros(2, np.int8),
+...           np.zeros(8, np.int32), np.zeros(8, np.float32), 7, 0, 1.0, False)
+>>> for _ in range(6):
+...     buf.add(row)
+>>> len(buf), buf.added                                   # bounded: the oldest were overwritten
+(4, 6)
+>>> buf.sample(3).actions.tolist()
+[7, 7, 7]
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from learner.features import MAX_CONTEXT, Row
+
+_PRIORITY_EPS = 1e-3
+
+
+class Sample(NamedTuple):
+    """A sampled batch as numpy arrays; ``indices`` and ``weights`` serve prioritized replay."""
+
+    items: np.ndarray
+    events: np.ndarray
+    next_items: np.ndarray
+    next_events: np.ndarray
+    context: np.ndarray
+    context_weights: np.ndarray
+    actions: np.ndarray
+    positions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+
+
+class ReplayBuffer:
+    """Ring buffer of ``capacity`` transitions with optional proportional prioritization."""
+
+    def __init__(self, capacity: int, history_length: int, *, prioritized: bool = False,
+                 alpha: float = 0.6, beta: float = 0.4, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity, self.prioritized, self.alpha, self.beta = capacity, prioritized, alpha, beta
+        L = history_length
+        self.arrays: dict[str, np.ndarray] = {
+            "items": np.zeros((capacity, L), np.int32),
+            "events": np.zeros((capacity, L), np.int8),
+            "next_items": np.zeros((capacity, L), np.int32),
+            "next_events": np.zeros((capacity, L), np.int8),
+            "context": np.zeros((capacity, MAX_CONTEXT), np.int32),
+            "context_weights": np.zeros((capacity, MAX_CONTEXT), np.float32),
+            "actions": np.zeros(capacity, np.int32),
+            "positions": np.zeros(capacity, np.int64),
+            "rewards": np.zeros(capacity, np.float32),
+            "dones": np.zeros(capacity, np.bool_),
+            "priorities": np.zeros(capacity, np.float64),
+            "cursor": np.zeros(2, np.int64),  # [next slot, transitions ever added]
+        }
+        self._rng = np.random.default_rng(seed)
+        self._max_priority = 1.0
+
+    @property
+    def added(self) -> int:
+        return int(self.arrays["cursor"][1])
+
+    def __len__(self) -> int:
+        return min(self.added, self.capacity)
+
+    def add(self, row: Row) -> None:
+        a, i = self.arrays, int(self.arrays["cursor"][0])
+        a["items"][i], a["events"][i] = row.items, row.events
+        a["next_items"][i], a["next_events"][i] = row.next_items, row.next_events
+        a["context"][i], a["context_weights"][i] = row.context, row.context_weights
+        a["actions"][i], a["positions"][i] = row.action, row.position
+        a["rewards"][i], a["dones"][i] = row.reward, row.done
+        a["priorities"][i] = self._max_priority  # new transitions are sampled at least once soon
+        a["cursor"][0] = (i + 1) % self.capacity
+        a["cursor"][1] += 1
+
+    def sample(self, batch_size: int) -> Sample:
+        n = len(self)
+        if n == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        if self.prioritized:
+            p = self.arrays["priorities"][:n] ** self.alpha
+            cdf = np.cumsum(p)
+            idx = np.minimum(np.searchsorted(cdf, self._rng.random(batch_size) * cdf[-1]), n - 1)
+            probs = p[idx] / cdf[-1]
+            w = (n * probs) ** -self.beta
+            weights = (w / w.max()).astype(np.float32)
+        else:
+            idx = self._rng.integers(0, n, batch_size)
+            weights = np.ones(batch_size, np.float32)
+        a = self.arrays
+        return Sample(a["items"][idx], a["events"][idx], a["next_items"][idx], a["next_events"][idx],
+                      a["context"][idx], a["context_weights"][idx], a["actions"][idx], a["positions"][idx],
+                      a["rewards"][idx], a["dones"][idx], idx, weights)
+
+    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        """Priorities follow the latest |TD error| of each sampled transition."""
+        if not self.prioritized:
+            return
+        p = np.abs(td_errors).astype(np.float64) + _PRIORITY_EPS
+        self.arrays["priorities"][indices] = p
+        self._max_priority = max(self._max_priority, float(p.max()))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The arrays to checkpoint (only the filled part matters, but shapes stay fixed)."""
+        return self.arrays
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, current in self.arrays.items():
+            loaded = arrays.get(name)
+            if loaded is None or loaded.shape != current.shape or loaded.dtype != current.dtype:
+                raise ValueError(f"replay checkpoint does not match this buffer at {name!r} "
+                                 f"(capacity or history_length changed?)")
+            current[...] = loaded
+        filled = self.arrays["priorities"][: len(self)]
+        self._max_priority = float(filled.max()) if len(filled) else 1.0
