@@ -113,8 +113,11 @@ class EventConsumer:
         *,
         offset_reset: str = "earliest",
         producer: ReliableProducer | None = None,
+        on_assign: Callable[[list[Any]], None] | None = None,
         **config: Any,
     ) -> None:
+        """``on_assign(partitions)`` may set each TopicPartition's ``offset`` before reading
+        starts (a checkpoint that is ahead of the committed offsets, for instance)."""
         from contracts.dlq import DeadLetterWriter
 
         self._kinds: dict[str, tuple[str, type[Event]]] = {}
@@ -133,7 +136,14 @@ class EventConsumer:
         }
         conf.update(config)
         self._consumer = Consumer(settings.confluent_config(**conf))
-        self._consumer.subscribe(list(self._kinds))
+        if on_assign is None:
+            self._consumer.subscribe(list(self._kinds))
+        else:
+            def assign(consumer: Consumer, partitions: list[Any]) -> None:
+                on_assign(partitions)
+                consumer.assign(partitions)
+
+            self._consumer.subscribe(list(self._kinds), on_assign=assign)
         self._uncommitted = False
 
     def poll(self, timeout: float = 1.0, max_messages: int = 500) -> list[Received]:
@@ -192,6 +202,17 @@ class EventConsumer:
                 raise
         self._uncommitted = False
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages not yet consumed, per assigned (topic, partition), from the consumer's
+        cached high watermarks (no broker round trip)."""
+        lags: dict[tuple[str, int], int] = {}
+        assigned = self._consumer.assignment()
+        for tp in self._consumer.position(assigned) if assigned else []:
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                lags[(tp.topic, tp.partition)] = max(0, high - max(tp.offset, 0))
+        return lags
+
     def close(self) -> None:
         """Leave the group without committing; uncommitted events are read again next time."""
         self._consumer.close()
@@ -201,3 +222,57 @@ class EventConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CompactedReader:
+    """Reads every partition of a compacted topic (``items``, ``user-state``) from the
+    beginning, as a cache loader does: no consumer group, nothing committed. Invalid values
+    are dead-lettered like ``EventConsumer`` does; tombstones come back with ``event=None``."""
+
+    def __init__(self, settings: Settings, component: str, logical: str,
+                 producer: ReliableProducer | None = None) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        from contracts.dlq import DeadLetterWriter
+
+        kind = EVENT_OF_TOPIC.get(logical)
+        if kind is None:
+            raise ConfigError(f"CompactedReader reads JSON event topics, not {logical!r}")
+        self.settings, self.logical, self.kind = settings, logical, kind
+        self.topic = settings.topic(logical)
+        self.dlq = DeadLetterWriter(settings, component, producer)
+        self._consumer = Consumer(settings.confluent_config(**{
+            "group.id": f"{settings.topic_prefix}{component}-cache",  # required; never committed
+            "enable.auto.commit": False, "enable.partition.eof": False}))
+        meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            raise ShelfqError(f"topic {self.topic} is not available: {getattr(meta, 'error', 'missing')} "
+                              "(run `shelfq topics create`)")
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+
+    def poll(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Received]:
+        out: list[Received] = []
+        for msg in self._consumer.consume(max_messages, timeout):
+            err = msg.error()
+            if err is not None:
+                if err.fatal() or not err.retriable():
+                    raise ShelfqError(f"consumer error on {msg.topic()}: {err.str()}")
+                continue
+            key, value = msg.key(), msg.value()
+            event: Event | None = None
+            if value is not None:
+                try:
+                    event = decode(value, self.kind, max_bytes=self.settings.max_event_bytes)
+                except EventError as exc:
+                    self.dlq.send("invalid", msg.topic(), value, key=key, partition=msg.partition(),
+                                  offset=msg.offset(), detail=str(exc))
+                    continue
+            out.append(Received(event, self.logical, msg.partition(), msg.offset(),
+                                key.decode("utf-8", errors="replace") if key is not None else None,
+                                msg.timestamp()[1]))
+        return out
+
+    def close(self) -> None:
+        """Stop reading; dead letters still queued are delivered first."""
+        self._consumer.close()
+        self.dlq.flush()

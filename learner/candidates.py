@@ -68,6 +68,16 @@ class Catalog:
             self._scale = 1.0
         self._score[self._index[action]] += self._scale * (1.0 + max(reward, 0.0))
 
+    def state(self) -> tuple[list[str], np.ndarray]:
+        """Ids and popularity (for checkpoints)."""
+        return list(self._ids), self._score[: len(self._ids)] / self._scale
+
+    def load(self, ids: list[str], scores: np.ndarray) -> None:
+        self._ids, self._index = list(ids), {item: i for i, item in enumerate(ids)}
+        self._score = np.zeros(max(64, 2 * len(ids)), np.float64)
+        self._score[: len(ids)] = scores
+        self._scale = 1.0
+
     def popular(self, n: int) -> list[str]:
         n = min(n, len(self._ids))
         if n == 0:

@@ -110,11 +110,14 @@ class DQN:
         self._credit += self.config.replay_ratio
         return True
 
+    def due(self) -> bool:
+        """Whether the transitions added so far pay for another step (``replay_ratio``)."""
+        return self._credit >= self.config.batch_size and len(self.replay) >= self.config.learning_starts
+
     def train_due(self) -> StepStats | None:
         """Train as many steps as the transitions added since the last call pay for."""
         stats = None
-        while self._credit >= self.config.batch_size and len(self.replay) >= self.config.learning_starts:
-            self._credit -= self.config.batch_size
+        while self.due():
             stats = self.train_step(self.sample())
         return stats
 
@@ -153,6 +156,7 @@ class DQN:
         """One double-DQN update; returns the loss, mean |TD error| and mean Q of the batch."""
         b, candidates, indices = sampled
         cfg = self.config
+        self._credit = max(0.0, self._credit - cfg.batch_size)
         with autocast(self.device):
             # Q(s, a) of the logged actions, with the position offset.
             q = self.online.q_logged(self.online.user(b.items, b.events, b.context, b.context_weights),
@@ -190,6 +194,13 @@ class DQN:
             raise FloatingPointError(f"learner: loss became {loss_value} at step {self.step}; "
                                      "lower learning_rate or check the rewards")
         return StepStats(self.step, loss_value, float(td_abs.mean()), float(q.detach().float().mean()))
+
+    def set_content(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Install title vectors (content features) for these items in both networks."""
+        if self.config.content_dim and len(item_ids):
+            rows, vecs = self._rows(item_ids), torch.from_numpy(vectors)
+            self.online.set_content(rows, vecs)
+            self.target.set_content(rows, vecs)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -1,0 +1,295 @@
+"""The learner process: ``transitions`` in, DQN steps, model versions out on ``models``.
+
+Durability rule: offsets are committed only right after a checkpoint that covers every
+transition consumed so far (the replay buffer, dedupe window and step count are in it). A
+kill -9 therefore rolls the learner back to its last checkpoint and it reads on from exactly
+the offsets that checkpoint recorded: no transition is skipped, and none is counted twice
+(the steps taken after the checkpoint are lost and taken again). Model versions never repeat:
+a restart continues after the highest version found on the ``models`` topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from confluent_kafka import Consumer, TopicPartition
+
+from contracts.errors import ConfigError, EventError
+from contracts.events import Item
+from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer
+from contracts.models import ModelHeaders
+from contracts.settings import Settings
+from contracts.topics import ITEMS, MODELS, TRANSITIONS
+from learner.artifact import model_message
+from learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, save_checkpoint
+from learner.config import LearnerConfig
+from learner.dqn import DQN, StepStats
+from learner.metrics import LearnerMetrics
+
+log = logging.getLogger("shelfq.learner")
+ITEMS_EVERY_S = 1.0
+LAG_EVERY_S = 2.0
+
+
+class RunStats(NamedTuple):
+    """What one ``Learner.run`` did."""
+
+    consumed: int
+    duplicates: int
+    steps: int
+    published: int
+    seconds: float
+
+
+class Learner:
+    """Consumes transitions, trains, publishes and checkpoints; ``run`` until a stop."""
+
+    def __init__(self, settings: Settings, config: LearnerConfig, *, group_id: str | None = None,
+                 metrics: LearnerMetrics | None = None, content: Any = None) -> None:
+        if config.content_dim and content is None:
+            from learner.content import ContentIndex, TitleEmbedder
+
+            embedder = TitleEmbedder()
+            if embedder.dim != config.content_dim:
+                raise ConfigError(f"learner: content_dim is {config.content_dim} but the title embedder gives {embedder.dim}")
+            content = ContentIndex(embedder)
+        self.settings, self.config, self.content = settings, config, content
+        self.metrics = metrics or LearnerMetrics()
+        self.dqn = DQN(config)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.models_topic = settings.topic(MODELS)
+        self.transitions_topic = settings.topic(TRANSITIONS)
+        self.group_id = group_id or f"{settings.topic_prefix}learner-{config.policy}"
+        self.offsets: dict[tuple[str, int], int] = {}  # next offset per partition, of what was consumed
+        self.version = 0
+        self._restore()
+        published = latest_published_version(settings, config.policy)
+        if published > self.version:
+            log.info("models topic already has %s version %d (after the checkpoint); continuing after it",
+                     config.policy, published)
+            self.version = published
+        self.producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes + (1 << 16)})
+        self.consumer = EventConsumer(settings, "learner", self.group_id, [TRANSITIONS], producer=self.producer,
+                                      on_assign=self._on_assign)
+        self.items = CompactedReader(settings, "learner", ITEMS, producer=self.producer)
+        self.metrics.model_version.set(self.version)
+        self._last_publish = self._last_checkpoint = time.monotonic()
+        self._steps_at_publish = self.dqn.step
+        self._next_items = self._next_lag = 0.0
+        self.last_stats: StepStats | None = None
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, max_seconds: float | None = None, max_transitions: int | None = None,
+            max_steps: int | None = None, stop: threading.Event | None = None) -> RunStats:
+        """Train until ``stop`` is set or a limit is reached; then checkpoint, commit, publish."""
+        started = time.monotonic()
+        consumed = duplicates = published = 0
+        steps_before = self.dqn.step
+        stop = stop or threading.Event()
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if max_seconds is not None and now - started >= max_seconds:
+                    break
+                if max_steps is not None and self.dqn.step - steps_before >= max_steps:
+                    break
+                if max_transitions is not None and consumed >= max_transitions and not self.dqn.due():
+                    break
+                if now >= self._next_items:
+                    self._read_items()
+                    self._next_items = now + ITEMS_EVERY_S
+                want = self.config.batch_size if max_transitions is None else min(self.config.batch_size, max_transitions - consumed)
+                received = self.consumer.poll(timeout=0 if self.dqn.due() else 0.2, max_messages=want) if want > 0 else []
+                repeats = 0
+                for r in received:
+                    self.offsets[(self.transitions_topic, r.partition)] = r.offset + 1
+                    if not self.dqn.add(r.event):  # type: ignore[arg-type]
+                        repeats += 1
+                if received:
+                    consumed += len(received)
+                    duplicates += repeats
+                    self.metrics.transitions.labels("new").inc(len(received) - repeats)
+                    self.metrics.transitions.labels("duplicate").inc(repeats)
+                while self.dqn.due():
+                    self._train_one()
+                    if max_steps is not None and self.dqn.step - steps_before >= max_steps:
+                        break
+                if self._publish_due():
+                    self.publish()
+                    published += 1
+                if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_every_s:
+                    self.checkpoint()
+                if now >= self._next_lag:
+                    self._report_lag()
+                    self._next_lag = now + LAG_EVERY_S
+        finally:
+            self.checkpoint()
+        if self.dqn.step > self._steps_at_publish:
+            self.publish()
+            published += 1
+        return RunStats(consumed, duplicates, self.dqn.step - steps_before, published, time.monotonic() - started)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.items.close()
+        self.producer.flush()
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _train_one(self) -> None:
+        t0 = time.perf_counter()
+        stats = self.dqn.train_step(self.dqn.sample())
+        self.metrics.step_time.observe(time.perf_counter() - t0)
+        self.metrics.steps.inc()
+        self.metrics.loss.set(stats.loss)
+        self.metrics.td_error.set(stats.td_error)
+        self.metrics.mean_q.set(stats.mean_q)
+        self.last_stats = stats
+
+    def _publish_due(self) -> bool:
+        if self.dqn.step == self._steps_at_publish:
+            return False  # nothing new to publish
+        return (self.dqn.step - self._steps_at_publish >= self.config.publish_every_steps
+                or time.monotonic() - self._last_publish >= self.config.publish_every_s)
+
+    def publish(self) -> ModelHeaders:
+        """Send the online network as the next model version and wait for the broker."""
+        self.version += 1
+        value, headers = model_message(self.dqn.online, self.config, self.version,
+                                       extra={"step": self.dqn.step})
+        self.producer.produce(self.models_topic, value, key=self.config.policy, headers=headers.to_headers())
+        self.producer.flush()
+        self._last_publish, self._steps_at_publish = time.monotonic(), self.dqn.step
+        self.metrics.model_version.set(self.version)
+        self.metrics.last_publish.set(time.time())
+        log.info("published %s version %d (step %d, %d bytes)", self.config.policy, self.version, self.dqn.step, len(value))
+        return headers
+
+    def checkpoint(self) -> Path:
+        """Write a checkpoint of everything consumed so far, then commit those offsets."""
+        d = self.dqn
+        tensors = {**{f"online.{k}": v for k, v in d.online.state_dict().items()},
+                   **{f"target.{k}": v for k, v in d.target.state_dict().items()}}
+        optim, optim_meta = optimizer_tensors(d.optimizer)
+        tensors.update(optim)
+        ids, scores = d.catalog.state()
+        arrays = {f"replay.{k}": v for k, v in d.replay.state_dict().items()}
+        arrays["catalog.scores"] = scores
+        state = {
+            "step": d.step, "version": self.version, "network": self.config.network(),
+            "offsets": [[t, p, o] for (t, p), o in sorted(self.offsets.items())],
+            "dedupe": d.dedupe.keys(), "catalog": ids, "credit": d._credit, "optimizer": optim_meta,
+        }
+        path = save_checkpoint(self.config.checkpoint_dir, tensors, arrays, state)
+        self.consumer.commit()  # only now: the checkpoint holds everything polled so far
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoints.inc()
+        return path
+
+    def _restore(self) -> None:
+        ck = load_checkpoint(self.config.checkpoint_dir)
+        if ck is None:
+            return
+        if ck.state["network"] != self.config.network():
+            raise ConfigError(f"checkpoint {ck.path} was written for network settings {ck.state['network']}, "
+                              f"not {self.config.network()}; use those settings or another checkpoint_dir")
+        d = self.dqn
+        d.online.load_state_dict({k[7:]: v for k, v in ck.tensors.items() if k.startswith("online.")})
+        d.target.load_state_dict({k[7:]: v for k, v in ck.tensors.items() if k.startswith("target.")})
+        load_optimizer(d.optimizer, ck.tensors, ck.state["optimizer"])
+        d.replay.load_state_dict({k[7:]: v for k, v in ck.arrays.items() if k.startswith("replay.")})
+        d.catalog.load(ck.state["catalog"], ck.arrays["catalog.scores"])
+        d.dedupe.load(ck.state["dedupe"])
+        d.step, d._credit = int(ck.state["step"]), float(ck.state["credit"])
+        self.version = int(ck.state["version"])
+        self.offsets = {(t, p): o for t, p, o in ck.state["offsets"]}
+        log.info("restored %s: step %d, version %d, %d transitions in replay", ck.path, d.step, self.version, len(d.replay))
+
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        """Read on from the checkpoint's offsets, which may be ahead of the committed ones
+        (a crash between the checkpoint and its commit)."""
+        for tp in partitions:
+            offset = self.offsets.get((tp.topic, tp.partition))
+            if offset is not None:
+                tp.offset = offset
+
+    def _read_items(self) -> None:
+        items: list[Item] = []
+        for r in self.items.poll(timeout=0, max_messages=5000):
+            if r.event is None:
+                if r.key is not None:
+                    self.dqn.catalog.remove(r.key)
+                continue
+            item: Item = r.event  # type: ignore[assignment]
+            self.dqn.catalog.add(item.item_id)
+            items.append(item)
+        if items and self.content is not None:
+            ids, vectors = self.content.vectors(items)
+            self.dqn.set_content(ids, vectors)
+        self.metrics.items.set(len(self.dqn.catalog))
+
+    def _report_lag(self) -> None:
+        for (_topic, partition), lag in self.consumer.lag().items():
+            self.metrics.lag.labels(str(partition)).set(lag)
+        self.metrics.replay_size.set(len(self.dqn.replay))
+
+
+def latest_published_version(settings: Settings, policy: str, timeout: float = 10.0) -> int:
+    """The highest version of ``policy`` on the models topic (0 if none), reading back from
+    the end in growing steps; only headers are looked at."""
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": f"{settings.topic_prefix}learner-version-probe", "enable.auto.commit": False,
+        "enable.partition.eof": True, "fetch.max.bytes": settings.model_max_bytes + (1 << 16),
+        "max.partition.fetch.bytes": settings.model_max_bytes + (1 << 16)}))
+    topic = settings.topic(MODELS)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise ConfigError(f"topic {topic} is not available (run `shelfq topics create`)")
+        best = 0
+        for partition in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            back = 16
+            end = high
+            while end > low:
+                start = max(low, end - back)
+                found = _max_version(consumer, TopicPartition(topic, partition, start), end, policy, timeout)
+                if found is not None:
+                    best = max(best, found)
+                    break
+                end, back = start, back * 4
+        return best
+    finally:
+        consumer.close()
+
+
+def _max_version(consumer: Consumer, tp: TopicPartition, end: int, policy: str, timeout: float) -> int | None:
+    consumer.assign([tp])
+    best: int | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error() is not None:
+            if msg.error().code() == -191:  # _PARTITION_EOF
+                break
+            continue
+        if msg.key() == policy.encode():
+            try:
+                headers = ModelHeaders.from_headers(msg.headers())
+            except EventError:
+                pass  # a corrupt message has no version to continue after
+            else:
+                best = max(best or 0, headers.version)
+        if msg.offset() + 1 >= end:
+            break
+    return best
+
