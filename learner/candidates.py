@@ -36,7 +36,7 @@ class Catalog:
             return
         if len(self._ids) >= self.capacity:
             # Full: replace the least popular item (catalogs churn; memory stays bounded).
-            slot = int(np.argmin(self._score))
+            slot = int(np.argmin(self._score[: len(self._ids)]))
             del self._index[self._ids[slot]]
             self._ids[slot], self._score[slot] = item_id, 0.0
             self._index[item_id] = slot
@@ -61,7 +61,9 @@ class Catalog:
     def observe(self, shown: Iterable[str], action: str, reward: float) -> None:
         """A transition: every shown item is known; the action gains popularity (1 + reward)."""
         for item in shown:
-            self.add(item)
+            if item != action:
+                self.add(item)
+        self.add(action)  # last, so that a full catalog never evicts it before it is counted
         self._scale /= self.decay
         if self._scale > 1e100:  # renormalise before the floats overflow
             self._score /= self._scale

@@ -40,12 +40,13 @@ class LearnerConfig:
     """Sequence encoder over the user's recent items: gru, lstm or cnn (1-D convolution)."""
     embedding_dim: int = 32
     """Width of item, event and context embeddings."""
-    hidden_dim: int = 64
-    """Width of the encoder's state and of the dueling head."""
+    hidden_dim: int = 32
+    """Width of the encoder's state and of the dueling head (64 costs ~2x per step on a CPU)."""
     hash_buckets: int = 1 << 15
     """Rows of the hashed item-id table: ids never seen before still get a (shared) row."""
-    history_length: int = 20
-    """Most recent interactions of a state the encoder reads (older ones are dropped)."""
+    history_length: int = 10
+    """Most recent interactions of a state the encoder reads (older ones are dropped); a GRU's
+    step time grows linearly with it."""
     context_buckets: int = 1024
     """Rows of the hashed request-context table (``key=value`` strings, numeric keys)."""
     content_dim: int = 0
