@@ -57,7 +57,7 @@ class ContentIndex:
             return [], np.zeros((0, self.embedder.dim), np.float32)
         keys = [(i.item_id, i.title or "") for i in titled]
         todo = [k for k in dict.fromkeys(keys) if k not in self._cache]
-        fresh = dict(zip(todo, self.embedder.embed([title for _id, title in todo])))
+        fresh = dict(zip(todo, self.embedder.embed([title for _id, title in todo]))) if todo else {}
         vectors = np.stack([fresh[k] if k in fresh else self._cache[k] for k in keys])
         self._cache.update(fresh)
         while len(self._cache) > self.capacity:
