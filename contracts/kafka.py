@@ -114,12 +114,16 @@ class EventConsumer:
         offset_reset: str = "earliest",
         producer: ReliableProducer | None = None,
         on_assign: Callable[[list[Any]], None] | None = None,
+        decoders: dict[str, Callable[[bytes | None], Any]] | None = None,
         **config: Any,
     ) -> None:
         """``on_assign(partitions)`` may set each TopicPartition's ``offset`` before reading
-        starts (a checkpoint that is ahead of the committed offsets, for instance)."""
+        starts (a checkpoint that is ahead of the committed offsets, for instance).
+        ``decoders`` replaces the full decode of a logical topic with a reader's own (a view
+        that raises ``EventError`` the same way)."""
         from contracts.dlq import DeadLetterWriter
 
+        self._decoders = {settings.topic(t): d for t, d in (decoders or {}).items()}
         self._kinds: dict[str, tuple[str, type[Event]]] = {}
         for logical in topics:
             kind = EVENT_OF_TOPIC.get(logical)
@@ -163,7 +167,11 @@ class EventConsumer:
                 event: Event | None = None  # tombstone: the item is removed
             else:
                 try:
-                    event = decode(value, kind, max_bytes=self.settings.max_event_bytes)
+                    custom = self._decoders.get(msg.topic())
+                    if custom is None:
+                        event = decode(value, kind, max_bytes=self.settings.max_event_bytes)
+                    else:
+                        event = custom(value)
                 except EventError as exc:
                     self.dlq.send(
                         "invalid",

@@ -60,8 +60,9 @@ class Catalog:
 
     def observe(self, shown: Iterable[str], action: str, reward: float) -> None:
         """A transition: every shown item is known; the action gains popularity (1 + reward)."""
+        index = self._index
         for item in shown:
-            if item != action:
+            if item not in index and item != action:
                 self.add(item)
         self.add(action)  # last, so that a full catalog never evicts it before it is counted
         self._scale /= self.decay

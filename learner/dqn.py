@@ -31,6 +31,7 @@ from learner.device import autocast, pick_device
 from learner.features import Featurizer
 from learner.network import QNetwork
 from learner.replay import ReplayBuffer, Sample
+from learner.wire import TransitionView
 
 
 class Batch(NamedTuple):
@@ -100,7 +101,7 @@ class DQN:
 
     # -- online API --------------------------------------------------------------------------
 
-    def add(self, t: Transition) -> bool:
+    def add(self, t: Transition | TransitionView) -> bool:
         """Store one transition unless its id was seen; True when it was new."""
         if not self.dedupe.first_time(t.transition_id):
             self.duplicates += 1

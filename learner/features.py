@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from contracts.events import State, Transition
+from contracts.events import State
 
 EVENT_IDS = {"click": 1, "add_to_cart": 2, "purchase": 3}
 EVENT_KINDS = len(EVENT_IDS) + 1  # plus padding
@@ -84,10 +84,10 @@ class Featurizer:
         L = self.history_length
         items, events = np.zeros(L, np.int32), np.zeros(L, np.int8)
         recent = state.history[-L:]
-        start = L - len(recent)
-        for j, inter in enumerate(recent, start):
-            items[j] = self.bucket(inter.item_id)
-            events[j] = EVENT_IDS[inter.event]
+        if recent:  # the hot path of ingestion: one comprehension per array
+            cached, bucket = self._buckets.get, self.bucket
+            items[L - len(recent):] = [cached(i.item_id) or bucket(i.item_id) for i in recent]
+            events[L - len(recent):] = [EVENT_IDS[i.event] for i in recent]
         return items, events
 
     def context(self, state: State) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +110,8 @@ class Featurizer:
     def _context_row(self, text: str) -> int:
         return 1 + stable_hash("ctx:" + text) % (self.context_buckets - 1)
 
-    def row(self, t: Transition) -> Row:
+    def row(self, t: Any) -> Row:
+        """A ``Transition`` (or the learner's ``TransitionView``) as a replay row."""
         items, events = self.history(t.state)
         next_items, next_events = self.history(t.next_state)
         context, weights = self.context(t.state)

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from contracts.errors import ConfigError, EventError
 from contracts.events import Item
 from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer
-from contracts.models import ModelHeaders
+from contracts.models import ModelHeaders, read_safetensors_index
 from contracts.settings import Settings
 from contracts.topics import ITEMS, MODELS, TRANSITIONS
 from learner.artifact import model_message
@@ -30,6 +30,7 @@ from learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensor
 from learner.config import LearnerConfig
 from learner.dqn import DQN, StepStats
 from learner.metrics import LearnerMetrics
+from learner.wire import decode_transition
 
 log = logging.getLogger("shelfq.learner")
 ITEMS_EVERY_S = 1.0
@@ -75,14 +76,18 @@ class Learner:
                      config.policy, published)
             self.version = published
         self.producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes + (1 << 16)})
-        self.consumer = EventConsumer(settings, "learner", self.group_id, [TRANSITIONS], producer=self.producer,
-                                      on_assign=self._on_assign)
+        self.consumer = EventConsumer(
+            settings, "learner", self.group_id, [TRANSITIONS], producer=self.producer, on_assign=self._on_assign,
+            decoders={TRANSITIONS: lambda value: decode_transition(value, settings.max_event_bytes)},
+            **{"fetch.max.bytes": 64 << 20, "queued.max.messages.kbytes": 256 << 10})
         self.items = CompactedReader(settings, "learner", ITEMS, producer=self.producer)
         self.metrics.model_version.set(self.version)
         self._last_publish = self._last_checkpoint = time.monotonic()
         self._steps_at_publish = self.dqn.step
         self._next_items = self._next_lag = 0.0
         self.last_stats: StepStats | None = None
+        self.first_consumed_at: float | None = None  # perf_counter() of the first transition
+        self.train_done_at: float | None = None  # perf_counter() after the latest step
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -113,6 +118,8 @@ class Learner:
                     if not self.dqn.add(r.event):  # type: ignore[arg-type]
                         repeats += 1
                 if received:
+                    if self.first_consumed_at is None:
+                        self.first_consumed_at = time.perf_counter()
                     consumed += len(received)
                     duplicates += repeats
                     self.metrics.transitions.labels("new").inc(len(received) - repeats)
@@ -152,6 +159,7 @@ class Learner:
         self.metrics.td_error.set(stats.td_error)
         self.metrics.mean_q.set(stats.mean_q)
         self.last_stats = stats
+        self.train_done_at = time.perf_counter()
 
     def _publish_due(self) -> bool:
         if self.dqn.step == self._steps_at_publish:
@@ -243,7 +251,8 @@ class Learner:
 
 def latest_published_version(settings: Settings, policy: str, timeout: float = 10.0) -> int:
     """The highest version of ``policy`` on the models topic (0 if none), reading back from
-    the end in growing steps; only headers are looked at."""
+    the end in growing steps. Messages whose headers or safetensors table are corrupt do not
+    count: they were never a model anyone could load."""
     consumer = Consumer(settings.confluent_config(**{
         "group.id": f"{settings.topic_prefix}learner-version-probe", "enable.auto.commit": False,
         "enable.partition.eof": True, "fetch.max.bytes": settings.model_max_bytes + (1 << 16),
@@ -285,8 +294,9 @@ def _max_version(consumer: Consumer, tp: TopicPartition, end: int, policy: str, 
         if msg.key() == policy.encode():
             try:
                 headers = ModelHeaders.from_headers(msg.headers())
+                read_safetensors_index(msg.value())
             except EventError:
-                pass  # a corrupt message has no version to continue after
+                pass  # a corrupt message is not a version to continue after
             else:
                 best = max(best or 0, headers.version)
         if msg.offset() + 1 >= end:

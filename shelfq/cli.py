@@ -15,12 +15,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
 from contracts.errors import ConfigError, ShelfqError
 from contracts.settings import Settings
 from contracts.topics import topic_specs
+
+if TYPE_CHECKING:
+    from learner.config import LearnerConfig
 
 EPILOG = """\
 Settings come from SHELFQ_* environment variables (SHELFQ_PARTITIONS=6, SHELFQ_HOME=...);
@@ -79,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     streams.add_argument("--max-seconds", type=float, help="stop cleanly after this many seconds (default: run until SIGINT/SIGTERM)")
     streams.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log level (default warning)")
 
+    learner = sub.add_parser("learner", parents=[common], help="run the online DQN learner: transitions in, models out",
+                             description="Consume reward-labelled transitions, train a double DQN (GRU/LSTM/CNN sequence encoder over the user's recent items, dueling head, target network) and publish safetensors model versions to the models topic. Offsets are committed only after a checkpoint covers them, so kill -9 and restart lose nothing. Every hyperparameter reads SHELFQ_LEARNER_<NAME> (e.g. SHELFQ_LEARNER_GAMMA=0.9, SHELFQ_LEARNER_ENCODER=lstm, SHELFQ_LEARNER_REPLAY_CAPACITY=100000); the flags below override. Runs on CUDA when torch sees a GPU, else on the CPU.")
+    _learner_options(learner)
+    learner.add_argument("--metrics-port", type=int, help="port of /metrics (default 9102; 0 turns it off)")
+    learner.add_argument("--max-seconds", type=float, help="stop cleanly (checkpoint, commit, publish) after this many seconds")
+    learner.add_argument("--max-transitions", type=int, help="stop cleanly after consuming this many transitions")
+    learner.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+
     bench = sub.add_parser("bench", help="benchmarks that print figures, with a same-run baseline",
                            description="Benchmarks on the real broker. Each prints its figures and a ratio against a baseline measured in the same run (these machines are noisy); --json prints one JSON object as the last line. With the default bootstrap and no broker running, the embedded broker is started and stopped afterwards.")
     bsub2 = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -88,12 +101,38 @@ def build_parser() -> argparse.ArgumentParser:
     bjoin.add_argument("--window", type=float, default=5.0, help="attribution window in seconds of event time (default 5)")
     bjoin.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
+    blearn = bsub2.add_parser("learner", parents=[common], help="the learner: transitions/s trained from Kafka vs. the in-memory ceiling",
+                              description="Load synthetic join-shaped transitions (50 interactions per state) into a fresh topic, time the train step on in-memory batches (the ceiling, no Kafka), then run the real learner on the topic. Reports transitions_per_s (end to end, one batch of 256 per 256 transitions), steps_per_s, device, ceiling_transitions_per_s, ratio and startup_s (the consumer group's join, not in the rate).")
+    blearn.add_argument("--transitions", type=int, default=100_000, help="transitions to load and train on (default 100000)")
+    _learner_options(blearn)
+    blearn.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
     demo = sub.add_parser("demo", parents=[common], help="start the broker if needed, create topics, round-trip one event of each kind",
                           description="Until the full pipeline lands: start the embedded broker unless it runs (or use SHELFQ_BOOTSTRAP_SERVERS), create the topics, send one example of every event kind and a model through Kafka, read each back and check it. Stops the broker afterwards if it started it.")
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
     return parser
+
+
+def _learner_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("learner settings (default: SHELFQ_LEARNER_*)")
+    g.add_argument("--gamma", type=float, help="discount; 0 is the myopic click-greedy baseline (default 0.9)")
+    g.add_argument("--encoder", choices=["gru", "lstm", "cnn"], help="sequence encoder over recent items (default gru)")
+    g.add_argument("--policy", help="policy name: the model messages' key (default dqn)")
+    g.add_argument("--batch-size", type=int, help="transitions per gradient step (default 256)")
+    g.add_argument("--device", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
+    g.add_argument("--checkpoint-dir", type=Path, help="checkpoint directory (default .shelfq/learner)")
+    g.add_argument("--content", action="store_true", help="embed item titles with all-MiniLM-L6-v2 (needs the 'content' extra)")
+
+
+def _learner_config(args: argparse.Namespace) -> LearnerConfig:
+    from learner.config import LearnerConfig
+
+    return LearnerConfig.from_env(
+        gamma=args.gamma, encoder=args.encoder, policy=args.policy, batch_size=args.batch_size, device=args.device,
+        checkpoint_dir=args.checkpoint_dir, metrics_port=getattr(args, "metrics_port", None),
+        content_dim=384 if args.content else None)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -191,13 +230,46 @@ def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.bench_join import run_bench
+def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
 
-    if args.events < 1000:
-        raise ConfigError("bench join: --events must be at least 1000")
-    with _broker_for(settings):
-        result = run_bench(settings, args.events, window_s=args.window, report=lambda line: print(line, file=sys.stderr))
+    from learner.service import Learner
+
+    logging.getLogger("shelfq").setLevel(args.log_level.upper())
+    config = _learner_config(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    learner = Learner(settings, config)
+    if config.metrics_port:
+        learner.metrics.serve(config.metrics_port, config.metrics_addr)
+    print(f"learner: policy {config.policy}, gamma {config.gamma}, {config.encoder} encoder on {learner.dqn.device}, "
+          f"step {learner.dqn.step}, next model version {learner.version + 1}", file=sys.stderr)
+    try:
+        stats = learner.run(max_seconds=args.max_seconds, max_transitions=args.max_transitions, stop=stop)
+    finally:
+        learner.close()
+    print(f"learner: consumed {stats.consumed} transitions ({stats.duplicates} repeats), {stats.steps} steps, "
+          f"published {stats.published} models, now version {learner.version}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress goes to stderr
+    if args.target == "learner":
+        from shelfq.bench_learner import run_bench as bench_learner
+
+        if args.transitions < 1000:
+            raise ConfigError("bench learner: --transitions must be at least 1000")
+        with _broker_for(settings):
+            result = bench_learner(settings, args.transitions, _learner_config(args), report=log)
+    else:
+        from shelfq.bench_join import run_bench
+
+        if args.events < 1000:
+            raise ConfigError("bench join: --events must be at least 1000")
+        with _broker_for(settings):
+            result = run_bench(settings, args.events, window_s=args.window, report=log)
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
@@ -248,7 +320,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "bench": cmd_bench,
+COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "bench": cmd_bench,
             "settings": cmd_settings, "demo": cmd_demo}
 
 

@@ -1,0 +1,153 @@
+"""The learner against the real broker: transitions in, loadable model versions out; kill -9
+and restart resume from the checkpoint without skipping or re-counting; corrupt models are
+refused with a reason."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from contracts.errors import EventError
+from contracts.events import encode
+from contracts.kafka import ReliableProducer
+from contracts.settings import Settings
+from learner.artifact import load_model
+from learner.checkpoint import load_checkpoint
+from learner.service import latest_published_version
+from learner.synthetic import bait_or_build
+from tests.integration.conftest import free_port
+
+SMALL = {
+    "SHELFQ_LEARNER_HASH_BUCKETS": "1024", "SHELFQ_LEARNER_CONTEXT_BUCKETS": "16", "SHELFQ_LEARNER_HIDDEN_DIM": "16",
+    "SHELFQ_LEARNER_EMBEDDING_DIM": "16", "SHELFQ_LEARNER_BATCH_SIZE": "32", "SHELFQ_LEARNER_LEARNING_STARTS": "32",
+    "SHELFQ_LEARNER_REPLAY_CAPACITY": "2000", "SHELFQ_LEARNER_PUBLISH_EVERY_STEPS": "4",
+    "SHELFQ_LEARNER_CHECKPOINT_EVERY_S": "1", "SHELFQ_LEARNER_DEVICE": "cpu",
+}
+
+
+class LearnerProcess:
+    def __init__(self, settings: Settings, checkpoint_dir: Path, log: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.log = log
+        env = {**os.environ, **SMALL, "SHELFQ_LEARNER_CHECKPOINT_DIR": str(checkpoint_dir)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shelfq", "learner", "--topic-prefix", settings.topic_prefix,
+             "--metrics-port", str(self.port), "--max-seconds", "120", *extra],
+            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+    def metric(self, name: str, label: str = "") -> float:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        found = re.findall(rf'^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$', text, re.MULTILINE)
+        return sum(float(v) for v in found)
+
+    def wait(self, condition, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"learner exited: {self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def produce(settings: Settings, transitions) -> None:
+    producer = ReliableProducer(settings)
+    for t in transitions:
+        producer.produce(settings.topic("transitions"), encode(t), t.user_id)
+    producer.flush()
+
+
+def models(settings: Settings) -> list:
+    consumer = Consumer(settings.confluent_config(**{"group.id": f"models-{time.time()}", "auto.offset.reset": "earliest",
+                                                     "enable.partition.eof": True}))
+    consumer.subscribe([settings.topic("models")])
+    out, deadline = [], time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == -191:  # end of partition
+                    break
+                continue
+            out.append(msg)
+    finally:
+        consumer.close()
+    return out
+
+
+def test_transitions_in_model_versions_out(settings: Settings, tmp_path: Path) -> None:
+    produce(settings, bait_or_build(400, seed=3))
+    learner = LearnerProcess(settings, tmp_path / "ckpt", tmp_path / "learner.log", "--max-transitions", "400")
+    assert learner.proc.wait(120) == 0, learner.log.read_text()[-3000:]
+    published = [m for m in models(settings) if m.key() == b"dqn"]
+    assert published, learner.log.read_text()[-3000:]
+    versions = [load_model(m.value(), m.headers(), policy="dqn").headers.version for m in published]
+    assert versions == sorted(versions) and versions[0] == 1 and len(set(versions)) == len(versions)
+    assert "consumed 400 transitions (0 repeats)" in learner.log.read_text()
+
+
+def test_kill_9_resumes_from_the_checkpoint_without_skipping_or_recounting(settings: Settings, tmp_path: Path) -> None:
+    first_half, second_half = bait_or_build(600, seed=4)[:300], bait_or_build(600, seed=4)[300:]
+    ckpt = tmp_path / "ckpt"
+    produce(settings, first_half)
+    first = LearnerProcess(settings, ckpt, tmp_path / "first.log")
+    first.wait(lambda: first.metric("shelfq_learner_transitions_total", 'outcome="new"') >= 300, "300 transitions")
+    first.wait(lambda: first.metric("shelfq_learner_checkpoints_total") >= 2 and first.metric("shelfq_learner_model_version") >= 1,
+               "a checkpoint after the transitions and a model")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    before = load_checkpoint(ckpt)
+    assert before is not None
+    published_before = latest_published_version(settings, "dqn")
+    produce(settings, second_half)
+
+    second = LearnerProcess(settings, ckpt, tmp_path / "second.log")
+    second.wait(lambda: second.metric("shelfq_learner_transitions_total", 'outcome="new"') >= 600 - sum(
+        o for _t, _p, o in before.state["offsets"]), "the rest of the transitions")
+    second.wait(lambda: second.metric("shelfq_learner_model_version") > published_before, "a new model version")
+    assert second.stop() == 0
+    log = (tmp_path / "second.log").read_text()
+    assert f"next model version {max(before.state['version'], published_before) + 1}" in log, log[-2000:]
+    after = load_checkpoint(ckpt)
+    assert after is not None
+    # Every transition is in exactly once: all 600 consumed, none read twice after the restart.
+    assert sum(o for _t, _p, o in after.state["offsets"]) == 600
+    assert int(after.arrays["replay.cursor"][1]) == 600
+    assert "(0 repeats)" in log
+    assert after.state["step"] > before.state["step"]
+    versions = [load_model(m.value(), m.headers()).headers.version for m in models(settings) if m.key() == b"dqn"]
+    assert len(versions) == len(set(versions)), f"a version was published twice: {versions}"
+
+
+def test_a_corrupt_model_message_is_refused_with_a_reason_and_skipped_for_versions(settings: Settings, tmp_path: Path) -> None:
+    produce(settings, bait_or_build(200, seed=5))
+    learner = LearnerProcess(settings, tmp_path / "ckpt", tmp_path / "learner.log", "--max-transitions", "200")
+    assert learner.proc.wait(120) == 0, learner.log.read_text()[-3000:]
+    good = [m for m in models(settings) if m.key() == b"dqn"][-1]
+    producer = ReliableProducer(settings)
+    bad_headers = [(k, b"999" if k == "version" else v) for k, v in good.headers()]
+    producer.produce(settings.topic("models"), good.value()[: len(good.value()) // 2], "dqn", headers=bad_headers)
+    producer.flush()
+    corrupt = [m for m in models(settings) if m.key() == b"dqn"][-1]
+    with pytest.raises(EventError) as info:
+        load_model(corrupt.value(), corrupt.headers(), policy="dqn")
+    assert info.value.field.startswith("value") and "buffer" in str(info.value)
+    # The newest valid version is still the one to continue after: 999 was never a model.
+    assert latest_published_version(settings, "dqn") == load_model(good.value(), good.headers()).headers.version
