@@ -39,6 +39,7 @@ from streams.metrics import StreamsMetrics
 log = logging.getLogger("shelfq.streams")
 COMPONENT = "streams"
 REPORT_EVERY_S = 2.0
+STALL_AFTER_S = 15.0
 
 
 class _MsgpackRecordCodec(codecs.Codec):
@@ -126,6 +127,7 @@ class JoinWorker:
         self._admin: Any = None
         self._reported = self.join.outcomes.copy()
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in INPUTS}
+        self._progress: dict[TP, tuple[int, float]] = {}  # position, when it last moved
 
     def on_recovered(self, partitions: set[int]) -> None:
         self.partitions = partitions
@@ -186,6 +188,7 @@ class JoinWorker:
         except Exception as exc:  # noqa: BLE001 - keep the last known backlog
             log.warning("could not read offsets for the watermark: %s", exc)
             return
+        now = time.monotonic()
         for partition in sorted(self.partitions):
             lagging = set()
             for full, topic in self.logical.items():
@@ -193,7 +196,30 @@ class JoinWorker:
                 position = self._next_offset.get(tp, self._start_offsets.get(tp, 0))
                 if ends.get(tp, 0) > position:
                     lagging.add(topic)
+                    self._watch_stall(tp, position, now)
+                else:
+                    self._progress.pop(tp, None)
             self.join.note_backlog(partition, lagging)
+
+    def _watch_stall(self, tp: TP, position: int, now: float) -> None:
+        """A partition with unread messages that Faust has not delivered from for
+        ``STALL_AFTER_S`` is put back among the fetched ones. Faust drops a partition from its
+        fetch set while a stream buffer is under pressure and can miss putting it back across
+        a rebalance; the join's watermark would then wait for it for ever."""
+        last = self._progress.get(tp)
+        if last is None or last[0] != position:
+            self._progress[tp] = (position, now)
+            return
+        if now - last[1] < STALL_AFTER_S:
+            return
+        consumer = self.app.consumer
+        log.warning("no message from %s:%d for %.0fs though offset %d is unread (paused=%s, buffered=%s); "
+                    "resuming its fetch", tp.topic, tp.partition, now - last[1], position,
+                    tp in consumer._paused_partitions, tp in consumer._buffered_partitions)
+        consumer._buffered_partitions.discard(tp)
+        consumer.resume_partitions([tp])
+        self.metrics.stalls.inc()
+        self._progress[tp] = (position, now)
 
     def _admin_client(self) -> Any:
         if self._admin is None:

@@ -173,7 +173,8 @@ def test_kill_9_mid_stream_loses_no_transition(settings: Settings, workers: list
     expected = {**early.expected, **late.expected}
     values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(expected), timeout=90)
     got = transitions_of(values)
-    assert set(got) == set(expected), f"missing: {sorted(set(expected) - set(got))[:10]}"
+    assert set(got) == set(expected), (f"missing: {sorted(set(expected) - set(got))[:10]}; "
+                                       f"the restarted worker's log ends: {second.log.read_text()[-4000:]}")
     for tid, copies in got.items():
         assert (copies[0].reward, copies[0].done) == (expected[tid].reward, expected[tid].done), tid
         assert_same_except_emission_time(copies)
