@@ -149,6 +149,8 @@ class EventConsumer:
 
             self._consumer.subscribe(list(self._kinds), on_assign=assign)
         self._uncommitted = False
+        #: Next offset per (topic, partition) of every message polled, valid or dead-lettered.
+        self.consumed: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout: float = 1.0, max_messages: int = 500) -> list[Received]:
         """Up to ``max_messages`` valid events; invalid ones are dead-lettered on the way."""
@@ -160,6 +162,7 @@ class EventConsumer:
                     raise ShelfqError(f"consumer error on {msg.topic()}: {err.str()}")
                 continue
             self._uncommitted = True
+            self.consumed[(msg.topic(), msg.partition())] = msg.offset() + 1
             logical, kind = self._kinds[msg.topic()]
             key = msg.key()
             value = msg.value()
@@ -195,12 +198,21 @@ class EventConsumer:
             )
         return out
 
-    def commit(self) -> None:
-        """Make dead letters durable, then commit the offsets of everything polled so far.
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Make dead letters durable, then commit the offsets of everything polled so far, or
+        exactly ``offsets`` ((topic, partition) -> next offset: what a caller made durable
+        while this consumer may have read further ahead).
 
-        Call it only once the work done for the polled events is durable too.
+        Call it only once the work done for those events is durable too.
         """
+        from confluent_kafka import TopicPartition
+
         self.dlq.flush()
+        if offsets is not None:
+            if offsets:
+                self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                      asynchronous=False)
+            return
         if not self._uncommitted:
             return
         try:

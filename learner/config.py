@@ -100,6 +100,9 @@ class LearnerConfig:
     """Where checkpoints go; offsets are committed only for what a checkpoint covers."""
     checkpoint_every_s: float = 30.0
     """Seconds between checkpoints (each is followed by an offset commit)."""
+    session_timeout_s: float = 10.0
+    """How long the group waits for a silent learner before handing its partitions on (a
+    restarted learner waits this long for its dead predecessor); librdkafka's default is 45."""
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, or cuda[:N]."""
     threads: int = 0
@@ -128,6 +131,8 @@ class LearnerConfig:
             raise ConfigError(f"learner: content_dim must be >= 0, got {self.content_dim}")
         if self.replay_capacity < self.batch_size:
             raise ConfigError(f"learner: replay_capacity ({self.replay_capacity}) must hold a batch ({self.batch_size})")
+        if self.session_timeout_s < 6:
+            raise ConfigError("learner: session_timeout_s must be >= 6 (heartbeats go every 3 s)")
         for name in ("learning_rate", "max_grad_norm", "publish_every_s", "checkpoint_every_s", "replay_ratio"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"learner: {name} must be > 0, got {getattr(self, name)}")

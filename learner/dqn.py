@@ -111,6 +111,25 @@ class DQN:
         self._credit += self.config.replay_ratio
         return True
 
+    def add_rows(self, rows: dict[str, np.ndarray], ids: Sequence[str], slates: Sequence[Sequence[str]],
+                 actions: Sequence[str]) -> int:
+        """Store featurized transitions (``stack_rows``) whose ids were not seen; returns how
+        many were new. ``slates`` and ``actions`` feed the catalog of candidates."""
+        keep = np.fromiter((self.dedupe.first_time(i) for i in ids), dtype=bool, count=len(ids))
+        new = int(keep.sum())
+        self.duplicates += len(ids) - new
+        if new == 0:
+            return 0
+        if new < len(ids):
+            rows = {name: column[keep] for name, column in rows.items()}
+        self.replay.add_batch(rows)
+        observe, rewards = self.catalog.observe, rows["rewards"].tolist()
+        for slate, action, reward in zip((s for s, k in zip(slates, keep) if k),
+                                         (a for a, k in zip(actions, keep) if k), rewards):
+            observe(slate, action, reward)
+        self._credit += new * self.config.replay_ratio
+        return new
+
     def due(self) -> bool:
         """Whether the transitions added so far pay for another step (``replay_ratio``)."""
         return self._credit >= self.config.batch_size and len(self.replay) >= self.config.learning_starts

@@ -25,6 +25,15 @@ import numpy as np
 from learner.features import MAX_CONTEXT, Row
 
 _PRIORITY_EPS = 1e-3
+#: Replay arrays that hold transitions, in ``Row`` order.
+ROW_FIELDS = ("items", "events", "next_items", "next_events", "context", "context_weights", "actions",
+              "positions", "rewards", "dones")
+
+
+def stack_rows(rows: list[Row]) -> dict[str, np.ndarray]:
+    """Rows as arrays with a leading batch axis, named as the replay buffer's."""
+    return {name: np.asarray(column) for name, column in zip(ROW_FIELDS, zip(*rows))} if rows else \
+        {name: np.zeros(0) for name in ROW_FIELDS}
 
 
 class Sample(NamedTuple):
@@ -87,6 +96,19 @@ class ReplayBuffer:
         a["priorities"][i] = self._max_priority  # new transitions are sampled at least once soon
         a["cursor"][0] = (i + 1) % self.capacity
         a["cursor"][1] += 1
+
+    def add_batch(self, rows: dict[str, np.ndarray]) -> None:
+        """Append stacked rows (``ROW_FIELDS`` -> arrays with a leading batch axis) at once."""
+        n = len(rows["actions"])
+        if n == 0:
+            return
+        a = self.arrays
+        idx = (int(a["cursor"][0]) + np.arange(n)) % self.capacity
+        for name in ROW_FIELDS:
+            a[name][idx] = rows[name]
+        a["priorities"][idx] = self._max_priority
+        a["cursor"][0] = (int(a["cursor"][0]) + n) % self.capacity
+        a["cursor"][1] += n
 
     def sample(self, batch_size: int) -> Sample:
         n = len(self)

@@ -11,6 +11,7 @@ a restart continues after the highest version found on the ``models`` topic.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from confluent_kafka import Consumer, TopicPartition
 
-from contracts.errors import ConfigError, EventError
+from contracts.errors import ConfigError, EventError, ShelfqError
 from contracts.events import Item
 from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer
 from contracts.models import ModelHeaders, read_safetensors_index
@@ -29,6 +30,7 @@ from learner.artifact import model_message
 from learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, save_checkpoint
 from learner.config import LearnerConfig
 from learner.dqn import DQN, StepStats
+from learner.ingest import Ingest, IngestBatch
 from learner.metrics import LearnerMetrics
 from learner.wire import decode_transition
 
@@ -68,6 +70,8 @@ class Learner:
         self.transitions_topic = settings.topic(TRANSITIONS)
         self.group_id = group_id or f"{settings.topic_prefix}learner-{config.policy}"
         self.offsets: dict[tuple[str, int], int] = {}  # next offset per partition, of what was consumed
+        self._committed: dict[tuple[str, int], int] = {}
+        self._ingest: Ingest | None = None
         self.version = 0
         self._restore()
         published = latest_published_version(settings, config.policy)
@@ -79,7 +83,8 @@ class Learner:
         self.consumer = EventConsumer(
             settings, "learner", self.group_id, [TRANSITIONS], producer=self.producer, on_assign=self._on_assign,
             decoders={TRANSITIONS: lambda value: decode_transition(value, settings.max_event_bytes)},
-            **{"fetch.max.bytes": 64 << 20, "queued.max.messages.kbytes": 256 << 10})
+            **{"fetch.max.bytes": 64 << 20, "queued.max.messages.kbytes": 256 << 10,
+               "session.timeout.ms": int(config.session_timeout_s * 1000), "heartbeat.interval.ms": 3000})
         self.items = CompactedReader(settings, "learner", ITEMS, producer=self.producer)
         self.metrics.model_version.set(self.version)
         self._last_publish = self._last_checkpoint = time.monotonic()
@@ -98,6 +103,8 @@ class Learner:
         consumed = duplicates = published = 0
         steps_before = self.dqn.step
         stop = stop or threading.Event()
+        ingest = self._ingest = Ingest(self.consumer, self.dqn.features, self.config.batch_size, limit=max_transitions)
+        ingest.start()
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -107,23 +114,22 @@ class Learner:
                     break
                 if max_transitions is not None and consumed >= max_transitions and not self.dqn.due():
                     break
+                if ingest.error is not None:
+                    raise ShelfqError(f"ingestion failed: {ingest.error}") from ingest.error
                 if now >= self._next_items:
                     self._read_items()
                     self._next_items = now + ITEMS_EVERY_S
-                want = self.config.batch_size if max_transitions is None else min(self.config.batch_size, max_transitions - consumed)
-                received = self.consumer.poll(timeout=0 if self.dqn.due() else 0.2, max_messages=want) if want > 0 else []
-                repeats = 0
-                for r in received:
-                    self.offsets[(self.transitions_topic, r.partition)] = r.offset + 1
-                    if not self.dqn.add(r.event):  # type: ignore[arg-type]
-                        repeats += 1
-                if received:
-                    if self.first_consumed_at is None:
+                batch = self._next_batch(ingest, wait=not self.dqn.due())
+                if batch is not None:
+                    n = len(batch.ids)
+                    if n and self.first_consumed_at is None:
                         self.first_consumed_at = time.perf_counter()
-                    consumed += len(received)
-                    duplicates += repeats
-                    self.metrics.transitions.labels("new").inc(len(received) - repeats)
-                    self.metrics.transitions.labels("duplicate").inc(repeats)
+                    new = self.dqn.add_rows(batch.rows, batch.ids, batch.slates, batch.actions)
+                    self.offsets.update(batch.consumed)
+                    consumed += n
+                    duplicates += n - new
+                    self.metrics.transitions.labels("new").inc(new)
+                    self.metrics.transitions.labels("duplicate").inc(n - new)
                 while self.dqn.due():
                     self._train_one()
                     if max_steps is not None and self.dqn.step - steps_before >= max_steps:
@@ -137,11 +143,19 @@ class Learner:
                     self._report_lag()
                     self._next_lag = now + LAG_EVERY_S
         finally:
+            ingest.halt()
             self.checkpoint()
         if self.dqn.step > self._steps_at_publish:
             self.publish()
             published += 1
         return RunStats(consumed, duplicates, self.dqn.step - steps_before, published, time.monotonic() - started)
+
+    @staticmethod
+    def _next_batch(ingest: Ingest, wait: bool) -> IngestBatch | None:
+        try:
+            return ingest.batches.get(timeout=0.2) if wait else ingest.batches.get_nowait()
+        except queue.Empty:
+            return None
 
     def close(self) -> None:
         self.consumer.close()
@@ -196,7 +210,13 @@ class Learner:
             "dedupe": d.dedupe.keys(), "catalog": ids, "credit": d._credit, "optimizer": optim_meta,
         }
         path = save_checkpoint(self.config.checkpoint_dir, tensors, arrays, state)
-        self.consumer.commit()  # only now: the checkpoint holds everything polled so far
+        # Only now, and exactly the offsets the checkpoint holds (ingestion may have read on).
+        committed = {tp: o for tp, o in self.offsets.items() if self._committed.get(tp) != o}
+        if self._ingest is not None:
+            self._ingest.commit(committed)
+        else:
+            self.consumer.commit(committed)
+        self._committed.update(committed)
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoints.inc()
         return path
