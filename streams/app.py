@@ -271,8 +271,7 @@ class JoinWorker:
         send = self.app.producer.send
         for topic, key, value, partition, callback in outbox:
             fut = await send(topic, key, value, partition, None, None)
-            if callback is not None:
-                fut.add_done_callback(callback)
+            fut.add_done_callback(callback if callback is not None else lambda f, t=topic: self._on_sent(f, t))
 
     def _handle(self, out: Output, started: float, origin: tuple[int, int] | None = None) -> None:
         for transition in out.transitions:
@@ -288,10 +287,24 @@ class JoinWorker:
 
     def _on_acked(self, fut: Any, transition: Transition, started: float) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            return  # the producer failed: Faust crashes the worker, and the restart re-emits
+            # Not on the broker: emit it again at the next watermark step rather than lose it.
+            log.warning("transition %s was not delivered (%s); it will be sent again",
+                        transition.transition_id, "cancelled" if fut.cancelled() else fut.exception())
+            self.metrics.send_failures.labels(TRANSITIONS).inc()
+            self.join.failed(transition)
+            return
         self.metrics.emit_latency.observe(time.monotonic() - started)
         self.metrics.transitions.inc()
         self._record_writes.update(self.join.acked(transition).writes)
+
+    def _on_sent(self, fut: Any, topic: str) -> None:
+        """Any other send (join records, user-state, dead letters) that fails stops the worker:
+        its source offsets must not be committed, and a restart replays from them."""
+        if fut.cancelled() or fut.exception() is None:
+            return
+        self.metrics.send_failures.labels(topic).inc()
+        log.error("a message to %s was not delivered (%s); stopping the worker", topic, fut.exception())
+        asyncio.ensure_future(self.app.crash(fut.exception()))
 
     def _update_user_state(self, partition: int, fb: Feedback) -> None:
         """Append the interaction to the user's history; its table write publishes user-state."""

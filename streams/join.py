@@ -200,6 +200,19 @@ class Join:
         out.writes[rec.request_id] = (rec.partition, rec)
         return out
 
+    def failed(self, transition: Transition) -> None:
+        """The broker refused ``transition``: forget it was in flight and reschedule its record,
+        so the next watermark step emits it again (same transition_id, same content)."""
+        inflight = self._inflight.get(transition.request_id)
+        if inflight is None or transition.position not in inflight:
+            return
+        inflight.discard(transition.position)
+        if not inflight:
+            del self._inflight[transition.request_id]
+        rec = self.records.get(transition.request_id)
+        if rec is not None:
+            self._schedule(rec)
+
     # -- event handlers ----------------------------------------------------------------------
 
     def _on_slate(self, rec: Record, slate: Slate, out: Output) -> None:

@@ -28,6 +28,8 @@ class StreamsMetrics:
             "shelfq_streams_emit_latency_seconds", "From the event (or clock tick) that closed a window to its transition acknowledged.",
             buckets=LATENCY_BUCKETS, registry=r)
         self.partitions = Gauge("shelfq_streams_partitions", "Partitions this worker owns (0 while rebalancing).", registry=r)
+        self.send_failures = Counter("shelfq_streams_send_failures", "Messages the broker did not take, by topic "
+                                     "(transitions are sent again; anything else stops the worker).", ["topic"], registry=r)
         self.stalls = Counter("shelfq_streams_fetch_stalls", "Partitions found not fetched despite unread messages, and resumed.",
                               registry=r)
         self.user_states = Counter("shelfq_streams_user_states", "user-state records published.", registry=r)

@@ -101,10 +101,13 @@ def collect(settings: Settings, topic: str, until, timeout: float = 60.0) -> lis
     values: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
-        while not until(values) and time.monotonic() < deadline:
+        # `until` decodes everything so far: ask it only when the topic is drained for now.
+        while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:
                 values.append(msg.value())
+            elif until(values):
+                break
     finally:
         consumer.close()
     return values

@@ -340,3 +340,19 @@ def test_only_attributed_feedback_is_reported_for_user_histories() -> None:
     assert [f.item_id for f in join.process(0, *fb("click", "a"), now=1000.0).attributed] == ["a"]
     assert join.process(0, *fb("click", "a"), now=1000.0).attributed == []  # duplicate
     assert join.process(0, *fb("click", "x"), now=1000.0).attributed == []  # orphan
+
+
+def test_a_transition_the_broker_refused_is_emitted_again_identically() -> None:
+    join = Join(CONFIG)
+    emitted: list[Transition] = []
+    for topic, event in [slate(), imp(), *later(500.0)]:
+        emitted += [t for t in join.process(0, topic, event, now=event.ts).transitions if t.request_id == "r1"]
+    refused, delivered = emitted[0], emitted[1:]
+    for t in delivered:
+        join.acked(t)
+    join.failed(refused)
+    again = [t for t in join.tick(0, now=600.0).transitions if t.request_id == "r1"]
+    assert [t.transition_id for t in again] == [refused.transition_id]
+    assert msgspec.structs.replace(again[0], ts_emitted=0.0) == msgspec.structs.replace(refused, ts_emitted=0.0)
+    join.acked(again[0])
+    assert not [t for t in join.tick(0, now=700.0).transitions if t.request_id == "r1"]
