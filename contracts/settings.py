@@ -145,6 +145,24 @@ class Settings:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(kafka=kafka, **values)
 
+    def to_plain(self) -> dict[str, Any]:
+        """Every field as plain JSON-able values, secrets revealed: for handing the settings to
+        a child process of this one (never to print or to store)."""
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain["kafka"] = {k: _reveal(v) for k, v in self.kafka.items()}
+        plain["home"], plain["cache_dir"] = str(self.home), str(self.cache_dir)
+        return plain
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> Settings:
+        """The inverse of ``to_plain``.
+
+        >>> s = Settings.from_env({"SHELFQ_KAFKA_SASL_PASSWORD": "pw"}, topic_prefix="t.")
+        >>> Settings.from_plain(s.to_plain()) == s
+        True
+        """
+        return cls(**{**plain, "home": Path(plain["home"]), "cache_dir": Path(plain["cache_dir"])})
+
     @property
     def bootstrap(self) -> str:
         """Where clients connect: the given cluster, or the embedded broker's port."""

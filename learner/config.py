@@ -106,7 +106,8 @@ class LearnerConfig:
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, or cuda[:N]."""
     threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
+    """CPU threads for torch's step; 0 = one per core but one, which the ingestion process
+    (decoding, featurizing) keeps busy."""
     seed: int = 0
     """Seeds weights, sampling and candidate draws."""
     metrics_port: int = 9102

@@ -103,17 +103,11 @@ class DQN:
 
     def add(self, t: Transition | TransitionView) -> bool:
         """Store one transition unless its id was seen; True when it was new."""
-        if not self.dedupe.first_time(t.transition_id):
-            self.duplicates += 1
-            return False
-        self.replay.add(self.features.row(t))
-        self.catalog.observe(t.slate, t.action, t.reward)
-        self._credit += self.config.replay_ratio
-        return True
+        return self.add_rows(self.features.rows([t]), [t.transition_id], [t.slate], [t.action]) == 1
 
     def add_rows(self, rows: dict[str, np.ndarray], ids: Sequence[str], slates: Sequence[Sequence[str]],
                  actions: Sequence[str]) -> int:
-        """Store featurized transitions (``stack_rows``) whose ids were not seen; returns how
+        """Store featurized transitions (``Featurizer.rows``) whose ids were not seen; returns how
         many were new. ``slates`` and ``actions`` feed the catalog of candidates."""
         keep = np.fromiter((self.dedupe.first_time(i) for i in ids), dtype=bool, count=len(ids))
         new = int(keep.sum())
@@ -122,7 +116,7 @@ class DQN:
             return 0
         if new < len(ids):
             rows = {name: column[keep] for name, column in rows.items()}
-        self.replay.add_batch(rows)
+        self.replay.add(rows)
         observe, rewards = self.catalog.observe, rows["rewards"].tolist()
         for slate, action, reward in zip((s for s, k in zip(slates, keep) if k),
                                          (a for a, k in zip(actions, keep) if k), rewards):
@@ -179,8 +173,8 @@ class DQN:
         self._credit = max(0.0, self._credit - cfg.batch_size)
         with autocast(self.device):
             # Q(s, a) of the logged actions, with the position offset.
-            q = self.online.q_logged(self.online.user(b.items, b.events, b.context, b.context_weights),
-                                     b.actions, b.positions, candidates)
+            q = self.online.q_logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions,
+                                     candidates)
             with torch.no_grad():
                 if cfg.gamma > 0:
                     # Double DQN: the online net picks a' in C, the target net values it.

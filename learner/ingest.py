@@ -1,25 +1,36 @@
-"""Ingestion on a thread of its own: poll ``transitions``, decode, featurize, hand over batches.
+"""Ingestion in a process of its own: poll ``transitions``, decode, featurize, hand over rows.
 
-Training spends its time inside torch, which releases the GIL, so a second thread that
-decodes and featurizes the next transitions overlaps with it on a second core. The queue
-between them is bounded (``depth`` batches): a slow trainer stops the poller, memory stays
-fixed. The thread owns the consumer, so commits go through it too (``commit``).
+Decoding a transition (JSON with two histories of up to 50 interactions) and featurizing it
+costs tens of microseconds of Python; the gradient step costs about as much per transition.
+In one process they would take turns on the GIL, so the learner spawns a child that owns the
+consumer and does the Python-heavy part on the second core, while the trainer's process only
+dedupes, stores and trains.
+
+The pipe between them carries msgpack (never pickle): row arrays as raw bytes plus the ids,
+slates and actions the trainer's bookkeeping needs, and the offsets consumed so far. The pipe is
+the bound: a slow trainer blocks the child's next send, so memory stays fixed. Commits go back
+the other way: the trainer says which offsets its checkpoint holds and the child commits
+exactly those, after its dead letters are durable. The child exits when the trainer does, even
+after a kill -9 (it watches its parent).
 """
 
 from __future__ import annotations
 
-import queue
+import multiprocessing
+import os
 import threading
-from typing import NamedTuple
+import time
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 
 from contracts.errors import ShelfqError
-from contracts.kafka import EventConsumer
-from learner.features import Featurizer
-from learner.replay import stack_rows
 
 POLL_TIMEOUT_S = 0.1
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder()
 
 
 class IngestBatch(NamedTuple):
@@ -33,24 +44,138 @@ class IngestBatch(NamedTuple):
     """Next offset per (topic, partition) after this batch, dead-lettered messages included."""
 
 
-class Ingest(threading.Thread):
-    def __init__(self, consumer: EventConsumer, features: Featurizer, batch_size: int,
-                 limit: int | None = None, depth: int = 4) -> None:
-        super().__init__(name="shelfq-ingest", daemon=True)
-        self.consumer, self.features, self.batch_size, self.limit = consumer, features, batch_size, limit
-        self.batches: queue.Queue[IngestBatch] = queue.Queue(maxsize=depth)
+class Ingest:
+    """The trainer's side: start the child, take batches, ask for commits, stop it."""
+
+    def __init__(self, env: dict[str, Any], batch_size: int, limit: int | None = None) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs torch threads
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_child_main, args=(child, env, batch_size, limit, os.getpid()),
+                                 name="shelfq-ingest", daemon=True)
+        self._proc.start()
+        child.close()
+        self._lock = threading.Lock()  # one request at a time on the pipe
+        self._pending: list[IngestBatch] = []
+        self.error: str | None = None
+        self.ready = False
+        self.lag: dict[int, int] = {}  # messages not yet consumed, per partition
+
+    def get(self, timeout: float) -> IngestBatch | None:
+        """The next batch, waiting up to ``timeout`` seconds; None if there is none yet."""
+        if self._pending:
+            return self._pending.pop(0)
+        if self._conn.poll(timeout):
+            self._receive()
+        return self._pending.pop(0) if self._pending else None
+
+    def commit(self, offsets: dict[tuple[str, int], int], timeout: float = 60.0) -> None:
+        """Commit exactly ``offsets`` (after the child's dead letters are durable)."""
+        if not offsets:
+            return
+        self._check()
+        self._conn.send_bytes(_ENCODER.encode(["commit", [[t, p, o] for (t, p), o in offsets.items()]]))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._conn.poll(0.1):
+                if self._receive() == "committed":
+                    return
+            self._check()
+        raise ShelfqError(f"offset commit not confirmed after {timeout}s")
+
+    def halt(self) -> None:
+        """Stop the child: it leaves the consumer group and exits. Batches still on their way
+        are dropped: what the last checkpoint does not hold is read again next time."""
+        if self._proc.is_alive():
+            try:
+                self._conn.send_bytes(_ENCODER.encode(["stop"]))
+            except OSError:
+                pass
+            deadline = time.monotonic() + 30
+            while self._proc.is_alive() and time.monotonic() < deadline:
+                try:
+                    if self._conn.poll(0.1):
+                        self._conn.recv_bytes()  # the child may be blocked sending one
+                except (EOFError, OSError):
+                    break
+            self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._conn.close()
+
+    def _receive(self) -> str:
+        try:
+            data = self._conn.recv_bytes()
+        except (EOFError, OSError):
+            raise ShelfqError(f"the ingestion process exited (code {self._proc.exitcode})") from None
+        kind, *body = _DECODER.decode(data)
+        if kind == "batch":
+            rows, ids, slates, actions, consumed, lag = body
+            self.lag = {p: n for p, n in lag}
+            self._pending.append(IngestBatch(
+                {name: np.frombuffer(raw, dtype=dtype).reshape(shape) for name, (dtype, shape, raw) in rows.items()},
+                ids, slates, actions, {(t, p): o for t, p, o in consumed}))
+        elif kind == "error":
+            self.error = body[0]
+            raise ShelfqError(f"ingestion failed: {self.error}")
+        elif kind == "ready":
+            self.ready = True
+        return kind
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise ShelfqError(f"ingestion failed: {self.error}")
+        if not self._proc.is_alive():
+            raise ShelfqError(f"the ingestion process exited (code {self._proc.exitcode})")
+
+
+# -- the child -------------------------------------------------------------------------------
+
+
+def _child_main(conn: Connection, env: dict[str, Any], batch_size: int, limit: int | None, parent: int) -> None:
+    try:
+        _Child(conn, env, batch_size, limit, parent).run()
+    except Exception as exc:  # noqa: BLE001 - reported to the trainer, which raises it
+        try:
+            conn.send_bytes(_ENCODER.encode(["error", f"{type(exc).__name__}: {exc}"]))
+        except OSError:
+            pass
+
+
+class _Child:
+    def __init__(self, conn: Connection, env: dict[str, Any], batch_size: int, limit: int | None, parent: int) -> None:
+        from contracts.kafka import EventConsumer
+        from contracts.settings import Settings
+        from contracts.topics import TRANSITIONS
+        from learner.features import Featurizer
+        from learner.wire import decode_transition
+
+        self.conn, self.batch_size, self.limit, self.parent = conn, batch_size, limit, parent
+        settings = Settings.from_plain(env["settings"])
+        self.start_offsets: dict[tuple[str, int], int] = {(t, p): o for t, p, o in env["offsets"]}
+        self.features = Featurizer(**env["features"])
+        max_bytes = settings.max_event_bytes
+        self.consumer = EventConsumer(
+            settings, "learner", env["group_id"], [TRANSITIONS], on_assign=self._on_assign,
+            decoders={TRANSITIONS: lambda value: decode_transition(value, max_bytes)}, **env["consumer"])
         self.read = 0
-        self.error: BaseException | None = None
-        self._commits: queue.Queue[tuple[dict[tuple[str, int], int], threading.Event]] = queue.Queue()
-        self._halt = threading.Event()
+
+    def _on_assign(self, partitions: list[Any]) -> None:
+        """Read on from what was handed to the trainer (at start: its checkpoint's offsets)."""
+        for tp in partitions:
+            offset = self.consumer.consumed.get((tp.topic, tp.partition), self.start_offsets.get((tp.topic, tp.partition)))
+            if offset is not None:
+                tp.offset = offset
 
     def run(self) -> None:
+        self.conn.send_bytes(_ENCODER.encode(["ready"]))
         try:
-            while not self._halt.is_set():
-                self._serve_commits()
+            while os.getppid() == self.parent:
+                if self._serve_requests():
+                    return
                 want = self.batch_size if self.limit is None else min(self.batch_size, self.limit - self.read)
                 if want <= 0:
-                    self._halt.wait(POLL_TIMEOUT_S)
+                    time.sleep(POLL_TIMEOUT_S)
                     continue
                 before = dict(self.consumer.consumed)
                 received = self.consumer.poll(timeout=POLL_TIMEOUT_S, max_messages=want)
@@ -58,46 +183,25 @@ class Ingest(threading.Thread):
                     continue
                 self.read += len(received)
                 events = [r.event for r in received]
-                batch = IngestBatch(stack_rows([self.features.row(t) for t in events]),
-                                    [t.transition_id for t in events], [t.slate for t in events],  # type: ignore[union-attr]
-                                    [t.action for t in events], dict(self.consumer.consumed))  # type: ignore[union-attr]
-                while not self._halt.is_set():
-                    try:
-                        self.batches.put(batch, timeout=POLL_TIMEOUT_S)
-                        break
-                    except queue.Full:
-                        self._serve_commits()  # the trainer may be waiting for one
-        except BaseException as exc:  # noqa: BLE001 - handed to the trainer, which raises it
-            self.error = exc
+                rows = self.features.rows(events)
+                self.conn.send_bytes(_ENCODER.encode([
+                    "batch",
+                    {name: [a.dtype.str, list(a.shape), a.tobytes()] for name, a in rows.items()},
+                    [t.transition_id for t in events], [t.slate for t in events], [t.action for t in events],  # type: ignore[union-attr]
+                    [[t, p, o] for (t, p), o in self.consumer.consumed.items()],
+                    [[p, n] for (_t, p), n in self.consumer.lag().items()],
+                ]))
         finally:
-            self._serve_commits()
+            self.consumer.close()
+            self.consumer.dlq.flush()
 
-    def commit(self, offsets: dict[tuple[str, int], int], timeout: float = 60.0) -> None:
-        """Commit exactly ``offsets`` (after the consumer's dead letters are durable)."""
-        if not self.is_alive():
-            self.consumer.commit(offsets)
-            return
-        done = threading.Event()
-        self._commits.put((offsets, done))
-        if not done.wait(timeout):
-            raise ShelfqError(f"offset commit not done after {timeout}s")
-        if self.error is not None:
-            raise ShelfqError(f"ingestion failed: {self.error}") from self.error
-
-    def halt(self) -> None:
-        self._halt.set()
-        if self.is_alive():
-            self.join(30)
-
-    def _serve_commits(self) -> None:
-        while True:
-            try:
-                offsets, done = self._commits.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.consumer.commit(offsets)
-            except BaseException as exc:  # noqa: BLE001 - reported through commit()
-                self.error = exc
-            finally:
-                done.set()
+    def _serve_requests(self) -> bool:
+        """Commits asked for by the trainer; True when it asked us to stop."""
+        while self.conn.poll(0):
+            kind, *body = _DECODER.decode(self.conn.recv_bytes())
+            if kind == "stop":
+                return True
+            if kind == "commit":
+                self.consumer.commit({(t, p): o for t, p, o in body[0]})
+                self.conn.send_bytes(_ENCODER.encode(["committed"]))
+        return False

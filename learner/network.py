@@ -54,19 +54,25 @@ class QNetwork(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def item_vectors(self, buckets: torch.Tensor) -> torch.Tensor:
-        """phi(a) for item rows of any shape [...] -> [..., hidden]."""
-        e = self.item_ids(buckets)
+    def _embed(self, rows: torch.Tensor) -> torch.Tensor:
+        """Item rows of any shape [...] -> [..., embedding_dim] (id row plus title vector)."""
+        e = self.item_ids(rows)
         if self.content_dim:
-            e = e + self.content_proj(self.content[buckets])
-        return self.item_out(e)
+            e = e + self.content_proj(self.content[rows])
+        return e
+
+    def item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """phi(a) for item rows of any shape [...] -> [..., hidden]."""
+        return self.item_out(self._embed(rows))
 
     def user(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
              context_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(V(s) [B], u(s) [B, hidden]) from left-padded histories [B, L] and context rows."""
-        seq = self.item_ids(items) + self.events(events.long())
-        if self.content_dim:
-            seq = seq + self.content_proj(self.content[items])
+        return self._encode(self._embed(items), items, events, context, context_weights)
+
+    def _encode(self, embedded: torch.Tensor, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
+                context_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = embedded + self.events(events)
         if self.encoder_kind == "cnn":
             conv = torch.relu(self.encoder(seq.transpose(1, 2)))  # [B, h, L]
             pad = (items == 0).unsqueeze(1)
@@ -74,8 +80,7 @@ class QNetwork(nn.Module):
         else:
             out, _ = self.encoder(seq)
             h = out[:, -1]  # left padding: the last step has read the newest interaction
-        h = h + self.context(context, per_sample_weights=context_weights)
-        h = torch.relu(h)
+        h = torch.relu(h + self.context(context, per_sample_weights=context_weights))
         return self.value(h).squeeze(-1), self.advantage(h)
 
     # -- Q values ----------------------------------------------------------------------------
@@ -83,17 +88,22 @@ class QNetwork(nn.Module):
     def q_candidates(self, user: tuple[torch.Tensor, torch.Tensor], candidates: torch.Tensor) -> torch.Tensor:
         """Q(s, c) for every state in the batch and every candidate row: [B] x [K] -> [B, K]."""
         v, u = user
-        phi = self.item_vectors(candidates)  # [K, h]
-        adv = u @ phi.T
+        adv = u @ self.item_vectors(candidates).T
         return v.unsqueeze(1) + adv - adv.mean(dim=1, keepdim=True)
 
-    def q_logged(self, user: tuple[torch.Tensor, torch.Tensor], actions: torch.Tensor, positions: torch.Tensor,
+    def q_logged(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
+                 context_weights: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor,
                  candidates: torch.Tensor) -> torch.Tensor:
-        """Q(s, a) of the logged actions [B] (at their positions), against the baseline of C."""
-        v, u = user
-        adv = (u * self.item_vectors(actions)).sum(-1)
-        baseline = u @ self.item_vectors(candidates).mean(0)
-        q = v + adv - baseline
+        """Q(s, a) of the logged actions [B] at their positions, against the baseline of C.
+
+        One lookup in the item table serves the history, the actions and the candidates: each
+        lookup's backward pass fills a dense gradient of the whole table, the biggest cost of a
+        CPU step after the encoder."""
+        B, L = items.shape
+        embedded = self._embed(torch.cat([items.reshape(-1), actions, candidates]))
+        history, acted, cands = embedded.split([B * L, B, len(candidates)])
+        v, u = self._encode(history.view(B, L, -1), items, events, context, context_weights)
+        q = v + (u * self.item_out(acted)).sum(-1) - u @ self.item_out(cands).mean(0)
         if self.position is not None:
             q = q + self.position(positions).squeeze(-1)
         return q

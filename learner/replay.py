@@ -3,17 +3,14 @@
 Preallocated numpy arrays: memory is fixed by ``capacity`` and known up front, appends and
 samples are vectorised, and the whole buffer saves to safetensors as it is (checkpoints).
 
->>> from learner.features import Row
->>> import numpy as np
+>>> from learner.features import Featurizer
+>>> from learner.synthetic import bait_or_build
 >>> buf = ReplayBuffer(capacity=4, history_length=2, seed=0)
->>> row = Row(np.zeros(2, np.int32), np.zeros(2, np.int8), np.zeros(2, np.int32), np.zeros(2, np.int8),
-...           np.zeros(8, np.int32), np.zeros(8, np.float32), 7, 0, 1.0, False)
->>> for _ in range(6):
-...     buf.add(row)
+>>> buf.add(Featurizer(1000, 2).rows(bait_or_build(6, seed=0)))
 >>> len(buf), buf.added                                   # bounded: the oldest were overwritten
 (4, 6)
->>> buf.sample(3).actions.tolist()
-[7, 7, 7]
+>>> sorted(set(buf.sample(50).indices.tolist()))          # only filled slots are drawn
+[0, 1, 2, 3]
 """
 
 from __future__ import annotations
@@ -22,20 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from learner.features import MAX_CONTEXT, Row
+from learner.features import MAX_CONTEXT, ROW_FIELDS
 
 _PRIORITY_EPS = 1e-3
-#: Replay arrays that hold transitions, in ``Row`` order.
-ROW_FIELDS = ("items", "events", "next_items", "next_events", "context", "context_weights", "actions",
-              "positions", "rewards", "dones")
-
-
-def stack_rows(rows: list[Row]) -> dict[str, np.ndarray]:
-    """Rows as arrays with a leading batch axis, named as the replay buffer's."""
-    return {name: np.asarray(column) for name, column in zip(ROW_FIELDS, zip(*rows))} if rows else \
-        {name: np.zeros(0) for name in ROW_FIELDS}
-
-
 class Sample(NamedTuple):
     """A sampled batch as numpy arrays; ``indices`` and ``weights`` serve prioritized replay."""
 
@@ -86,19 +72,8 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return min(self.added, self.capacity)
 
-    def add(self, row: Row) -> None:
-        a, i = self.arrays, int(self.arrays["cursor"][0])
-        a["items"][i], a["events"][i] = row.items, row.events
-        a["next_items"][i], a["next_events"][i] = row.next_items, row.next_events
-        a["context"][i], a["context_weights"][i] = row.context, row.context_weights
-        a["actions"][i], a["positions"][i] = row.action, row.position
-        a["rewards"][i], a["dones"][i] = row.reward, row.done
-        a["priorities"][i] = self._max_priority  # new transitions are sampled at least once soon
-        a["cursor"][0] = (i + 1) % self.capacity
-        a["cursor"][1] += 1
-
-    def add_batch(self, rows: dict[str, np.ndarray]) -> None:
-        """Append stacked rows (``ROW_FIELDS`` -> arrays with a leading batch axis) at once."""
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        """Append featurized transitions (``Featurizer.rows``: arrays with a batch axis)."""
         n = len(rows["actions"])
         if n == 0:
             return

@@ -11,7 +11,7 @@ a restart continues after the highest version found on the ``models`` topic.
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 import torch
 from confluent_kafka import Consumer, TopicPartition
 
-from contracts.errors import ConfigError, EventError, ShelfqError
+from contracts.errors import ConfigError, EventError
 from contracts.events import Item
-from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer
+from contracts.kafka import CompactedReader, ReliableProducer
 from contracts.models import ModelHeaders, read_safetensors_index
 from contracts.settings import Settings
 from contracts.topics import ITEMS, MODELS, TRANSITIONS
@@ -30,9 +30,8 @@ from learner.artifact import model_message
 from learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, save_checkpoint
 from learner.config import LearnerConfig
 from learner.dqn import DQN, StepStats
-from learner.ingest import Ingest, IngestBatch
+from learner.ingest import Ingest
 from learner.metrics import LearnerMetrics
-from learner.wire import decode_transition
 
 log = logging.getLogger("shelfq.learner")
 ITEMS_EVERY_S = 1.0
@@ -64,8 +63,7 @@ class Learner:
         self.settings, self.config, self.content = settings, config, content
         self.metrics = metrics or LearnerMetrics()
         self.dqn = DQN(config)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) - 1))
         self.models_topic = settings.topic(MODELS)
         self.transitions_topic = settings.topic(TRANSITIONS)
         self.group_id = group_id or f"{settings.topic_prefix}learner-{config.policy}"
@@ -80,11 +78,6 @@ class Learner:
                      config.policy, published)
             self.version = published
         self.producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes + (1 << 16)})
-        self.consumer = EventConsumer(
-            settings, "learner", self.group_id, [TRANSITIONS], producer=self.producer, on_assign=self._on_assign,
-            decoders={TRANSITIONS: lambda value: decode_transition(value, settings.max_event_bytes)},
-            **{"fetch.max.bytes": 64 << 20, "queued.max.messages.kbytes": 256 << 10,
-               "session.timeout.ms": int(config.session_timeout_s * 1000), "heartbeat.interval.ms": 3000})
         self.items = CompactedReader(settings, "learner", ITEMS, producer=self.producer)
         self.metrics.model_version.set(self.version)
         self._last_publish = self._last_checkpoint = time.monotonic()
@@ -103,8 +96,7 @@ class Learner:
         consumed = duplicates = published = 0
         steps_before = self.dqn.step
         stop = stop or threading.Event()
-        ingest = self._ingest = Ingest(self.consumer, self.dqn.features, self.config.batch_size, limit=max_transitions)
-        ingest.start()
+        ingest = self._ingest = self._start_ingest(max_transitions)
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -114,12 +106,10 @@ class Learner:
                     break
                 if max_transitions is not None and consumed >= max_transitions and not self.dqn.due():
                     break
-                if ingest.error is not None:
-                    raise ShelfqError(f"ingestion failed: {ingest.error}") from ingest.error
                 if now >= self._next_items:
                     self._read_items()
                     self._next_items = now + ITEMS_EVERY_S
-                batch = self._next_batch(ingest, wait=not self.dqn.due())
+                batch = ingest.get(timeout=0 if self.dqn.due() else 0.2)
                 if batch is not None:
                     n = len(batch.ids)
                     if n and self.first_consumed_at is None:
@@ -143,22 +133,27 @@ class Learner:
                     self._report_lag()
                     self._next_lag = now + LAG_EVERY_S
         finally:
-            ingest.halt()
-            self.checkpoint()
+            try:
+                self.checkpoint()  # and commit through the child, before it goes
+            finally:
+                ingest.halt()
         if self.dqn.step > self._steps_at_publish:
             self.publish()
             published += 1
         return RunStats(consumed, duplicates, self.dqn.step - steps_before, published, time.monotonic() - started)
 
-    @staticmethod
-    def _next_batch(ingest: Ingest, wait: bool) -> IngestBatch | None:
-        try:
-            return ingest.batches.get(timeout=0.2) if wait else ingest.batches.get_nowait()
-        except queue.Empty:
-            return None
+    def _start_ingest(self, limit: int | None) -> Ingest:
+        c = self.config
+        return Ingest({
+            "settings": self.settings.to_plain(), "group_id": self.group_id,
+            "offsets": [[t, p, o] for (t, p), o in self.offsets.items()],
+            "features": {"hash_buckets": c.hash_buckets, "history_length": c.history_length,
+                         "context_buckets": c.context_buckets},
+            "consumer": {"fetch.max.bytes": 64 << 20, "queued.max.messages.kbytes": 256 << 10,
+                         "session.timeout.ms": int(c.session_timeout_s * 1000), "heartbeat.interval.ms": 3000},
+        }, c.batch_size, limit)
 
     def close(self) -> None:
-        self.consumer.close()
         self.items.close()
         self.producer.flush()
 
@@ -214,8 +209,6 @@ class Learner:
         committed = {tp: o for tp, o in self.offsets.items() if self._committed.get(tp) != o}
         if self._ingest is not None:
             self._ingest.commit(committed)
-        else:
-            self.consumer.commit(committed)
         self._committed.update(committed)
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoints.inc()
@@ -240,14 +233,6 @@ class Learner:
         self.offsets = {(t, p): o for t, p, o in ck.state["offsets"]}
         log.info("restored %s: step %d, version %d, %d transitions in replay", ck.path, d.step, self.version, len(d.replay))
 
-    def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        """Read on from the checkpoint's offsets, which may be ahead of the committed ones
-        (a crash between the checkpoint and its commit)."""
-        for tp in partitions:
-            offset = self.offsets.get((tp.topic, tp.partition))
-            if offset is not None:
-                tp.offset = offset
-
     def _read_items(self) -> None:
         items: list[Item] = []
         for r in self.items.poll(timeout=0, max_messages=5000):
@@ -264,8 +249,9 @@ class Learner:
         self.metrics.items.set(len(self.dqn.catalog))
 
     def _report_lag(self) -> None:
-        for (_topic, partition), lag in self.consumer.lag().items():
-            self.metrics.lag.labels(str(partition)).set(lag)
+        if self._ingest is not None:
+            for partition, lag in self._ingest.lag.items():
+                self.metrics.lag.labels(str(partition)).set(lag)
         self.metrics.replay_size.set(len(self.dqn.replay))
 
 

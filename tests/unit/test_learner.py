@@ -81,9 +81,7 @@ def test_deduper_keeps_the_newest_keys() -> None:
 
 def test_prioritized_replay_samples_large_errors_more_often() -> None:
     buf = ReplayBuffer(capacity=100, history_length=SMALL["history_length"], prioritized=True, alpha=1.0, beta=1.0, seed=0)
-    row = next(iter([DQN(LearnerConfig(**SMALL)).features.row(t) for t in bait_or_build(1)]))
-    for _ in range(100):
-        buf.add(row)
+    buf.add(DQN(LearnerConfig(**SMALL)).features.rows(bait_or_build(100)))
     buf.update_priorities(np.arange(100), np.r_[np.full(99, 0.01), 10.0])
     sample = buf.sample(2000)
     assert (sample.indices == 99).mean() > 0.8
