@@ -222,11 +222,4 @@ class DQN:
         return torch.from_numpy(self.features.buckets(item_ids)).to(self.device, torch.long)
 
     def _state_tensors(self, states: Sequence[State]) -> tuple[torch.Tensor, ...]:
-        hist = [self.features.history(s) for s in states]
-        ctx = [self.features.context(s) for s in states]
-        dev = self.device
-        return (torch.from_numpy(np.stack([h[0] for h in hist])).to(dev, torch.long),
-                torch.from_numpy(np.stack([h[1] for h in hist])).to(dev, torch.long),
-                torch.from_numpy(np.stack([c[0] for c in ctx])).to(dev, torch.long),
-                torch.from_numpy(np.stack([c[1] for c in ctx])).to(dev, torch.float32))
-
+        return tuple(torch.from_numpy(a).to(self.device) for a in self.features.states(states))

@@ -135,6 +135,27 @@ class Featurizer:
         out["dones"] = np.array([t.done for t in transitions], np.bool_)
         return out
 
+    def states(self, states: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """States as the encoder reads them: (items, events, context rows, context weights),
+        int64/float32 arrays with a batch axis, ready for ``torch.from_numpy``."""
+        L, n = self.history_length, len(states)
+        cached, bucket, kinds = self._buckets.get, self.bucket, EVENT_IDS
+        items: list[int] = []
+        events: list[int] = []
+        ctx_rows: list[int] = []
+        ctx_weights: list[float] = []
+        for state in states:
+            recent = state.history[-L:]
+            pad = [0] * (L - len(recent))
+            items += pad + [cached(i.item_id) or bucket(i.item_id) for i in recent]
+            events += pad + [kinds[i.event] for i in recent]
+            rows, weights = self._context_lists(state)
+            ctx_rows += rows
+            ctx_weights += weights
+        return (np.array(items, np.int64).reshape(n, L), np.array(events, np.int64).reshape(n, L),
+                np.array(ctx_rows, np.int64).reshape(n, MAX_CONTEXT),
+                np.array(ctx_weights, np.float32).reshape(n, MAX_CONTEXT))
+
     def _context_lists(self, state: Any) -> tuple[list[int], list[float]]:
         key = tuple(sorted(state.context.items()))  # contexts repeat: hash each one once
         hit = self._contexts.get(key)

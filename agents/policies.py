@@ -1,0 +1,200 @@
+"""The policies an agent can answer with, behind one interface: ``rank`` a batch of requests.
+
+- ``DQNPolicy`` scores candidates with the current Q-network (one encoder pass per micro-batch)
+  and explores with epsilon-greedy or Boltzmann draws (``agents.exploration``).
+- ``PopularityPolicy`` ranks by recent, reward-weighted interactions: the fallback before any
+  model has arrived.
+- ``RandomPolicy`` ranks uniformly at random: the fallback of the fallback, and a baseline.
+
+Each returns, per request, a ``SlateChoice`` whose propensities are exact. The same seed gives
+the same slates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+from agents import exploration
+from contracts.events import State, UserState
+from learner.artifact import LoadedModel
+from learner.features import Featurizer
+
+EVENT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
+
+
+class SlateChoice(NamedTuple):
+    items: list[str]
+    scores: list[float]
+    propensities: list[float]
+    policy: str
+    model_version: int | None
+
+
+class Ask(NamedTuple):
+    """One request as a policy sees it: the logged state, its candidates, the slate size."""
+
+    state: State
+    candidates: Sequence[str]
+    slate_size: int
+
+
+class Policy(Protocol):
+    name: str
+
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]: ...
+
+
+class Explorer(NamedTuple):
+    """How scores become a slate: greedy, epsilon (epsilon-greedy) or boltzmann."""
+
+    kind: str = "epsilon"
+    epsilon: float = 0.1
+    temperature: float = 1.0
+    diversity: float = 0.0
+
+    def slate(self, scores: np.ndarray, k: int, rng: np.random.Generator,
+              similarity: exploration.Similarity | None) -> tuple[np.ndarray, np.ndarray]:
+        common = {"diversity": self.diversity, "similarity": similarity}
+        if self.kind == "greedy":
+            return exploration.greedy(scores, k, **common)
+        if self.kind == "boltzmann":
+            return exploration.boltzmann(scores, k, temperature=self.temperature, rng=rng, **common)
+        if self.kind == "epsilon":
+            return exploration.epsilon_greedy(scores, k, epsilon=self.epsilon, rng=rng, **common)
+        raise ValueError(f"exploration must be greedy, epsilon or boltzmann, not {self.kind!r}")
+
+
+def category_similarity(categories: Sequence[str | None]) -> exploration.Similarity:
+    """1 between items of the same (known) category, else 0: MMR over categories."""
+    labels = np.array([c if c is not None else f"\0{i}" for i, c in enumerate(categories)], dtype=object)
+    return lambda chosen, others: (labels[others] == labels[chosen]).astype(float)
+
+
+def _choice(candidates: Sequence[str], scores: np.ndarray, order: np.ndarray, probs: np.ndarray, policy: str,
+            version: int | None) -> SlateChoice:
+    return SlateChoice([candidates[i] for i in order], [float(scores[i]) for i in order],
+                       [float(min(1.0, p)) for p in probs], policy, version)
+
+
+class DQNPolicy:
+    """Q-network scores, explored. ``model`` may be swapped at any time (``swap``)."""
+
+    name = "dqn"
+
+    def __init__(self, model: LoadedModel, explorer: Explorer = Explorer(),
+                 categories: dict[str, str | None] | None = None) -> None:
+        self.explorer, self.categories = explorer, categories if categories is not None else {}
+        self.swap(model)
+
+    def swap(self, model: LoadedModel) -> None:
+        """Serve ``model`` from the next batch on (one assignment: atomic for readers)."""
+        features = Featurizer(model.config.hash_buckets, model.config.history_length, model.config.context_buckets)
+        self._current = (model, features)
+
+    @property
+    def model(self) -> LoadedModel:
+        return self._current[0]
+
+    def scores(self, asks: Sequence[Ask]) -> list[np.ndarray]:
+        """Q(s, c) for every ask's candidates (position bias left out), one encoder pass."""
+        model, features = self._current  # one read: a swap mid-batch cannot mix two models
+        net = model.network
+        rows = features.states([a.state for a in asks])
+        every = sorted({c for a in asks for c in a.candidates})
+        index = {c: i for i, c in enumerate(every)}
+        with torch.inference_mode():
+            v, u = net.user(*(torch.from_numpy(x) for x in rows))
+            phi = net.item_vectors(torch.from_numpy(features.buckets(every)).long())
+            out = []
+            for b, ask in enumerate(asks):
+                cand = phi[torch.tensor([index[c] for c in ask.candidates])]
+                adv = cand @ u[b]
+                out.append((v[b] + adv - adv.mean()).numpy())
+        return out
+
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]:
+        version = self.model.headers.version
+        out = []
+        for ask, scores in zip(asks, self.scores(asks)):
+            similarity = (category_similarity([self.categories.get(c) for c in ask.candidates])
+                          if self.explorer.diversity > 0 else None)
+            order, probs = self.explorer.slate(scores, ask.slate_size, rng, similarity)
+            out.append(_choice(ask.candidates, scores, order, probs, self.name, version))
+        return out
+
+
+class Popularity:
+    """Reward-weighted interaction counts that halve every ``half_life_s`` of event time, fed
+    from user-state updates (each carries the user's newest interactions)."""
+
+    def __init__(self, half_life_s: float = 3600.0, capacity: int = 100_000) -> None:
+        self.half_life_s, self.capacity = half_life_s, capacity
+        self._score: dict[str, float] = {}
+        self._seen_until: dict[str, float] = {}
+        self._origin: float | None = None  # event time at which weights are 1
+
+    def _weight(self, event: str, ts: float) -> float:
+        """Newer interactions weigh more (rather than decaying all the old ones each time)."""
+        if self._origin is None:
+            self._origin = ts
+        exponent = (ts - self._origin) / self.half_life_s
+        if exponent > 64:  # re-base before the floats grow out of range
+            scale = 2.0 ** -exponent
+            self._score = {k: v * scale for k, v in self._score.items()}
+            self._origin, exponent = ts, 0.0
+        return EVENT_WEIGHTS.get(event, 1.0) * 2.0 ** exponent
+
+    def observe(self, state: UserState) -> None:
+        """Count the interactions of ``state`` newer than the last state seen for its user."""
+        since = self._seen_until.get(state.user_id, -math.inf)
+        for inter in state.history:
+            if inter.ts > since:
+                self._score[inter.item_id] = self._score.get(inter.item_id, 0.0) + self._weight(inter.event, inter.ts)
+        if state.history:
+            self._seen_until[state.user_id] = max(since, state.history[-1].ts)
+        if len(self._score) > self.capacity:  # keep the most popular half
+            keep = sorted(self._score.items(), key=lambda kv: -kv[1])[: self.capacity // 2]
+            self._score = dict(keep)
+        if len(self._seen_until) > 10 * self.capacity:
+            self._seen_until.clear()  # worst case: a user's old interactions count again once
+
+    def __len__(self) -> int:
+        return len(self._score)
+
+    def score(self, items: Sequence[str]) -> np.ndarray:
+        return np.array([self._score.get(i, 0.0) for i in items])
+
+
+class PopularityPolicy:
+    """Most popular candidates first, explored like the DQN's scores (log-scaled counts)."""
+
+    name = "popularity"
+
+    def __init__(self, popularity: Popularity, explorer: Explorer = Explorer()) -> None:
+        self.popularity, self.explorer = popularity, explorer
+
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]:
+        out = []
+        for ask in asks:
+            raw = self.popularity.score(ask.candidates)
+            scores = np.log1p(raw / max(raw.max(), 1e-12)) if raw.max() > 0 else raw
+            order, probs = self.explorer.slate(scores, ask.slate_size, rng, None)
+            out.append(_choice(ask.candidates, scores, order, probs, self.name, None))
+        return out
+
+
+class RandomPolicy:
+    name = "random"
+
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]:
+        out = []
+        for ask in asks:
+            scores = np.zeros(len(ask.candidates))
+            order, probs = exploration.uniform(scores, ask.slate_size, rng=rng)
+            out.append(_choice(ask.candidates, scores, order, probs, self.name, None))
+        return out
