@@ -46,7 +46,10 @@ class Ask(NamedTuple):
 class Policy(Protocol):
     name: str
 
-    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]: ...
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
+        """One slate per ask; above ``limit`` candidates, the best ``limit`` by score are
+        shortlisted first (retrieval), and exploration happens among those."""
+        ...
 
 
 class Explorer(NamedTuple):
@@ -73,6 +76,13 @@ def category_similarity(categories: Sequence[str | None]) -> exploration.Similar
     """1 between items of the same (known) category, else 0: MMR over categories."""
     labels = np.array([c if c is not None else f"\0{i}" for i, c in enumerate(categories)], dtype=object)
     return lambda chosen, others: (labels[others] == labels[chosen]).astype(float)
+
+
+def _shortlist(candidates: Sequence[str], scores: np.ndarray, limit: int | None) -> tuple[Sequence[str], np.ndarray]:
+    if limit is None or len(candidates) <= limit:
+        return candidates, scores
+    top = np.sort(np.argpartition(-scores, limit - 1)[:limit])  # keep the request's order among them
+    return [candidates[i] for i in top], scores[top]
 
 
 def _choice(candidates: Sequence[str], scores: np.ndarray, order: np.ndarray, probs: np.ndarray, policy: str,
@@ -117,10 +127,12 @@ class DQNPolicy:
                 out.append((v[b] + adv - adv.mean()).numpy())
         return out
 
-    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]:
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         version = self.model.headers.version
         out = []
-        for ask, scores in zip(asks, self.scores(asks)):
+        for ask, all_scores in zip(asks, self.scores(asks)):
+            candidates, scores = _shortlist(ask.candidates, all_scores, limit)
+            ask = ask._replace(candidates=candidates)
             similarity = (category_similarity([self.categories.get(c) for c in ask.candidates])
                           if self.explorer.diversity > 0 else None)
             order, probs = self.explorer.slate(scores, ask.slate_size, rng, similarity)
@@ -178,10 +190,12 @@ class PopularityPolicy:
     def __init__(self, popularity: Popularity, explorer: Explorer = Explorer()) -> None:
         self.popularity, self.explorer = popularity, explorer
 
-    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]:
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         out = []
         for ask in asks:
             raw = self.popularity.score(ask.candidates)
+            candidates, raw = _shortlist(ask.candidates, raw, limit)
+            ask = ask._replace(candidates=candidates)
             scores = np.log1p(raw / max(raw.max(), 1e-12)) if raw.max() > 0 else raw
             order, probs = self.explorer.slate(scores, ask.slate_size, rng, None)
             out.append(_choice(ask.candidates, scores, order, probs, self.name, None))
@@ -191,9 +205,11 @@ class PopularityPolicy:
 class RandomPolicy:
     name = "random"
 
-    def rank(self, asks: Sequence[Ask], rng: np.random.Generator) -> list[SlateChoice]:
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         out = []
         for ask in asks:
+            if limit is not None and len(ask.candidates) > limit:
+                ask = ask._replace(candidates=[ask.candidates[i] for i in np.sort(rng.choice(len(ask.candidates), limit, replace=False))])
             scores = np.zeros(len(ask.candidates))
             order, probs = exploration.uniform(scores, ask.slate_size, rng=rng)
             out.append(_choice(ask.candidates, scores, order, probs, self.name, None))

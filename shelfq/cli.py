@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--max-transitions", type=int, help="stop cleanly after consuming this many transitions")
     learner.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 
+    agent = sub.add_parser("agent", parents=[common], help="run a scoring agent: requests in, explored and ranked slates out",
+                           description="Answer each request with a slate: candidates from the request or the items cache, scored by the newest model on the models topic (hot-swapped, no restart), explored with epsilon-greedy or Boltzmann draws whose exact probabilities are logged in the slate. Until a model arrives, popularity from recent interactions answers, then random. Replicas with the same topic prefix share the partitions. Settings: SHELFQ_AGENT_<NAME> (POLICY, EXPLORATION, EPSILON, TEMPERATURE, DIVERSITY, MAX_CANDIDATES, DEADLINE_S, BATCH_SIZE, ...); the flags below override.")
+    g = agent.add_argument_group("agent settings (default: SHELFQ_AGENT_*)")
+    g.add_argument("--policy", help="which model to serve: its key on the models topic (default dqn)")
+    g.add_argument("--exploration", choices=["greedy", "epsilon", "boltzmann"], help="how scores become a slate (default epsilon)")
+    g.add_argument("--epsilon", type=float, help="epsilon-greedy's chance of a uniform draw per position (default 0.1)")
+    g.add_argument("--temperature", type=float, help="Boltzmann temperature (default 1.0)")
+    g.add_argument("--diversity", type=float, help="MMR weight against repeating a category (default 0: off)")
+    agent.add_argument("--replica", type=int, default=0, help="this replica's number: offsets its random seed (default 0)")
+    agent.add_argument("--metrics-port", type=int, help="port of /metrics (default 9103; 0 turns it off)")
+    agent.add_argument("--max-seconds", type=float, help="stop cleanly after this many seconds")
+    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+
     bench = sub.add_parser("bench", help="benchmarks that print figures, with a same-run baseline",
                            description="Benchmarks on the real broker. Each prints its figures and a ratio against a baseline measured in the same run (these machines are noisy); --json prints one JSON object as the last line. With the default bootstrap and no broker running, the embedded broker is started and stopped afterwards.")
     bsub2 = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -254,6 +267,31 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    from agents.config import AgentConfig
+    from agents.service import Agent
+
+    logging.getLogger("shelfq").setLevel(args.log_level.upper())
+    config = AgentConfig.from_env(policy=args.policy, exploration=args.exploration, epsilon=args.epsilon,
+                                  temperature=args.temperature, diversity=args.diversity, metrics_port=args.metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    agent = Agent(settings, config, replica=args.replica)
+    if config.metrics_port:
+        agent.metrics.serve(config.metrics_port, config.metrics_addr)
+    print(f"agent: serving policy {config.policy} with {config.exploration} exploration (replica {args.replica})",
+          file=sys.stderr)
+    try:
+        stats = agent.run(max_seconds=args.max_seconds, stop=stop)
+    finally:
+        agent.close()
+    print(f"agent: answered {stats.answered} requests, skipped {stats.skipped} past the deadline", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress goes to stderr
     if args.target == "learner":
@@ -320,7 +358,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "bench": cmd_bench,
+COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "agent": cmd_agent, "bench": cmd_bench,
             "settings": cmd_settings, "demo": cmd_demo}
 
 

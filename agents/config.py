@@ -1,0 +1,92 @@
+"""Settings of the scoring agent, from ``SHELFQ_AGENT_*`` variables (flags override).
+
+>>> AgentConfig.from_env({"SHELFQ_AGENT_EXPLORATION": "boltzmann", "SHELFQ_AGENT_TEMPERATURE": "0.5"}).temperature
+0.5
+>>> AgentConfig(exploration="softmax")
+Traceback (most recent call last):
+...
+contracts.errors.ConfigError: agent: exploration must be greedy, epsilon or boltzmann; got 'softmax'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from contracts.errors import ConfigError
+
+ENV_PREFIX = "SHELFQ_AGENT_"
+EXPLORATIONS = ("greedy", "epsilon", "boltzmann")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How the agent answers requests."""
+
+    policy: str = "dqn"
+    """Which model (the key on ``models``) to serve; slates name the policy that chose them."""
+    exploration: str = "epsilon"
+    """greedy, epsilon (epsilon-greedy per position) or boltzmann (Plackett-Luce sampling)."""
+    epsilon: float = 0.1
+    """Chance of a uniform draw at each position (epsilon-greedy)."""
+    temperature: float = 1.0
+    """Softmax temperature of the Boltzmann draws (lower is greedier)."""
+    diversity: float = 0.0
+    """Weight of the MMR penalty for repeating a category already in the slate (0 = off)."""
+    max_candidates: int = 1000
+    """Above this many candidates, the top ones by score are shortlisted before exploring."""
+    deadline_s: float = 2.0
+    """Requests older than this (event time against the agent's clock) are skipped and
+    counted, never answered late."""
+    batch_size: int = 64
+    """Requests scored together (micro-batch); a batch never waits to fill."""
+    commit_interval_s: float = 1.0
+    """How often slates are flushed and request offsets committed."""
+    popularity_half_life_s: float = 3600.0
+    """Half-life of interactions in the popularity fallback."""
+    session_timeout_s: float = 10.0
+    """How long the group waits for a silent replica before handing its partitions on."""
+    seed: int = 0
+    """Seeds the exploration draws (each replica adds its own offset)."""
+    metrics_port: int = 9103
+    """Port of /metrics (0 turns the endpoint off)."""
+    metrics_addr: str = "0.0.0.0"
+    """Address /metrics listens on."""
+
+    def __post_init__(self) -> None:
+        if self.exploration not in EXPLORATIONS:
+            raise ConfigError(f"agent: exploration must be {', '.join(EXPLORATIONS[:-1])} or {EXPLORATIONS[-1]}; "
+                              f"got {self.exploration!r}")
+        if not 0 <= self.epsilon <= 1:
+            raise ConfigError(f"agent: epsilon must be in [0, 1], got {self.epsilon}")
+        for name in ("temperature", "deadline_s", "commit_interval_s", "popularity_half_life_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"agent: {name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_candidates", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"agent: {name} must be >= 1, got {getattr(self, name)}")
+        if self.diversity < 0:
+            raise ConfigError(f"agent: diversity must be >= 0, got {self.diversity}")
+        if self.session_timeout_s < 6:
+            raise ConfigError("agent: session_timeout_s must be >= 6 (heartbeats go every 3 s)")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"agent: metrics_port must be a TCP port or 0, got {self.metrics_port}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            try:
+                kw[f.name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: expected {kind.__name__}, got {raw!r}") from None
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)

@@ -1,0 +1,258 @@
+"""The scoring agent: ``requests`` in, explored and ranked ``slates`` out.
+
+Caches of ``user-state`` and ``items`` (compacted topics, read from the beginning) give each
+request its logged state and its candidates; models arrive on ``models`` in a background
+thread and replace the serving one atomically; a rejected model goes to ``dlq`` with its
+reason and the old one keeps serving. Until a model arrives, popularity answers, then random.
+
+Requests are read in micro-batches that never wait to fill: one blocking poll for the first,
+then whatever else is already fetched. Slates are flushed before the requests' offsets are
+committed, so a crash re-answers requests rather than losing them. Replicas in one consumer
+group share the partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from agents.config import AgentConfig
+from agents.metrics import AgentMetrics
+from agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, SlateChoice
+from contracts.errors import EventError
+from contracts.events import Item, Request, Slate, State, UserState, encode
+from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer
+from contracts.models import ModelHeaders
+from contracts.settings import Settings
+from contracts.topics import ITEMS, MODELS, REQUESTS, SLATES, USER_STATE
+from learner.artifact import LoadedModel, load_model
+
+log = logging.getLogger("shelfq.agent")
+CACHE_EVERY_S = 0.05
+
+
+def build_state(request: Request, user: UserState | None) -> State:
+    """The state the slate logs, and the one the model scores: the user's recent history as
+    user-state has it, plus the request context."""
+    return State(history=list(user.history) if user is not None else [], context=dict(request.context or {}))
+
+
+class RunStats(NamedTuple):
+    answered: int
+    skipped: int
+    seconds: float
+
+
+class Agent:
+    def __init__(self, settings: Settings, config: AgentConfig, *, replica: int = 0,
+                 metrics: AgentMetrics | None = None) -> None:
+        self.settings, self.config = settings, config
+        self.metrics = metrics or AgentMetrics()
+        self.rng = np.random.default_rng(config.seed + 7919 * replica)
+        self.producer = ReliableProducer(settings, **{"linger.ms": 1})
+        self.consumer = EventConsumer(settings, "agent", f"{settings.topic_prefix}agent", [REQUESTS],
+                                      producer=self.producer, offset_reset="earliest",
+                                      **{"session.timeout.ms": int(config.session_timeout_s * 1000),
+                                         "heartbeat.interval.ms": 3000, "fetch.wait.max.ms": 5})
+        self.users_reader = CompactedReader(settings, "agent", USER_STATE, producer=self.producer)
+        self.items_reader = CompactedReader(settings, "agent", ITEMS, producer=self.producer)
+        self.users: dict[str, UserState] = {}
+        self.items: dict[str, Item] = {}
+        self.popularity = Popularity(config.popularity_half_life_s)
+        explorer = Explorer(config.exploration, config.epsilon, config.temperature, config.diversity)
+        self.explorer = explorer
+        self.dqn: DQNPolicy | None = None
+        self.fallback_popular = PopularityPolicy(self.popularity, explorer)
+        self.fallback_random = RandomPolicy()
+        self._first_use_pending = False
+        self._models = ModelWatcher(settings, config.policy, self._on_model, self._on_rejected)
+        self._next_cache = 0.0
+        self.slates_topic = settings.topic(SLATES)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, max_seconds: float | None = None, max_requests: int | None = None,
+            stop: threading.Event | None = None) -> RunStats:
+        stop = stop or threading.Event()
+        started = time.monotonic()
+        answered = skipped = 0
+        last_commit = time.monotonic()
+        self._models.start()
+        try:
+            while not stop.is_set():
+                if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                    break
+                if max_requests is not None and answered + skipped >= max_requests:
+                    break
+                self._refresh_caches()
+                received = self.consumer.poll(timeout=0.05, max_messages=1)
+                if received:
+                    received += self.consumer.poll(timeout=0, max_messages=self.config.batch_size - 1)
+                    a, s = self.answer([r.event for r in received])  # type: ignore[misc]
+                    answered, skipped = answered + a, skipped + s
+                self.producer.poll(0)
+                if time.monotonic() - last_commit >= self.config.commit_interval_s:
+                    self.commit()
+                    last_commit = time.monotonic()
+        finally:
+            self._models.stop()
+            self.commit()
+        return RunStats(answered, skipped, time.monotonic() - started)
+
+    def commit(self) -> None:
+        """Slates (and dead letters) durable first, then the requests' offsets."""
+        self.producer.flush()
+        self.consumer.commit()
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.users_reader.close()
+        self.items_reader.close()
+        self.producer.flush()
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def answer(self, requests: Sequence[Request]) -> tuple[int, int]:
+        """Score and answer a micro-batch; returns (answered, skipped)."""
+        now = time.time()
+        fresh, asks = [], []
+        for req in requests:
+            if now - req.ts > self.config.deadline_s:
+                self.metrics.requests.labels("skipped").inc()
+                continue
+            candidates = req.candidates if req.candidates is not None else list(self.items)
+            if not candidates:
+                self.consumer.dlq.send("unanswerable", self.settings.topic(REQUESTS), encode(req), key=req.user_id,
+                                       detail="no candidates: the request lists none and the items cache is empty")
+                self.metrics.requests.labels("unanswerable").inc()
+                continue
+            k = min(req.slate_size, len(candidates), self.config.max_candidates)
+            fresh.append(req)
+            asks.append(Ask(build_state(req, self.users.get(req.user_id)), candidates, k))
+        if not asks:
+            return 0, len(requests) - len(fresh)
+        policy = self.dqn or (self.fallback_popular if len(self.popularity) else self.fallback_random)
+        choices = policy.rank(asks, self.rng, limit=self.config.max_candidates)
+        self.metrics.batch_size.observe(len(asks))
+        self.metrics.fallback.set(0.0 if policy is self.dqn else 1.0)
+        if self.dqn is not None:
+            model = self.dqn.model
+            self.metrics.model_age.set(time.time() - model.headers.created_ts)
+            if self._first_use_pending:
+                self.metrics.model_freshness.set(time.time() - model.headers.created_ts)
+                self._first_use_pending = False
+        sent = time.time()
+        for req, ask, choice in zip(fresh, asks, choices):
+            self._send(req, ask.state, choice, sent)
+        return len(fresh), len(requests) - len(fresh)
+
+    def _send(self, req: Request, state: State, choice: SlateChoice, now: float) -> None:
+        slate = Slate(request_id=req.request_id, user_id=req.user_id, session_id=req.session_id or req.user_id,
+                      ts=now, items=choice.items, scores=choice.scores, propensities=choice.propensities,
+                      policy=choice.policy, model_version=choice.model_version, state=state)
+        self.producer.produce(self.slates_topic, encode(slate), req.user_id)
+        self.metrics.requests.labels("answered").inc()
+        self.metrics.slates.labels(choice.policy).inc()
+        self.metrics.latency.observe(max(0.0, now - req.ts))
+
+    # -- caches and models -------------------------------------------------------------------
+
+    def _refresh_caches(self) -> None:
+        now = time.monotonic()
+        if now < self._next_cache:
+            return
+        self._next_cache = now + CACHE_EVERY_S
+        for r in self.users_reader.poll(timeout=0, max_messages=5000):
+            if r.event is None:
+                self.users.pop(r.key or "", None)
+                continue
+            state: UserState = r.event  # type: ignore[assignment]
+            self.users[state.user_id] = state
+            self.popularity.observe(state)
+        for r in self.items_reader.poll(timeout=0, max_messages=5000):
+            if r.event is None:
+                self.items.pop(r.key or "", None)
+            else:
+                self.items[r.event.item_id] = r.event  # type: ignore[union-attr]
+        if self.dqn is not None:
+            self.dqn.categories = {i: item.category for i, item in self.items.items()}
+        self.metrics.cache.labels("items").set(len(self.items))
+        self.metrics.cache.labels("users").set(len(self.users))
+        self.metrics.cache.labels("popular").set(len(self.popularity))
+
+    def _on_model(self, model: LoadedModel) -> None:
+        if model.config.content_dim:
+            log.warning("model %d uses content features; this agent scores it without title vectors",
+                        model.headers.version)
+        if self.dqn is None:
+            self.dqn = DQNPolicy(model, self.explorer, {i: item.category for i, item in self.items.items()})
+        else:
+            self.dqn.swap(model)
+        self._first_use_pending = True
+        self.metrics.model_version.set(model.headers.version)
+        self.metrics.models.labels("loaded").inc()
+        log.info("serving %s model version %d", model.headers.policy, model.headers.version)
+
+    def _on_rejected(self, reason: EventError, value: bytes | None, partition: int, offset: int) -> None:
+        self.metrics.models.labels("rejected").inc()
+        self.consumer.dlq.send("invalid", self.settings.topic(MODELS), value, key=self.config.policy,
+                               partition=partition, offset=offset, detail=f"model rejected: {reason}")
+        log.warning("rejected a model message at offset %d: %s", offset, reason)
+
+
+class ModelWatcher:
+    """Reads ``models`` from the beginning in a thread; loads each newer version of one policy
+    (off the request path) and hands it over; reports the ones that fail the loader's checks."""
+
+    def __init__(self, settings: Settings, policy: str, on_model: Any, on_rejected: Any) -> None:
+        self.settings, self.policy, self.on_model, self.on_rejected = settings, policy, on_model, on_rejected
+        self.version = 0
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shelfq-models", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        big = self.settings.model_max_bytes + (1 << 16)
+        consumer = Consumer(self.settings.confluent_config(**{
+            "group.id": f"{self.settings.topic_prefix}agent-models", "enable.auto.commit": False,
+            "fetch.max.bytes": big, "max.partition.fetch.bytes": big, "enable.partition.eof": False}))
+        topic = self.settings.topic(MODELS)
+        try:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            partitions = list(meta.partitions) if meta is not None and meta.error is None else [0]
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            while not self._halt.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error() is not None or msg.key() != self.policy.encode():
+                    continue
+                self._consider(msg)
+        except BaseException as exc:  # noqa: BLE001 - logged; the agent keeps serving what it has
+            self.error = exc
+            log.error("model watcher stopped: %s", exc)
+        finally:
+            consumer.close()
+
+    def _consider(self, msg: Any) -> None:
+        try:
+            headers = ModelHeaders.from_headers(msg.headers())
+            if headers.version <= self.version:
+                return  # replayed or older: the serving one is newer
+            model = load_model(msg.value(), msg.headers(), policy=self.policy)
+        except EventError as exc:
+            self.on_rejected(exc, msg.value(), msg.partition(), msg.offset())
+            return
+        self.version = model.headers.version
+        self.on_model(model)

@@ -1,0 +1,178 @@
+"""The scoring agent against the real broker: requests in, slates out; a new model is served
+without a restart and a corrupt one is refused; replicas share the load; bad requests go to dlq."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from contracts.events import DeadLetter, Item, Request, Slate, decode, encode
+from contracts.kafka import ReliableProducer
+from contracts.settings import Settings
+from learner.artifact import model_message
+from learner.config import LearnerConfig
+from learner.network import QNetwork
+from tests.integration.conftest import free_port
+
+CATALOG = [Item(item_id=f"sku-{i}", title=f"item {i}", category=f"c{i % 3}", ts=1.0) for i in range(20)]
+SMALL = LearnerConfig(hash_buckets=256, context_buckets=16, embedding_dim=8, hidden_dim=8, history_length=4)
+
+
+class AgentProcess:
+    def __init__(self, settings: Settings, log: Path, replica: int = 0) -> None:
+        self.port, self.log = free_port(), log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shelfq", "agent", "--topic-prefix", settings.topic_prefix, "--replica", str(replica),
+             "--metrics-port", str(self.port), "--max-seconds", "150"],
+            env={**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions)}, stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT)
+
+    def metric(self, name: str, label: str = "") -> float:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        return sum(float(v) for v in re.findall(rf'^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$', text, re.MULTILINE))
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"agent exited: {self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for a in started:
+        if a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGTERM)
+            try:
+                a.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                a.proc.kill()
+
+
+def produce_catalog(settings: Settings) -> None:
+    producer = ReliableProducer(settings)
+    for item in CATALOG:
+        producer.produce(settings.topic("items"), encode(item), item.item_id)
+    producer.flush()
+
+
+def send_requests(settings: Settings, n: int, tag: str, **fields) -> list[str]:
+    producer = ReliableProducer(settings)
+    ids = []
+    for i in range(n):
+        req = Request(request_id=f"{tag}-{i}", user_id=f"u-{tag}-{i}", ts=time.time(), slate_size=3, **fields)
+        producer.produce(settings.topic("requests"), encode(req), req.user_id)
+        ids.append(req.request_id)
+    producer.flush()
+    return ids
+
+
+def publish_model(settings: Settings, version: int, value: bytes | None = None) -> None:
+    net_value, headers = model_message(QNetwork(SMALL), SMALL, version=version)
+    producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes})
+    producer.produce(settings.topic("models"), value if value is not None else net_value, "dqn", headers=headers.to_headers())
+    producer.flush()
+
+
+def read(settings: Settings, topic: str, until: Callable[[list[bytes]], bool], timeout: float = 60.0) -> list[bytes]:
+    consumer = Consumer(settings.confluent_config(**{"group.id": f"reader-{time.time()}", "auto.offset.reset": "earliest"}))
+    consumer.subscribe([settings.topic(topic)])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.3)
+            if msg is not None and msg.error() is None:
+                values.append(msg.value())
+            elif until(values):
+                break
+    finally:
+        consumer.close()
+    return values
+
+
+def slates_for(settings: Settings, ids: list[str], timeout: float = 60.0) -> dict[str, Slate]:
+    wanted = set(ids)
+
+    def by_id(values: list[bytes]) -> dict[str, Slate]:
+        return {s.request_id: s for s in (decode(v, Slate) for v in values) if s.request_id in wanted}
+
+    return by_id(read(settings, "slates", lambda v: set(by_id(v)) >= wanted, timeout))
+
+
+def test_requests_in_slates_out_and_a_new_model_is_served_without_a_restart(settings: Settings, agents, tmp_path: Path) -> None:
+    produce_catalog(settings)
+    agent = AgentProcess(settings, tmp_path / "agent.log")
+    agents.append(agent)
+    agent.wait(lambda: agent.metric("shelfq_agent_cache_entries", 'cache="items"') >= len(CATALOG), "the items cache")
+
+    before = slates_for(settings, send_requests(settings, 10, "before"))
+    assert len(before) == 10
+    for slate in before.values():
+        assert slate.policy in ("random", "popularity") and slate.model_version is None
+        assert len(slate.items) == 3 and set(slate.items) <= {i.item_id for i in CATALOG}
+    chosen = slates_for(settings, send_requests(settings, 3, "listed", candidates=["sku-1", "sku-2", "sku-3", "sku-4"]))
+    assert all(set(s.items) <= {"sku-1", "sku-2", "sku-3", "sku-4"} for s in chosen.values())
+
+    publish_model(settings, version=1)
+    agent.wait(lambda: agent.metric("shelfq_agent_model_version") == 1, "model version 1")
+    after = slates_for(settings, send_requests(settings, 10, "after"))
+    assert {(s.policy, s.model_version) for s in after.values()} == {("dqn", 1)}
+    assert all(0 < p <= 1 for s in after.values() for p in s.propensities)
+
+    publish_model(settings, version=2, value=b"\x80\x04not safetensors")  # corrupt: refused, v1 serves on
+    agent.wait(lambda: agent.metric("shelfq_agent_models_total", 'outcome="rejected"') >= 1, "the corrupt model refused")
+    still = slates_for(settings, send_requests(settings, 5, "still"))
+    assert {s.model_version for s in still.values()} == {1}
+    letters = [decode(v, DeadLetter) for v in read(settings, "dlq", lambda v: len(v) >= 1, timeout=20)]
+    assert any(d.topic == settings.topic("models") and "not safetensors" in d.detail for d in letters)
+
+    publish_model(settings, version=3)
+    agent.wait(lambda: agent.metric("shelfq_agent_model_version") == 3, "model version 3")
+    assert {s.model_version for s in slates_for(settings, send_requests(settings, 5, "v3")).values()} == {3}
+
+
+def test_two_replicas_split_the_load_and_bad_requests_go_to_dlq(settings: Settings, agents, tmp_path: Path) -> None:
+    produce_catalog(settings)
+    a, b = AgentProcess(settings, tmp_path / "a.log", 0), AgentProcess(settings, tmp_path / "b.log", 1)
+    agents += [a, b]
+    ids = []
+    deadline = time.monotonic() + 90
+    # Keep asking until both replicas have answered some (the group settles after both join).
+    while not (a.metric("shelfq_agent_requests_total", 'outcome="answered"') > 0
+               and b.metric("shelfq_agent_requests_total", 'outcome="answered"') > 0):
+        assert time.monotonic() < deadline, f"the replicas did not share: {a.log.read_text()[-1500:]}{b.log.read_text()[-1500:]}"
+        ids += send_requests(settings, 20, f"r{len(ids)}")
+        time.sleep(0.5)
+    def skipped() -> float:
+        return sum(x.metric("shelfq_agent_requests_total", 'outcome="skipped"') for x in (a, b))
+
+    def answered(values: list[bytes]) -> set[str]:
+        return {s.request_id for s in (decode(v, Slate) for v in values)} & set(ids)
+
+    values = read(settings, "slates", lambda v: len(answered(v)) + skipped() >= len(ids))
+    # Each request is answered, or counted as too old (requests queued while the group settled).
+    assert len(answered(values)) + skipped() >= len(ids)
+
+    producer = ReliableProducer(settings)
+    producer.produce(settings.topic("requests"), b'{"schema": "shelfq.request.v1", "request_id": "x", "slate_size": 500}', "u-1")
+    producer.flush()
+    letters = [decode(v, DeadLetter) for v in read(settings, "dlq", lambda v: len(v) >= 1, timeout=30)]
+    bad = [d for d in letters if d.topic == settings.topic("requests")]
+    assert bad and bad[0].reason == "invalid" and bad[0].component == "agent"
