@@ -29,36 +29,48 @@ import numpy as np
 Similarity = Callable[[int, np.ndarray], np.ndarray]
 
 
-def _adjusted(scores: np.ndarray, remaining: np.ndarray, chosen: list[int], diversity: float,
-              similarity: Similarity | None, penalty: np.ndarray) -> np.ndarray:
-    """Scores of the remaining items, less the diversity penalty of what is placed so far."""
-    if diversity <= 0 or similarity is None or not chosen:
-        return scores[remaining]
-    penalty[remaining] = np.maximum(penalty[remaining], similarity(chosen[-1], remaining))
-    return scores[remaining] - diversity * penalty[remaining]
-
-
-def _fill(scores: np.ndarray, k: int, draw: Callable[[np.ndarray], tuple[int, float]], diversity: float,
-          similarity: Similarity | None) -> tuple[np.ndarray, np.ndarray]:
+def _fill(scores: np.ndarray, k: int, draw: Callable[[np.ndarray, np.ndarray, Callable[[], int]], tuple[int, float]],
+          diversity: float, similarity: Similarity | None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill k positions; ``draw(adjusted scores, open mask, best)`` picks an open index and says
+    how likely that pick was (``best()`` gives the best open one). Placed items are masked out
+    rather than removed, so nothing is copied per position."""
     n = len(scores)
     if not 1 <= k <= n:
         raise ValueError(f"slate of {k} from {n} candidates")
-    remaining = np.arange(n)
-    penalty = np.zeros(n)
-    chosen: list[int] = []
-    probs: list[float] = []
-    for _ in range(k):
-        at, p = draw(_adjusted(scores, remaining, chosen, diversity, similarity, penalty))
-        chosen.append(int(remaining[at]))
-        probs.append(p)
-        remaining = np.delete(remaining, at)
-    return np.array(chosen), np.array(probs)
+    open_ = np.ones(n, dtype=bool)
+    penalty = np.zeros(n) if diversity > 0 and similarity is not None else None
+    adjusted = scores.astype(np.float64)
+    chosen = np.empty(k, dtype=np.int64)
+    probs = np.empty(k)
+    everyone = np.arange(n)
+    if penalty is None:
+        # Scores stay fixed: the best open item is the first open one of the top k + 1.
+        top = np.argpartition(-adjusted, k)[: k + 1] if k < n else everyone
+        top = top[np.lexsort((top, -adjusted[top]))]  # by score, ties to the lower index
+
+        def best() -> int:
+            return int(next(i for i in top if open_[i]))
+    else:
+        def best() -> int:
+            return _best(adjusted, open_)
+    for j in range(k):
+        at, p = draw(adjusted, open_, best)
+        chosen[j], probs[j] = at, p
+        open_[at] = False
+        if penalty is not None:  # MMR: the most similar placed item sets the penalty
+            penalty = np.maximum(penalty, similarity(at, everyone))
+            adjusted = scores - diversity * penalty
+    return chosen, probs
+
+
+def _best(adjusted: np.ndarray, open_: np.ndarray) -> int:
+    return int(np.argmax(np.where(open_, adjusted, -np.inf)))
 
 
 def greedy(scores: np.ndarray, k: int, *, diversity: float = 0.0, similarity: Similarity | None = None,
            rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best remaining item at every position (ties to the lower index); propensity 1."""
-    return _fill(scores, k, lambda s: (int(np.argmax(s)), 1.0), diversity, similarity)
+    return _fill(scores, k, lambda _s, _o, best: (best(), 1.0), diversity, similarity)
 
 
 def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random.Generator,
@@ -68,10 +80,12 @@ def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random
     if not 0 <= epsilon <= 1:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
 
-    def draw(s: np.ndarray) -> tuple[int, float]:
-        best = int(np.argmax(s))
-        at = best if rng.random() >= epsilon else int(rng.integers(len(s)))
-        return at, (1 - epsilon) * (at == best) + epsilon / len(s)
+    def draw(_s: np.ndarray, open_: np.ndarray, best: Callable[[], int]) -> tuple[int, float]:
+        top, remaining = best(), int(open_.sum())
+        if rng.random() >= epsilon:
+            return top, (1 - epsilon) + epsilon / remaining
+        at = int(np.flatnonzero(open_)[rng.integers(remaining)])
+        return at, (1 - epsilon) * (at == top) + epsilon / remaining
 
     return _fill(scores, k, draw, diversity, similarity)
 
@@ -89,11 +103,14 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
-    def draw(s: np.ndarray) -> tuple[int, float]:
-        z = (s - s.max()) / temperature
-        w = np.exp(z)
+    def draw(s: np.ndarray, open_: np.ndarray, _best: Callable[[], int]) -> tuple[int, float]:
+        z = np.where(open_, s, -np.inf)
+        w = np.exp((z - z.max()) / temperature)
         w /= w.sum()
-        at = int(min(np.searchsorted(np.cumsum(w), rng.random() * 1.0, side="right"), len(w) - 1))
+        at = int(np.searchsorted(np.cumsum(w), rng.random(), side="right"))
+        at = min(at, len(w) - 1)
+        while not open_[at]:  # float round-off at the top end: step back to an open item
+            at -= 1
         return at, float(w[at])
 
     return _fill(scores, k, draw, diversity, similarity)
@@ -101,4 +118,8 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
 
 def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A uniformly random ordered slate (the random policy)."""
-    return _fill(scores, k, lambda s: (int(rng.integers(len(s))), 1.0 / len(s)), 0.0, None)
+    def draw(_s: np.ndarray, open_: np.ndarray, _best: Callable[[], int]) -> tuple[int, float]:
+        remaining = int(open_.sum())
+        return int(np.flatnonzero(open_)[rng.integers(remaining)]), 1.0 / remaining
+
+    return _fill(scores, k, draw, 0.0, None)

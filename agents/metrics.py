@@ -17,6 +17,8 @@ class AgentMetrics:
                                  "the producer.", buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("shelfq_agent_batch_size", "Requests scored together.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_time = Histogram("shelfq_agent_batch_seconds", "Wall time to score and send one micro-batch.",
+                                    buckets=LATENCY_BUCKETS, registry=r)
         self.model_version = Gauge("shelfq_agent_model_version", "Version of the model serving (0: none yet).", registry=r)
         self.model_age = Gauge("shelfq_agent_model_age_seconds", "Age of the serving model at the latest slate "
                                "(now - its created_ts).", registry=r)

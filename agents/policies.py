@@ -25,6 +25,7 @@ from learner.artifact import LoadedModel
 from learner.features import Featurizer
 
 EVENT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
+CACHE_FROM = 256  # candidate lists this long (catalogs) keep their item vectors between batches
 
 
 class SlateChoice(NamedTuple):
@@ -105,6 +106,7 @@ class DQNPolicy:
         """Serve ``model`` from the next batch on (one assignment: atomic for readers)."""
         features = Featurizer(model.config.hash_buckets, model.config.history_length, model.config.context_buckets)
         self._current = (model, features)
+        self._catalog_vectors: tuple[LoadedModel, Sequence[str], torch.Tensor] | None = None
 
     @property
     def model(self) -> LoadedModel:
@@ -113,19 +115,24 @@ class DQNPolicy:
     def scores(self, asks: Sequence[Ask]) -> list[np.ndarray]:
         """Q(s, c) for every ask's candidates (position bias left out), one encoder pass."""
         model, features = self._current  # one read: a swap mid-batch cannot mix two models
-        net = model.network
-        rows = features.states([a.state for a in asks])
-        every = sorted({c for a in asks for c in a.candidates})
-        index = {c: i for i, c in enumerate(every)}
         with torch.inference_mode():
-            v, u = net.user(*(torch.from_numpy(x) for x in rows))
-            phi = net.item_vectors(torch.from_numpy(features.buckets(every)).long())
+            v, u = model.network.user(*(torch.from_numpy(x) for x in features.states([a.state for a in asks])))
             out = []
             for b, ask in enumerate(asks):
-                cand = phi[torch.tensor([index[c] for c in ask.candidates])]
-                adv = cand @ u[b]
+                adv = self._item_vectors(model, features, ask.candidates) @ u[b]
                 out.append((v[b] + adv - adv.mean()).numpy())
         return out
+
+    def _item_vectors(self, model: LoadedModel, features: Featurizer, candidates: Sequence[str]) -> torch.Tensor:
+        """phi of the candidates; the catalog's (one list object, reused by the agent until the
+        catalog changes) is computed once per model."""
+        cached = self._catalog_vectors
+        if cached is not None and cached[0] is model and cached[1] is candidates:
+            return cached[2]
+        phi = model.network.item_vectors(torch.from_numpy(features.buckets(candidates)).long())
+        if len(candidates) >= CACHE_FROM:
+            self._catalog_vectors = (model, candidates, phi)
+        return phi
 
     def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         version = self.model.headers.version

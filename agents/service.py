@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from agents.config import AgentConfig
@@ -54,6 +55,8 @@ class Agent:
                  metrics: AgentMetrics | None = None) -> None:
         self.settings, self.config = settings, config
         self.metrics = metrics or AgentMetrics()
+        # Scoring is many small products: one thread each, and replicas for more cores.
+        torch.set_num_threads(1)
         self.rng = np.random.default_rng(config.seed + 7919 * replica)
         self.producer = ReliableProducer(settings, **{"linger.ms": 1})
         self.consumer = EventConsumer(settings, "agent", f"{settings.topic_prefix}agent", [REQUESTS],
@@ -64,6 +67,7 @@ class Agent:
         self.items_reader = CompactedReader(settings, "agent", ITEMS, producer=self.producer)
         self.users: dict[str, UserState] = {}
         self.items: dict[str, Item] = {}
+        self._catalog_ids: list[str] | None = None
         self.popularity = Popularity(config.popularity_half_life_s)
         explorer = Explorer(config.exploration, config.epsilon, config.temperature, config.diversity)
         self.explorer = explorer
@@ -94,7 +98,9 @@ class Agent:
                 received = self.consumer.poll(timeout=0.05, max_messages=1)
                 if received:
                     received += self.consumer.poll(timeout=0, max_messages=self.config.batch_size - 1)
+                    t0 = time.perf_counter()
                     a, s = self.answer([r.event for r in received])  # type: ignore[misc]
+                    self.metrics.batch_time.observe(time.perf_counter() - t0)
                     answered, skipped = answered + a, skipped + s
                 self.producer.poll(0)
                 if time.monotonic() - last_commit >= self.config.commit_interval_s:
@@ -126,7 +132,7 @@ class Agent:
             if now - req.ts > self.config.deadline_s:
                 self.metrics.requests.labels("skipped").inc()
                 continue
-            candidates = req.candidates if req.candidates is not None else list(self.items)
+            candidates = req.candidates if req.candidates is not None else self._catalog()
             if not candidates:
                 self.consumer.dlq.send("unanswerable", self.settings.topic(REQUESTS), encode(req), key=req.user_id,
                                        detail="no candidates: the request lists none and the items cache is empty")
@@ -163,6 +169,13 @@ class Agent:
 
     # -- caches and models -------------------------------------------------------------------
 
+    def _catalog(self) -> list[str]:
+        """The items cache's ids as one list object, rebuilt only when the cache changed (the
+        DQN policy keeps the catalog's item vectors while the object stays the same)."""
+        if self._catalog_ids is None:
+            self._catalog_ids = list(self.items)
+        return self._catalog_ids
+
     def _refresh_caches(self) -> None:
         now = time.monotonic()
         if now < self._next_cache:
@@ -176,6 +189,7 @@ class Agent:
             self.users[state.user_id] = state
             self.popularity.observe(state)
         for r in self.items_reader.poll(timeout=0, max_messages=5000):
+            self._catalog_ids = None
             if r.event is None:
                 self.items.pop(r.key or "", None)
             else:

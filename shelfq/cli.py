@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     _learner_options(blearn)
     blearn.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
+    bagent = bsub2.add_parser("agent", parents=[common], help="the agent: request-to-slate latency and throughput vs. a Kafka echo",
+                              description="Publish 1,000 items and an untrained GRU model, start a `shelfq agent`, offer requests at a fixed rate (each scoring the whole catalog for a slate of 10), then a burst at saturation; time the same round trip through a plain consume-and-produce echo. Reports requests_per_s, latency_p50_ms, latency_p99_ms (request produced to slate consumed), max_requests_per_s, kafka_rtt_p50_ms, kafka_rtt_p99_ms, p99_over_kafka_rtt_p99, mean_batch_size.")
+    bagent.add_argument("--rate", type=float, default=1000.0, help="requests/s offered (default 1000)")
+    bagent.add_argument("--seconds", type=float, default=10.0, help="how long the offered load lasts (default 10)")
+    bagent.add_argument("--burst", type=int, default=20_000, help="requests sent at once for the saturation figure (default 20000)")
+    bagent.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
     demo = sub.add_parser("demo", parents=[common], help="start the broker if needed, create topics, round-trip one event of each kind",
@@ -294,7 +301,14 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress goes to stderr
-    if args.target == "learner":
+    if args.target == "agent":
+        from shelfq.bench_agent import run_bench as bench_agent
+
+        if args.rate <= 0 or args.seconds <= 0 or args.burst < 100:
+            raise ConfigError("bench agent: --rate and --seconds must be > 0, --burst at least 100")
+        with _broker_for(settings):
+            result = bench_agent(settings, args.rate, args.seconds, args.burst, report=log)
+    elif args.target == "learner":
         from shelfq.bench_learner import run_bench as bench_learner
 
         if args.transitions < 1000:
