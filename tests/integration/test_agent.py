@@ -130,6 +130,12 @@ def test_requests_in_slates_out_and_a_new_model_is_served_without_a_restart(sett
     chosen = slates_for(settings, send_requests(settings, 3, "listed", candidates=["sku-1", "sku-2", "sku-3", "sku-4"]))
     assert all(set(s.items) <= {"sku-1", "sku-2", "sku-3", "sku-4"} for s in chosen.values())
 
+    stale = Request(request_id="stale", user_id="u-stale", ts=time.time() - 60, slate_size=3)
+    producer = ReliableProducer(settings)
+    producer.produce(settings.topic("requests"), encode(stale), stale.user_id)
+    producer.flush()
+    agent.wait(lambda: agent.metric("shelfq_agent_requests_total", 'outcome="skipped"') >= 1, "the stale request skipped")
+
     publish_model(settings, version=1)
     agent.wait(lambda: agent.metric("shelfq_agent_model_version") == 1, "model version 1")
     after = slates_for(settings, send_requests(settings, 10, "after"))
@@ -139,6 +145,7 @@ def test_requests_in_slates_out_and_a_new_model_is_served_without_a_restart(sett
     publish_model(settings, version=2, value=b"\x80\x04not safetensors")  # corrupt: refused, v1 serves on
     agent.wait(lambda: agent.metric("shelfq_agent_models_total", 'outcome="rejected"') >= 1, "the corrupt model refused")
     still = slates_for(settings, send_requests(settings, 5, "still"))
+    assert "stale" not in slates_for(settings, ["stale"], timeout=3), "a request past its deadline is never answered"
     assert {s.model_version for s in still.values()} == {1}
     letters = [decode(v, DeadLetter) for v in read(settings, "dlq", lambda v: len(v) >= 1, timeout=20)]
     assert any(d.topic == settings.topic("models") and "not safetensors" in d.detail for d in letters)

@@ -8,7 +8,8 @@ from shelfq.cli import build_parser, main
 
 COMMANDS = [
     ["broker", "start"], ["broker", "stop"], ["broker", "status"], ["broker", "run"],
-    ["topics", "create"], ["streams"], ["learner"], ["bench", "join"], ["bench", "learner"], ["bench"], ["settings"], ["demo"], ["broker"], ["topics"], [],
+    ["topics", "create"], ["streams"], ["learner"], ["agent"], ["bench", "join"], ["bench", "learner"],
+    ["bench", "agent"], ["bench"], ["settings"], ["demo"], ["broker"], ["topics"], [],
 ]
 
 
@@ -19,13 +20,13 @@ def test_help_exits_zero_and_explains(argv: list[str], capsys: pytest.CaptureFix
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: shelfq")
-    if len(argv) == 2 or argv in (["settings"], ["demo"], ["streams"], ["learner"]):
+    if len(argv) == 2 or argv in (["settings"], ["demo"], ["streams"], ["learner"], ["agent"]):
         assert "--bootstrap-servers" in out and "-X NAME=VALUE" in out
 
 
 def test_help_lists_every_command() -> None:
     text = build_parser().format_help()
-    for command in ("broker", "topics", "streams", "learner", "bench", "settings", "demo"):
+    for command in ("broker", "topics", "streams", "learner", "agent", "bench", "settings", "demo"):
         assert command in text
 
 
@@ -53,3 +54,10 @@ def test_an_impossible_learner_setting_exits_2_with_the_reason(capsys: pytest.Ca
     monkeypatch.setenv("SHELFQ_LEARNER_GAMMA", "1.5")
     assert main(["learner"]) == 2
     assert "gamma must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_an_impossible_agent_setting_exits_2_with_the_reason(capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHELFQ_AGENT_EPSILON", "2")
+    assert main(["agent"]) == 2
+    assert "epsilon must be in [0, 1]" in capsys.readouterr().err
