@@ -10,13 +10,12 @@ contracts.errors.ConfigError: agent: exploration must be greedy, epsilon or bolt
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import ConfigError
+from contracts.settings import fields_from_env
 
 ENV_PREFIX = "SHELFQ_AGENT_"
 EXPLORATIONS = ("greedy", "epsilon", "boltzmann")
@@ -77,16 +76,5 @@ class AgentConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
-        env = os.environ if env is None else env
-        kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            try:
-                kw[f.name] = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: expected {kind.__name__}, got {raw!r}") from None
-        kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kw)
+        """Read ``SHELFQ_AGENT_*``; keyword overrides (flags) win; None means unset."""
+        return cls(**fields_from_env(cls, ENV_PREFIX, env, **overrides))

@@ -155,47 +155,15 @@ class EventConsumer:
     def poll(self, timeout: float = 1.0, max_messages: int = 500) -> list[Received]:
         """Up to ``max_messages`` valid events; invalid ones are dead-lettered on the way."""
         out: list[Received] = []
-        for msg in self._consumer.consume(max_messages, timeout):
-            err = msg.error()
-            if err is not None:
-                if err.fatal() or not err.retriable():
-                    raise ShelfqError(f"consumer error on {msg.topic()}: {err.str()}")
-                continue
+        for msg in _consume(self._consumer, max_messages, timeout):
             self._uncommitted = True
             self.consumed[(msg.topic(), msg.partition())] = msg.offset() + 1
             logical, kind = self._kinds[msg.topic()]
-            key = msg.key()
-            value = msg.value()
-            if value is None and logical == ITEMS:
-                event: Event | None = None  # tombstone: the item is removed
-            else:
-                try:
-                    custom = self._decoders.get(msg.topic())
-                    if custom is None:
-                        event = decode(value, kind, max_bytes=self.settings.max_event_bytes)
-                    else:
-                        event = custom(value)
-                except EventError as exc:
-                    self.dlq.send(
-                        "invalid",
-                        msg.topic(),
-                        value,
-                        key=key,
-                        partition=msg.partition(),
-                        offset=msg.offset(),
-                        detail=str(exc),
-                    )
-                    continue
-            out.append(
-                Received(
-                    event,
-                    logical,
-                    msg.partition(),
-                    msg.offset(),
-                    key.decode("utf-8", errors="replace") if key is not None else None,
-                    msg.timestamp()[1],
-                )
-            )
+            decoder = self._decoders.get(msg.topic()) or (
+                lambda value, kind=kind: decode(value, kind, max_bytes=self.settings.max_event_bytes))
+            received = _receive(msg, logical, decoder, self.dlq, tombstones=logical == ITEMS)
+            if received is not None:
+                out.append(received)
         return out
 
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
@@ -272,27 +240,45 @@ class CompactedReader:
 
     def poll(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Received]:
         out: list[Received] = []
-        for msg in self._consumer.consume(max_messages, timeout):
-            err = msg.error()
-            if err is not None:
-                if err.fatal() or not err.retriable():
-                    raise ShelfqError(f"consumer error on {msg.topic()}: {err.str()}")
-                continue
-            key, value = msg.key(), msg.value()
-            event: Event | None = None
-            if value is not None:
-                try:
-                    event = decode(value, self.kind, max_bytes=self.settings.max_event_bytes)
-                except EventError as exc:
-                    self.dlq.send("invalid", msg.topic(), value, key=key, partition=msg.partition(),
-                                  offset=msg.offset(), detail=str(exc))
-                    continue
-            out.append(Received(event, self.logical, msg.partition(), msg.offset(),
-                                key.decode("utf-8", errors="replace") if key is not None else None,
-                                msg.timestamp()[1]))
+        for msg in _consume(self._consumer, max_messages, timeout):
+            received = _receive(msg, self.logical, self._decode, self.dlq, tombstones=True)
+            if received is not None:
+                out.append(received)
         return out
+
+    def _decode(self, value: bytes | None) -> Event:
+        return decode(value, self.kind, max_bytes=self.settings.max_event_bytes)
 
     def close(self) -> None:
         """Stop reading; dead letters still queued are delivered first."""
         self._consumer.close()
         self.dlq.flush()
+
+
+def _consume(consumer: Consumer, max_messages: int, timeout: float) -> list[Any]:
+    """Messages of one consume call; retriable errors are skipped, the others raised."""
+    out = []
+    for msg in consumer.consume(max_messages, timeout):
+        err = msg.error()
+        if err is None:
+            out.append(msg)
+        elif err.fatal() or not err.retriable():
+            raise ShelfqError(f"consumer error on {msg.topic()}: {err.str()}")
+    return out
+
+
+def _receive(msg: Any, logical: str, decoder: Callable[[bytes | None], Any], dlq: Any,
+             tombstones: bool) -> Received | None:
+    """The valid event of ``msg`` (None for a tombstone where tombstones mean removal), or
+    None after dead-lettering it with the decoder's reason."""
+    key, value = msg.key(), msg.value()
+    event: Event | None = None
+    if value is not None or not tombstones:
+        try:
+            event = decoder(value)
+        except EventError as exc:
+            dlq.send("invalid", msg.topic(), value, key=key, partition=msg.partition(), offset=msg.offset(),
+                     detail=str(exc))
+            return None
+    return Received(event, logical, msg.partition(), msg.offset(),
+                    key.decode("utf-8", errors="replace") if key is not None else None, msg.timestamp()[1])

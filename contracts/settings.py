@@ -266,3 +266,37 @@ def aiokafka_kwargs(bootstrap: str, props: Mapping[str, str]) -> dict[str, Any]:
             context.verify_mode = 0  # ssl.CERT_NONE
         kwargs["ssl_context"] = context
     return kwargs
+
+
+def fields_from_env(cls: type, prefix: str, env: Mapping[str, str] | None = None,
+                    **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for the dataclass ``cls`` from ``<prefix><FIELD>`` variables, typed by
+    the fields' annotations (bool, int, float, Path, str); overrides that are not None win.
+
+    >>> import dataclasses
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     rate: float = 1.0
+    ...     on: bool = False
+    >>> fields_from_env(C, "X_", {"X_RATE": "2.5", "X_ON": "yes"})
+    {'rate': 2.5, 'on': True}
+    """
+    env = os.environ if env is None else env
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name.upper()
+        raw = env.get(name)
+        if raw is None:
+            continue
+        kind = str(f.type)
+        try:
+            if kind == "bool":
+                if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError(raw)
+                kw[f.name] = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                kw[f.name] = {"int": int, "float": float, "Path": Path}.get(kind, str)(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return kw

@@ -14,7 +14,6 @@ contracts.errors.ConfigError: learner: encoder must be one of gru, lstm, cnn; go
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import ConfigError
+from contracts.settings import fields_from_env
 
 ENCODERS = ("gru", "lstm", "cnn")
 ENV_PREFIX = "SHELFQ_LEARNER_"
@@ -150,14 +150,7 @@ class LearnerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> LearnerConfig:
         """Read ``SHELFQ_LEARNER_*``; keyword overrides (flags) win; None means unset."""
-        env = os.environ if env is None else env
-        kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                kw[f.name] = _parse(f.name, f.type, raw)
-        kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kw)
+        return cls(**fields_from_env(cls, ENV_PREFIX, env, **overrides))
 
     def network(self) -> dict[str, Any]:
         """The fields that shape the network, as carried in a model's config header."""
@@ -166,22 +159,3 @@ class LearnerConfig:
     def as_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
-
-def _parse(name: str, kind: Any, raw: str) -> Any:
-    kind = str(kind)
-    try:
-        if kind == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "Path":
-            return Path(raw)
-        return raw
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected {kind}, got {raw!r}") from None

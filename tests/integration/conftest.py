@@ -74,3 +74,83 @@ def aiokafka_round_trip(settings: Settings, topic: str, key: bytes, value: bytes
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+class ShelfqProcess:
+    """A long-running ``shelfq <command>`` in a subprocess, with its own /metrics port and log."""
+
+    def __init__(self, command: list[str], settings: Settings, log: Path, env: dict[str, str] | None = None) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.port, self.log = free_port(), log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shelfq", *command, "--topic-prefix", settings.topic_prefix,
+             "--metrics-port", str(self.port)],
+            env={**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions), **(env or {})},
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+    def metric(self, name: str, label: str = "") -> float:
+        """The sum of a metric's series (those whose labels contain ``label``); 0 if unreachable."""
+        import re
+        import urllib.request
+
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        found = re.findall(rf"^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+        return sum(float(v) for v in found)
+
+    def wait(self, condition, what: str, timeout: float = 60.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"process exited: {self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+
+    def kill9(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a clean stop), then SIGKILL if it does not go; returns the exit status."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.proc.returncode
+
+
+def read_topic(settings: Settings, topic: str, until, timeout: float = 60.0) -> list[bytes]:
+    """Values of a logical topic from the beginning, until ``until(values)`` holds (asked only
+    when the topic is drained for now) or ``timeout``."""
+    import time
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(settings.confluent_config(**{"group.id": f"reader-{uuid.uuid4().hex}",
+                                                     "auto.offset.reset": "earliest"}))
+    consumer.subscribe([settings.topic(topic)])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.3)
+            if msg is not None and msg.error() is None:
+                values.append(msg.value())
+            elif until(values):
+                break
+    finally:
+        consumer.close()
+    return values

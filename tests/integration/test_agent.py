@@ -3,18 +3,11 @@ without a restart and a corrupt one is refused; replicas share the load; bad req
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from contracts.events import DeadLetter, Item, Request, Slate, decode, encode
 from contracts.kafka import ReliableProducer
@@ -22,34 +15,15 @@ from contracts.settings import Settings
 from learner.artifact import model_message
 from learner.config import LearnerConfig
 from learner.network import QNetwork
-from tests.integration.conftest import free_port
+from tests.integration.conftest import ShelfqProcess, read_topic
 
 CATALOG = [Item(item_id=f"sku-{i}", title=f"item {i}", category=f"c{i % 3}", ts=1.0) for i in range(20)]
 SMALL = LearnerConfig(hash_buckets=256, context_buckets=16, embedding_dim=8, hidden_dim=8, history_length=4)
 
 
-class AgentProcess:
+class AgentProcess(ShelfqProcess):
     def __init__(self, settings: Settings, log: Path, replica: int = 0) -> None:
-        self.port, self.log = free_port(), log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shelfq", "agent", "--topic-prefix", settings.topic_prefix, "--replica", str(replica),
-             "--metrics-port", str(self.port), "--max-seconds", "150"],
-            env={**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions)}, stdout=open(log, "ab"),
-            stderr=subprocess.STDOUT)
-
-    def metric(self, name: str, label: str = "") -> float:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return 0.0
-        return sum(float(v) for v in re.findall(rf'^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$', text, re.MULTILINE))
-
-    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.proc.poll() is None, f"agent exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.log.read_text()[-3000:]}"
-            time.sleep(0.2)
+        super().__init__(["agent", "--replica", str(replica), "--max-seconds", "150"], settings, log)
 
 
 @pytest.fixture
@@ -57,12 +31,7 @@ def agents() -> Iterator[list[AgentProcess]]:
     started: list[AgentProcess] = []
     yield started
     for a in started:
-        if a.proc.poll() is None:
-            a.proc.send_signal(signal.SIGTERM)
-            try:
-                a.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                a.proc.kill()
+        a.stop(30)
 
 
 def produce_catalog(settings: Settings) -> None:
@@ -91,20 +60,7 @@ def publish_model(settings: Settings, version: int, value: bytes | None = None) 
 
 
 def read(settings: Settings, topic: str, until: Callable[[list[bytes]], bool], timeout: float = 60.0) -> list[bytes]:
-    consumer = Consumer(settings.confluent_config(**{"group.id": f"reader-{time.time()}", "auto.offset.reset": "earliest"}))
-    consumer.subscribe([settings.topic(topic)])
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.3)
-            if msg is not None and msg.error() is None:
-                values.append(msg.value())
-            elif until(values):
-                break
-    finally:
-        consumer.close()
-    return values
+    return read_topic(settings, topic, until, timeout)
 
 
 def slates_for(settings: Settings, ids: list[str], timeout: float = 60.0) -> dict[str, Slate]:

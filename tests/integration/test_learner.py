@@ -4,13 +4,8 @@ refused with a reason."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,7 +19,7 @@ from learner.artifact import load_model
 from learner.checkpoint import load_checkpoint
 from learner.service import latest_published_version
 from learner.synthetic import bait_or_build
-from tests.integration.conftest import free_port
+from tests.integration.conftest import ShelfqProcess
 
 SMALL = {
     "SHELFQ_LEARNER_HASH_BUCKETS": "1024", "SHELFQ_LEARNER_CONTEXT_BUCKETS": "16", "SHELFQ_LEARNER_HIDDEN_DIM": "16",
@@ -34,35 +29,10 @@ SMALL = {
 }
 
 
-class LearnerProcess:
+class LearnerProcess(ShelfqProcess):
     def __init__(self, settings: Settings, checkpoint_dir: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.log = log
-        env = {**os.environ, **SMALL, "SHELFQ_LEARNER_CHECKPOINT_DIR": str(checkpoint_dir)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shelfq", "learner", "--topic-prefix", settings.topic_prefix,
-             "--metrics-port", str(self.port), "--max-seconds", "120", *extra],
-            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-
-    def metric(self, name: str, label: str = "") -> float:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return 0.0
-        found = re.findall(rf'^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$', text, re.MULTILINE)
-        return sum(float(v) for v in found)
-
-    def wait(self, condition, what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.proc.poll() is None, f"learner exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.log.read_text()[-3000:]}"
-            time.sleep(0.2)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+        super().__init__(["learner", "--max-seconds", "120", *extra], settings, log,
+                         {**SMALL, "SHELFQ_LEARNER_CHECKPOINT_DIR": str(checkpoint_dir)})
 
 
 def produce(settings: Settings, transitions) -> None:

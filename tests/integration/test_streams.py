@@ -3,25 +3,18 @@ rewards; kill -9 mid-stream loses nothing; two workers split the load."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from contracts.events import DeadLetter, Transition, decode, encode
 from contracts.kafka import ReliableProducer
 from contracts.settings import Settings
 from streams.synthetic import SyntheticTraffic, synthetic_traffic
-from tests.integration.conftest import free_port
+from tests.integration.conftest import ShelfqProcess, read_topic
 
 JOIN_ENV = {
     "SHELFQ_JOIN_WINDOW_S": "2",
@@ -31,44 +24,14 @@ JOIN_ENV = {
 }
 
 
-class Worker:
-    """A `shelfq streams` process with its own /metrics port."""
+class Worker(ShelfqProcess):
+    """A `shelfq streams` worker."""
 
     def __init__(self, settings: Settings, log: Path) -> None:
-        self.port = free_port()
-        env = {**os.environ, **JOIN_ENV, "SHELFQ_PARTITIONS": str(settings.partitions)}
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shelfq", "streams", "--topic-prefix", settings.topic_prefix,
-             "--metrics-port", str(self.port), "--max-seconds", "300", "--log-level", "info"],
-            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-
-    def metric(self, name: str) -> float:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return 0.0
-        found = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-        return sum(float(v) for v in found)
+        super().__init__(["streams", "--max-seconds", "300", "--log-level", "info"], settings, log, JOIN_ENV)
 
     def wait_owning(self, at_least: int = 1, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.metric("shelfq_streams_partitions") < at_least:
-            assert self.proc.poll() is None, f"worker exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"worker owns no partition: {self.log.read_text()[-3000:]}"
-            time.sleep(0.3)
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        self.wait(lambda: self.metric("shelfq_streams_partitions") >= at_least, f"owning {at_least} partitions", timeout)
 
 
 @pytest.fixture
@@ -96,21 +59,7 @@ def produce(settings: Settings, traffic: SyntheticTraffic, shift: float) -> None
 
 
 def collect(settings: Settings, topic: str, until, timeout: float = 60.0) -> list[bytes]:
-    consumer = Consumer(settings.confluent_config(**{"group.id": f"reader-{time.time()}", "auto.offset.reset": "earliest"}))
-    consumer.subscribe([settings.topic(topic)])
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        # `until` decodes everything so far: ask it only when the topic is drained for now.
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                values.append(msg.value())
-            elif until(values):
-                break
-    finally:
-        consumer.close()
-    return values
+    return read_topic(settings, topic, until, timeout)
 
 
 def transitions_of(values: list[bytes]) -> dict[str, list[Transition]]:
