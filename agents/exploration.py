@@ -29,11 +29,14 @@ import numpy as np
 Similarity = Callable[[int, np.ndarray], np.ndarray]
 
 
-def _fill(scores: np.ndarray, k: int, draw: Callable[[np.ndarray, np.ndarray, Callable[[], int]], tuple[int, float]],
-          diversity: float, similarity: Similarity | None) -> tuple[np.ndarray, np.ndarray]:
-    """Fill k positions; ``draw(adjusted scores, open mask, best)`` picks an open index and says
-    how likely that pick was (``best()`` gives the best open one). Placed items are masked out
-    rather than removed, so nothing is copied per position."""
+Draw = Callable[[np.ndarray, np.ndarray, Callable[[], int], int], tuple[int, float]]
+
+
+def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
+          similarity: Similarity | None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill k positions; ``draw(adjusted scores, open mask, best, remaining)`` picks an open
+    index and says how likely that pick was (``best()`` gives the best open one). Placed items
+    are masked out rather than removed, so nothing is copied per position."""
     n = len(scores)
     if not 1 <= k <= n:
         raise ValueError(f"slate of {k} from {n} candidates")
@@ -54,7 +57,7 @@ def _fill(scores: np.ndarray, k: int, draw: Callable[[np.ndarray, np.ndarray, Ca
         def best() -> int:
             return _best(adjusted, open_)
     for j in range(k):
-        at, p = draw(adjusted, open_, best)
+        at, p = draw(adjusted, open_, best, n - j)
         chosen[j], probs[j] = at, p
         open_[at] = False
         if penalty is not None:  # MMR: the most similar placed item sets the penalty
@@ -70,7 +73,7 @@ def _best(adjusted: np.ndarray, open_: np.ndarray) -> int:
 def greedy(scores: np.ndarray, k: int, *, diversity: float = 0.0, similarity: Similarity | None = None,
            rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best remaining item at every position (ties to the lower index); propensity 1."""
-    return _fill(scores, k, lambda _s, _o, best: (best(), 1.0), diversity, similarity)
+    return _fill(scores, k, lambda _s, _o, best, _n: (best(), 1.0), diversity, similarity)
 
 
 def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random.Generator,
@@ -80,8 +83,8 @@ def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random
     if not 0 <= epsilon <= 1:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
 
-    def draw(_s: np.ndarray, open_: np.ndarray, best: Callable[[], int]) -> tuple[int, float]:
-        top, remaining = best(), int(open_.sum())
+    def draw(_s: np.ndarray, open_: np.ndarray, best: Callable[[], int], remaining: int) -> tuple[int, float]:
+        top = best()
         if rng.random() >= epsilon:
             return top, (1 - epsilon) + epsilon / remaining
         at = int(np.flatnonzero(open_)[rng.integers(remaining)])
@@ -103,7 +106,7 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
-    def draw(s: np.ndarray, open_: np.ndarray, _best: Callable[[], int]) -> tuple[int, float]:
+    def draw(s: np.ndarray, open_: np.ndarray, _best: Callable[[], int], _n: int) -> tuple[int, float]:
         z = np.where(open_, s, -np.inf)
         w = np.exp((z - z.max()) / temperature)
         w /= w.sum()
@@ -118,8 +121,7 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
 
 def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A uniformly random ordered slate (the random policy)."""
-    def draw(_s: np.ndarray, open_: np.ndarray, _best: Callable[[], int]) -> tuple[int, float]:
-        remaining = int(open_.sum())
+    def draw(_s: np.ndarray, open_: np.ndarray, _best: Callable[[], int], remaining: int) -> tuple[int, float]:
         return int(np.flatnonzero(open_)[rng.integers(remaining)]), 1.0 / remaining
 
     return _fill(scores, k, draw, 0.0, None)

@@ -117,10 +117,17 @@ class DQNPolicy:
         model, features = self._current  # one read: a swap mid-batch cannot mix two models
         with torch.inference_mode():
             v, u = model.network.user(*(torch.from_numpy(x) for x in features.states([a.state for a in asks])))
-            out = []
+            out: list[np.ndarray] = [np.empty(0)] * len(asks)
+            # Asks that share one candidate list (the catalog) are scored in one product.
+            groups: dict[int, list[int]] = {}
             for b, ask in enumerate(asks):
-                adv = self._item_vectors(model, features, ask.candidates) @ u[b]
-                out.append((v[b] + adv - adv.mean()).numpy())
+                groups.setdefault(id(ask.candidates), []).append(b)
+            for members in groups.values():
+                phi = self._item_vectors(model, features, asks[members[0]].candidates)
+                adv = u[members] @ phi.T  # [members, candidates]
+                q = (v[members].unsqueeze(1) + adv - adv.mean(dim=1, keepdim=True)).numpy()
+                for row, b in enumerate(members):
+                    out[b] = q[row]
         return out
 
     def _item_vectors(self, model: LoadedModel, features: Featurizer, candidates: Sequence[str]) -> torch.Tensor:
