@@ -11,9 +11,9 @@ True
 >>> from contracts.events import Interaction, State
 >>> s = State(history=[Interaction(item_id="a", event="click", ts=1.0),
 ...                    Interaction(item_id="b", event="purchase", ts=2.0)], context={"device": "app"})
->>> items, events = f.history(s)
->>> int(items[0]), events.tolist()     # left-padded: the newest interaction is last
-(0, [0, 1, 3])
+>>> items, events, context, weights = f.states([s])
+>>> events.tolist()                      # left-padded: the newest interaction is last
+[[0, 1, 3]]
 """
 
 from __future__ import annotations
@@ -70,17 +70,6 @@ class Featurizer:
     def buckets(self, item_ids: Sequence[str]) -> np.ndarray:
         return np.fromiter((self.bucket(i) for i in item_ids), dtype=np.int32, count=len(item_ids))
 
-    def history(self, state: State) -> tuple[np.ndarray, np.ndarray]:
-        """The newest ``history_length`` interactions as (buckets, event ids), left-padded."""
-        L = self.history_length
-        items, events = np.zeros(L, np.int32), np.zeros(L, np.int8)
-        recent = state.history[-L:]
-        if recent:  # the hot path of ingestion: one comprehension per array
-            cached, bucket = self._buckets.get, self.bucket
-            items[L - len(recent):] = [cached(i.item_id) or bucket(i.item_id) for i in recent]
-            events[L - len(recent):] = [EVENT_IDS[i.event] for i in recent]
-        return items, events
-
     def context(self, state: State) -> tuple[np.ndarray, np.ndarray]:
         """Context entries as hashed rows with weights: ``key=value`` for text (weight 1),
         ``key`` for numbers (weight = the value, clipped to +-10).
@@ -111,50 +100,46 @@ class Featurizer:
         >>> r["items"].shape, r["actions"].dtype, r["rewards"].tolist()
         ((2, 3), dtype('int32'), [0.5, 1.0])
         """
-        L, n = self.history_length, len(transitions)
-        cached, bucket, kinds = self._buckets.get, self.bucket, EVENT_IDS
-        hist: dict[str, list[int]] = {"items": [], "events": [], "next_items": [], "next_events": []}
-        ctx_rows: list[int] = []
-        ctx_weights: list[float] = []
-        for t in transitions:
-            for prefix, state in (("", t.state), ("next_", t.next_state)):
-                recent = state.history[-L:]
-                pad = [0] * (L - len(recent))
-                hist[prefix + "items"] += pad + [cached(i.item_id) or bucket(i.item_id) for i in recent]
-                hist[prefix + "events"] += pad + [kinds[i.event] for i in recent]
-            rows, weights = self._context_lists(t.state)
-            ctx_rows += rows
-            ctx_weights += weights
-        out = {name: np.array(values, np.int8 if "events" in name else np.int32).reshape(n, L)
-               for name, values in hist.items()}
-        out["context"] = np.array(ctx_rows, np.int32).reshape(n, MAX_CONTEXT)
-        out["context_weights"] = np.array(ctx_weights, np.float32).reshape(n, MAX_CONTEXT)
-        out["actions"] = np.array([cached(t.action) or bucket(t.action) for t in transitions], np.int32)
-        out["positions"] = np.array([t.position for t in transitions], np.int64)
-        out["rewards"] = np.array([t.reward for t in transitions], np.float32)
-        out["dones"] = np.array([t.done for t in transitions], np.bool_)
-        return out
+        cached, bucket = self._buckets.get, self.bucket
+        items, events = self._histories([t.state for t in transitions], np.int32)
+        next_items, next_events = self._histories([t.next_state for t in transitions], np.int32)
+        context, weights = self._contexts_of([t.state for t in transitions], np.int32)
+        return {
+            "items": items, "events": events.astype(np.int8), "next_items": next_items,
+            "next_events": next_events.astype(np.int8), "context": context, "context_weights": weights,
+            "actions": np.array([cached(t.action) or bucket(t.action) for t in transitions], np.int32),
+            "positions": np.array([t.position for t in transitions], np.int64),
+            "rewards": np.array([t.reward for t in transitions], np.float32),
+            "dones": np.array([t.done for t in transitions], np.bool_),
+        }
 
     def states(self, states: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """States as the encoder reads them: (items, events, context rows, context weights),
         int64/float32 arrays with a batch axis, ready for ``torch.from_numpy``."""
-        L, n = self.history_length, len(states)
+        return (*self._histories(states, np.int64), *self._contexts_of(states, np.int64))
+
+    def _histories(self, states: Sequence[Any], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+        """The newest ``history_length`` interactions of each state as (buckets, event ids),
+        left-padded, [n, L]; built from flat lists, one array each (the hot path)."""
+        L = self.history_length
         cached, bucket, kinds = self._buckets.get, self.bucket, EVENT_IDS
         items: list[int] = []
         events: list[int] = []
-        ctx_rows: list[int] = []
-        ctx_weights: list[float] = []
         for state in states:
             recent = state.history[-L:]
             pad = [0] * (L - len(recent))
             items += pad + [cached(i.item_id) or bucket(i.item_id) for i in recent]
             events += pad + [kinds[i.event] for i in recent]
-            rows, weights = self._context_lists(state)
-            ctx_rows += rows
-            ctx_weights += weights
-        return (np.array(items, np.int64).reshape(n, L), np.array(events, np.int64).reshape(n, L),
-                np.array(ctx_rows, np.int64).reshape(n, MAX_CONTEXT),
-                np.array(ctx_weights, np.float32).reshape(n, MAX_CONTEXT))
+        return np.array(items, dtype).reshape(-1, L), np.array(events, dtype).reshape(-1, L)
+
+    def _contexts_of(self, states: Sequence[Any], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+        rows: list[int] = []
+        weights: list[float] = []
+        for state in states:
+            r, w = self._context_lists(state)
+            rows += r
+            weights += w
+        return np.array(rows, dtype).reshape(-1, MAX_CONTEXT), np.array(weights, np.float32).reshape(-1, MAX_CONTEXT)
 
     def _context_lists(self, state: Any) -> tuple[list[int], list[float]]:
         key = tuple(sorted(state.context.items()))  # contexts repeat: hash each one once
