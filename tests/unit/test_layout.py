@@ -1,5 +1,7 @@
 """Import arrows flow one way: streams -> contracts, learner -> contracts,
-agents -> learner and contracts; nothing but the command line imports agents."""
+agents -> learner and contracts, frontend -> contracts, simulator -> frontend and contracts;
+evaluation (which replays the served policies offline) -> agents, learner, simulator and
+contracts; nothing but the command line and evaluation imports agents."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("contracts", "streams", "learner", "agents", "shelfq")
+PARTS = ("contracts", "streams", "learner", "agents", "frontend", "simulator", "evaluation", "shelfq")
 ALLOWED = {
     "contracts": {"contracts"},
     "streams": {"contracts", "streams"},
     "learner": {"contracts", "learner"},
     "agents": {"contracts", "learner", "agents"},
+    "frontend": {"contracts", "frontend"},
+    "simulator": {"contracts", "frontend", "simulator"},
+    "evaluation": {"contracts", "learner", "agents", "simulator", "evaluation"},
     "shelfq": set(PARTS),  # the command line composes everything
 }
 
