@@ -127,6 +127,46 @@ def build_parser() -> argparse.ArgumentParser:
     bagent.add_argument("--burst", type=int, default=20_000, help="requests sent at once for the saturation figure (default 20000)")
     bagent.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
+    simulate = sub.add_parser("simulate", parents=[common], help="drive simulated shoppers through the real topics (a stand-in frontend)",
+                              description="Publish the simulated catalog to items, then run shopper sessions against the running agent: each session sends requests, waits for slates (a random slate after --slate-timeout-s, counted), publishes impressions and feedback (click, add_to_cart, purchase, exit) and stops when the shopper exits. Shoppers have category interests and price sensitivity; bait items (high appeal, low quality) win clicks and shorten sessions. Seeded: the same --seed gives the same shoppers. Needs a running broker, the topics, and an agent and a streams worker to be useful.")
+    simulate.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (default 0: stop after --seconds)")
+    simulate.add_argument("--seconds", type=float, default=60.0, help="stop starting sessions after this many seconds (default 60; 0: stop after --sessions)")
+    simulate.add_argument("--concurrency", type=int, default=32, help="sessions in progress at once (default 32)")
+    simulate.add_argument("--think-s", type=float, default=0.2, help="pause between a shopper's feedback and the next request (default 0.2)")
+    simulate.add_argument("--slate-timeout-s", type=float, default=1.0, help="wait this long for a slate, then show a random one (default 1.0)")
+    simulate.add_argument("--slate-size", type=int, default=10, help="items per requested slate (default 10)")
+    simulate.add_argument("--seed", type=int, default=0, help="seeds shoppers and choices (default 0)")
+    simulate.add_argument("--no-catalog", action="store_true", help="do not publish the catalog to items first")
+    simulate.add_argument("--metrics-port", type=int, default=9104, help="port of /metrics (default 9104; 0 turns it off)")
+    simulate.add_argument("--json", action="store_true", help="print the totals as one JSON object on the last line")
+
+    from frontend.replay import CSV_HELP
+
+    replay = sub.add_parser("replay", parents=[common], help="replay a file of logged impressions and feedback (CSV or JSONL) into the topics",
+                            description="Send your own logged impressions and feedback through the join and the learner. The file is\nvalidated whole first: a bad line refuses it (up to 10 errors with line and field shown),\nnothing is sent. Then its events go to the impressions, feedback and items topics, keyed\nby user_id (item_id), in ts order. Needs a running broker and the topics.",
+                            epilog=CSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    replay.add_argument("file", help="the log: *.csv, or *.jsonl / *.ndjson / *.json; - reads stdin (give --format)")
+    replay.add_argument("--format", choices=["csv", "jsonl"], help="the file's format (default: from its suffix)")
+    replay.add_argument("--speed", type=float, default=0.0, help="1 keeps the original gaps between event times, 10 is ten times faster, 0 (default) as fast as possible")
+    replay.add_argument("--rebase", action="store_true", help="move every ts by one constant, keeping the gaps, so the events are stamped as of now: the first event is now at --speed 1 (or slower); faster, the last is stamped when it is sent, so none lies ahead of the clock")
+    replay.add_argument("--history-length", type=int, default=50, metavar="N", help="interactions in the state built for an impression without one (default 50, as SHELFQ_JOIN_HISTORY_LENGTH)")
+    replay.add_argument("--skip-bad", action="store_true", help="send the valid events of a file with bad lines; report the bad ones and their count")
+    replay.add_argument("--dry-run", action="store_true", help="validate and count, send nothing")
+    replay.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="figures of the logged traffic, and off-policy estimates of a model's value",
+                              description="Read reward-labelled transitions (the transitions topic from the beginning to its end offsets at the start, no consumer group, nothing committed; or a JSON-lines file with --file) and report the logging policy's figures, per policy and overall, each with a 95% interval: impressions (distinct request_id), transitions, CTR (transitions with a click), conversion (transitions with a purchase), reward and purchases per impression (revenue is not derivable: a transition carries no price), repeat rate (items the user's previous slate also showed), intra-list diversity (slate item pairs of different categories; needs the items topic) and catalog coverage. With --model POLICY, also estimate what the newest valid model keyed POLICY on the models topic, explored as the agent explores it, would earn per impression (the expected sum of immediate rewards of its slate): IPS, SNIPS and doubly robust, next to the logged value. The target chooses from the catalog on the items topic, or with --file from the items the log's slates showed. Transitions without a propensity are skipped for these estimates and counted. See docs/evaluation.md.")
+    evaluate.add_argument("--file", type=Path, metavar="PATH", help="read transitions from this JSON-lines file (one transition per line) instead of the topic")
+    evaluate.add_argument("--skip-bad", action="store_true", help="count bad lines of --file and go on (default: stop at the first, naming its line)")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="read at most N transitions")
+    evaluate.add_argument("--model", metavar="POLICY", help="also estimate the value of the newest valid model keyed POLICY on the models topic (e.g. dqn)")
+    g = evaluate.add_argument_group("the target's exploration (default: as the agent, SHELFQ_AGENT_*)")
+    g.add_argument("--exploration", choices=["greedy", "epsilon", "boltzmann"], help="how the target's scores become a slate (default epsilon)")
+    g.add_argument("--epsilon", type=float, help="epsilon-greedy's chance of a uniform draw per position (default 0.1)")
+    g.add_argument("--temperature", type=float, help="Boltzmann temperature (default 1.0)")
+    g.add_argument("--max-candidates", type=int, help="above this many candidates the target explores among its best-scoring ones (default 1000)")
+    evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
     demo = sub.add_parser("demo", parents=[common], help="start the broker if needed, create topics, round-trip one event of each kind",
@@ -351,6 +391,56 @@ def _broker_for(settings: Settings, keep: bool = False) -> Iterator[None]:
             print("stopped the embedded broker this command started", file=sys.stderr)
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from simulator.runner import SimulateConfig, Simulation
+
+    config = SimulateConfig(sessions=args.sessions, duration_s=args.seconds, concurrency=args.concurrency, think_s=args.think_s,
+                            slate_timeout_s=args.slate_timeout_s, slate_size=args.slate_size, seed=args.seed,
+                            publish_catalog=not args.no_catalog, metrics_port=args.metrics_port)
+    sim = Simulation(settings, config)
+    if config.metrics_port:
+        sim.metrics.serve(config.metrics_port)
+    stats = asyncio.run(sim.run())
+    summary = stats.summary()
+    print(f"simulate: {summary['sessions']} sessions, {summary['requests']} requests ({summary['slate_timeouts']} answered by "
+          f"timeout), CTR {summary['ctr']:.3f}, reward per session {summary['reward_per_session']:.2f}, "
+          f"{summary['purchases']} purchases", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from frontend.replay import replay
+
+    summary = replay(settings, args.file, fmt=args.format, speed=args.speed, rebase=args.rebase, history_length=args.history_length,
+                     skip_bad=args.skip_bad, dry_run=args.dry_run, report=lambda line: print(line, file=sys.stderr))
+    print("\n".join(summary.lines()))
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.config import AgentConfig
+    from agents.policies import Explorer
+    from evaluation.report import Options, evaluate, format_report
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"evaluate: --limit must be >= 1, got {args.limit}")
+    target = AgentConfig.from_env(exploration=args.exploration, epsilon=args.epsilon, temperature=args.temperature,
+                                  max_candidates=args.max_candidates)
+    options = Options(args.file, args.skip_bad, args.limit, args.model,
+                      Explorer(target.exploration, target.epsilon, target.temperature), target.max_candidates)
+    result = evaluate(settings, options, progress=lambda line: print(line, file=sys.stderr))
+    print(format_report(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
     return 0
@@ -373,7 +463,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "agent": cmd_agent, "bench": cmd_bench,
-            "settings": cmd_settings, "demo": cmd_demo}
+            "settings": cmd_settings, "evaluate": cmd_evaluate, "simulate": cmd_simulate, "demo": cmd_demo, "replay": cmd_replay}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""Policies compared in the simulator over the same shoppers and seeds, with 95% intervals.
+
+Each seed builds the same world (catalog and shoppers) for every policy and runs the same
+number of sessions; the served policy classes (``agents.policies``) choose the slates, in
+micro-batches of concurrent sessions as the agent does. Per seed we get one figure per metric;
+the reported interval is Student's t over the seeds' figures.
+
+>>> mean_ci95([1.0, 2.0, 3.0])  # t(2) = 4.303
+(2.0, 0.5158, 3.4842)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.policies import Ask, Policy
+from contracts.events import Transition, UserState
+from simulator.env import ShopperEnv, transitions_of
+from simulator.world import World, WorldConfig
+
+METRICS = ("reward_per_session", "ctr", "conversion", "revenue_per_session", "session_length",
+           "intra_list_diversity", "catalog_coverage")
+# Two-sided 95% Student t quantiles by degrees of freedom (beyond 30 the normal's 1.96 is close).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and Student-t 95% interval of independent per-seed figures (rounded to 4 places)."""
+    x = np.asarray(values, float)
+    if len(x) == 0:
+        raise ValueError("no values to average")
+    m = float(x.mean())
+    if len(x) == 1:
+        return round(m, 4), round(m, 4), round(m, 4)
+    df = len(x) - 1
+    t = _T95.get(df) or next((v for k, v in sorted(_T95.items(), reverse=True) if k <= df), 1.96)
+    half = t * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return round(m, 4), round(m - half, 4), round(m + half, 4)
+
+
+@dataclass
+class SeedFigures:
+    sessions: int = 0
+    slates: int = 0
+    clicks: int = 0
+    converted_sessions: int = 0
+    reward: float = 0.0
+    revenue: float = 0.0
+    same_category_pairs: float = 0.0
+    items_shown: set | None = None
+
+    def metrics(self, catalog_size: int, slate_size: int) -> dict[str, float]:
+        pairs = self.slates * slate_size * (slate_size - 1) / 2
+        return {
+            "reward_per_session": self.reward / self.sessions,
+            "ctr": self.clicks / max(1, self.slates),
+            "conversion": self.converted_sessions / self.sessions,
+            "revenue_per_session": self.revenue / self.sessions,
+            "session_length": self.slates / self.sessions,
+            "intra_list_diversity": 1.0 - self.same_category_pairs / pairs if pairs else 0.0,
+            "catalog_coverage": len(self.items_shown or ()) / catalog_size,
+        }
+
+
+def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = WorldConfig(), slate_size: int = 10,
+             concurrent: int = 64, observe: Callable[[UserState], None] | None = None,
+             on_transitions: Callable[[list[Transition]], None] | None = None) -> dict[str, float]:
+    """Run ``sessions`` sessions of the world of ``seed`` under ``policy``; its metrics.
+
+    ``observe`` sees each user's history after every slate (feeds a popularity policy);
+    ``on_transitions`` gets each slate's transitions labelled as the join would (training)."""
+    world = World(config, seed=seed)
+    rng = np.random.default_rng([seed, 10])
+    envs = [ShopperEnv(config, slate_size, world=world) for _ in range(min(concurrent, sessions))]
+    candidates = list(world.catalog.ids)  # one list object: the catalog's vectors are cached per model
+    fig = SeedFigures(items_shown=set())
+    started = 0
+    live: list[tuple[ShopperEnv, dict, bool]] = []  # env, info, converted
+    for env in envs:
+        if started < sessions:
+            _obs, info = env.reset(seed=int(rng.integers(2**31)))
+            live.append((env, info, False))
+            started += 1
+    request = 0
+    while live:
+        choices = policy.rank([Ask(info["state"], candidates, slate_size) for _env, info, _c in live], rng)
+        nxt = []
+        for (env, info, converted), choice in zip(live, choices):
+            action = [world.index[i] for i in choice.items]
+            _obs, reward, terminated, truncated, step = env.step(action)
+            request += 1
+            outcome = step["outcome"]
+            fig.slates += 1
+            fig.reward += reward
+            fig.revenue += outcome.revenue
+            fig.clicks += outcome.clicked is not None
+            fig.items_shown.update(action)
+            cats = world.catalog.category[action]
+            fig.same_category_pairs += float(((cats[:, None] == cats[None, :]).sum() - len(cats)) / 2)
+            converted = converted or outcome.purchase
+            if observe is not None:
+                observe(UserState(user_id=info["user_id"], history=env.histories[env.session.user], ts=env.clock))
+            if on_transitions is not None:
+                on_transitions(transitions_of(f"{seed}-{request}", info["user_id"], info["session_id"], info["state"],
+                                              choice.items, step["feedback"], env.clock, choice.propensities,
+                                              choice.policy, choice.model_version))
+            if terminated or truncated:
+                fig.sessions += 1
+                fig.converted_sessions += converted
+                if started < sessions:
+                    _obs, fresh = env.reset(seed=int(rng.integers(2**31)))
+                    nxt.append((env, fresh, False))
+                    started += 1
+            else:
+                nxt.append((env, step, converted))
+        live = nxt
+    return fig.metrics(config.items, slate_size)
+
+
+def compare(policies: dict[str, Callable[[], Policy]], seeds: Sequence[int], sessions: int,
+            config: WorldConfig = WorldConfig(), slate_size: int = 10,
+            observers: dict[str, Callable[[Policy], Callable[[UserState], None]]] | None = None,
+            ) -> dict[str, dict[str, dict[str, object]]]:
+    """``{policy: {metric: {"mean": m, "ci95": [lo, hi], "per_seed": [...]}}}``; every policy
+    meets the same worlds (``seeds``). ``policies`` holds factories: each seed starts afresh."""
+    table: dict[str, dict[str, dict[str, object]]] = {}
+    for name, make in policies.items():
+        per_seed: dict[str, list[float]] = {m: [] for m in METRICS}
+        for seed in seeds:
+            policy = make()
+            observe = observers[name](policy) if observers and name in observers else None
+            for metric, value in run_seed(policy, seed, sessions, config, slate_size, observe=observe).items():
+                per_seed[metric].append(value)
+        table[name] = {}
+        for metric, values in per_seed.items():
+            m, lo, hi = mean_ci95(values)
+            table[name][metric] = {"mean": m, "ci95": [lo, hi], "per_seed": [round(v, 4) for v in values]}
+    return table
