@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from contracts.errors import EventError, ShelfqError
 from contracts.events import Event, Feedback, Impression, Item, Request, Slate, decode, encode
@@ -121,10 +122,7 @@ class ShopClient:
         if meta is None or meta.error is not None:
             consumer.close()
             raise ShelfqError(f"topic {topic} is not available: {getattr(meta, 'error', 'missing')} (run `shelfq topics create`)")
-        parts = []
-        for p in meta.partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            parts.append(TopicPartition(topic, p, high))
+        parts = [TopicPartition(topic, p, _end_offset(consumer, topic, p)) for p in meta.partitions]
         consumer.assign(parts)
         return consumer
 
@@ -161,6 +159,19 @@ class ShopClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> int:
+    """The partition's high watermark; retried while the broker is still electing leaders
+    (topics created a moment ago answer NOT_LEADER_FOR_PARTITION for a while)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _resolve(future: asyncio.Future[Slate], slate: Slate) -> None:

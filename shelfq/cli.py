@@ -169,9 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
-    demo = sub.add_parser("demo", parents=[common], help="start the broker if needed, create topics, round-trip one event of each kind",
-                          description="Until the full pipeline lands: start the embedded broker unless it runs (or use SHELFQ_BOOTSTRAP_SERVERS), create the topics, send one example of every event kind and a model through Kafka, read each back and check it. Stops the broker afterwards if it started it.")
+    demo = sub.add_parser("demo", parents=[common], help="the whole pipeline on simulated shoppers, then a report comparing policies",
+                          description="Start the embedded broker unless one runs (or use SHELFQ_BOOTSTRAP_SERVERS), create topics under a prefix of this run's own, and run a streams worker, two learners side by side on the same transitions (long-term: gamma 0.9; myopic: gamma 0), an agent serving the long-term model with epsilon-greedy exploration, and the shopper simulator, for a bounded time with a progress line every 10 s. Then random, popularity, the myopic and the long-term DQN serve the same simulated shoppers over several seeds, and a report (markdown, JSON and PNG plots) compares reward per session, CTR, conversion, revenue, session length, diversity and coverage with 95%% confidence intervals. Stops what it started; deletes this run's topics unless --keep-topics.")
+    demo.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (default 10)")
+    demo.add_argument("--seeds", type=int, default=5, help="seeds of the comparison, each a different population of shoppers (default 5)")
+    demo.add_argument("--sessions-per-seed", type=int, default=1000, help="simulated sessions per policy and seed in the comparison (default 1000)")
+    demo.add_argument("--gamma", type=float, default=0.9, help="discount of the long-term learner (default 0.9)")
+    demo.add_argument("--epsilon", type=float, default=0.2, help="exploration of the serving agent (default 0.2)")
+    demo.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where report.md, report.json and the plots go (default reports/latest)")
+    demo.add_argument("--keep-topics", action="store_true", help="leave this run's topics on the broker")
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
+    demo.add_argument("--json", action="store_true", help="print the comparison as one JSON object on the last line")
     return parser
 
 
@@ -447,19 +455,21 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.roundtrip import roundtrip
-    from shelfq.topic_admin import ensure_topics
+    from shelfq.demo import DemoConfig, run_demo
 
+    config = DemoConfig(minutes=args.minutes, seeds=args.seeds, sessions_per_seed=args.sessions_per_seed, gamma=args.gamma,
+                        epsilon=args.epsilon, report_dir=args.report_dir, keep_topics=args.keep_topics)
     if not settings.external_cluster:
-        print("(the first start of the embedded broker resolves its jars with Maven)")
+        print("(the first start of the embedded broker resolves its jars with Maven)", file=sys.stderr)
     with _broker_for(settings, keep=args.keep_broker):
-        print(f"broker: {settings.bootstrap}")
-        report = ensure_topics(settings)
-        print(f"topics: {len(topic_specs(settings))} defined, {len(report.created)} created, {len(report.drift)} drifted")
-        print("round trip of one event of each kind through Kafka:")
-        ok = roundtrip(settings)
-        print("all events came back intact" if ok else "some events did not come back intact")
-    return 0 if ok else 1
+        result = run_demo(settings, config, say=lambda line: print(line, flush=True))
+    from shelfq.demo_report import markdown
+
+    print()
+    print(markdown(result).split("![")[0].rstrip())
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("policies", "targets", "live", "model_versions", "settings")}, sort_keys=True))
+    return 0
 
 
 COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "agent": cmd_agent, "bench": cmd_bench,
