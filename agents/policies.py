@@ -95,11 +95,10 @@ def _choice(candidates: Sequence[str], scores: np.ndarray, order: np.ndarray, pr
 class DQNPolicy:
     """Q-network scores, explored. ``model`` may be swapped at any time (``swap``)."""
 
-    name = "dqn"
-
     def __init__(self, model: LoadedModel, explorer: Explorer = Explorer(),
-                 categories: dict[str, str | None] | None = None) -> None:
-        self.explorer, self.categories = explorer, categories if categories is not None else {}
+                 categories: dict[str, str | None] | None = None, name: str = "dqn") -> None:
+        """``name`` is what slates say chose them: the served model's policy key."""
+        self.explorer, self.categories, self.name = explorer, categories if categories is not None else {}, name
         self.swap(model)
 
     def swap(self, model: LoadedModel) -> None:

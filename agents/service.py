@@ -210,7 +210,7 @@ class Agent:
             log.warning("model %d uses content features; this agent scores it without title vectors",
                         model.headers.version)
         if self.dqn is None:
-            self.dqn = DQNPolicy(model, self.explorer, {i: item.category for i, item in self.items.items()})
+            self.dqn = DQNPolicy(model, self.explorer, {i: item.category for i, item in self.items.items()}, name=self.config.policy)
         else:
             self.dqn.swap(model)
         self._first_use_pending = True

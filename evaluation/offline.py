@@ -6,7 +6,7 @@ micro-batches of concurrent sessions as the agent does. Per seed we get one figu
 the reported interval is Student's t over the seeds' figures.
 
 >>> mean_ci95([1.0, 2.0, 3.0])  # t(2) = 4.303
-(2.0, 0.5158, 3.4842)
+(2.0, -0.4843, 4.4843)
 """
 
 from __future__ import annotations

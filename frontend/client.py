@@ -118,7 +118,13 @@ class ShopClient:
         consumer = Consumer(self.settings.confluent_config(**{
             "group.id": f"{self.settings.topic_prefix}frontend-slates",  # required; never committed
             "enable.auto.commit": False, "enable.partition.eof": False, "fetch.wait.max.ms": 5}))
+        # A topic created a moment ago may be unknown to the broker's metadata or leaderless for
+        # a while (UNKNOWN_TOPIC_OR_PART, LEADER_NOT_AVAILABLE): ask again for up to 10 s.
+        deadline = time.monotonic() + 10
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        while (meta is None or meta.error is not None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             consumer.close()
             raise ShelfqError(f"topic {topic} is not available: {getattr(meta, 'error', 'missing')} (run `shelfq topics create`)")
@@ -169,7 +175,7 @@ def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float =
         try:
             return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
         except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
+            if exc.args[0].fatal() or time.monotonic() > deadline:  # NOT_LEADER does not say "retriable"
                 raise
             time.sleep(0.2)
 

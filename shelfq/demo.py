@@ -204,16 +204,18 @@ class Demo:
 
     async def _simulate_with_progress(self, sim: Any, run: LiveRun, started: float) -> None:
         task = asyncio.create_task(sim.run())
-        last_events, last_t = 0, started
+        last_events, last_t, last_sessions, last_reward = 0, started, 0, 0.0
         while not task.done():
             await asyncio.wait([task], timeout=self.config.progress_s)
             self.check_components()
             now = time.monotonic()
             s, m = sim.stats, self._component_figures()
             rate = (s.events_sent - last_events) / max(1e-9, now - last_t)
-            last_events, last_t = s.events_sent, now
+            window = (s.reward - last_reward) / max(1, s.sessions - last_sessions)  # sessions ended in this interval
+            last_events, last_t, last_sessions, last_reward = s.events_sent, now, s.sessions, s.reward
             run.timeline.append({"t": round(now - started, 1), "events_per_s": round(rate, 1), "ctr": round(s.ctr, 4),
                                  "reward_per_session": round(s.reward_per_session, 4), "sessions": s.sessions,
+                                 "reward_per_session_interval": round(window, 4),
                                  **{k: v for k, v in m.items()}})
             run.model_versions = {LONGTERM: int(m["longterm_version"]), MYOPIC: int(m["myopic_version"])}
             self.say(f"[{now - started:5.0f}s] {rate:6.0f} events/s | CTR {s.ctr:.3f} | reward/session "
@@ -233,12 +235,22 @@ class Demo:
 
     def compare(self) -> dict[str, Any]:
         from agents.policies import DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy
-        from evaluation.logs import newest_model
+        from contracts.events import UserState, decode
+        from contracts.topics import USER_STATE
+        from evaluation.logs import newest_model, read_to_end
         from evaluation.offline import compare
 
         cfg = self.config
-        factories: dict[str, Callable[[], Any]] = {"random": RandomPolicy,
-                                                   "popularity": lambda: PopularityPolicy(Popularity(), Explorer("greedy"))}
+        # Popularity as the agent's fallback had it at the end: from the live run's user-state.
+        states = [decode(msg.value(), UserState) for msg in read_to_end(self.settings, USER_STATE) if msg.value() is not None]
+
+        def popularity() -> PopularityPolicy:
+            counts = Popularity()
+            for state in states:
+                counts.observe(state)
+            return PopularityPolicy(counts, Explorer("greedy"))
+
+        factories: dict[str, Callable[[], Any]] = {"random": RandomPolicy, "popularity": popularity}
         versions: dict[str, int] = {}
         for name, policy in (("myopic_dqn", MYOPIC), ("longterm_dqn", LONGTERM)):
             try:
@@ -249,10 +261,9 @@ class Demo:
             versions[name] = model.headers.version
             factories[name] = lambda model=model: DQNPolicy(model, Explorer("greedy"))
         self.say(f"comparing {', '.join(factories)} on {cfg.seeds} seeds x {cfg.sessions_per_seed} simulated sessions "
-                 "(greedy slates; popularity learns from the sessions it serves)")
+                 f"(greedy slates; popularity from the live run's {len(states)} user-state records)")
         started = time.monotonic()
-        table = compare(factories, seeds=range(cfg.seeds), sessions=cfg.sessions_per_seed,
-                        observers={"popularity": lambda p: p.popularity.observe})
+        table = compare(factories, seeds=range(cfg.seeds), sessions=cfg.sessions_per_seed)
         return {"policies": table, "model_versions": versions, "comparison_s": round(time.monotonic() - started, 1)}
 
     def cleanup(self) -> None:

@@ -65,7 +65,8 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k} v{v}" for k, v in sorted(live.get("model_versions", {}).items())) + ".",
         "",
         f"Comparison: each policy serves the same simulated shoppers, {s['seeds']} seeds x {s['sessions_per_seed']} "
-        "sessions, greedy slates (no exploration); mean over seeds with a Student-t 95% interval. The DQN models are "
+        "sessions, greedy slates (no exploration); mean over seeds with a Student-t 95% interval. Popularity ranks by "
+        "the live run's reward-weighted interactions (what the agent's fallback knew at the end). The DQN models are "
         f"the newest each learner published (gamma {s['gamma']} and 0), trained side by side on the same transitions "
         f"logged by the agent (epsilon {s['epsilon']}).",
         "",
@@ -113,6 +114,7 @@ def _plot_live(timeline: list[dict[str, float]], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.5))
     t = [p["t"] for p in timeline]
     a.plot(t, [p["reward_per_session"] for p in timeline], label="reward / session (cumulative)")
+    a.plot(t, [p.get("reward_per_session_interval", 0.0) for p in timeline], label="reward / session (each interval)", alpha=0.6)
     a.plot(t, [p["ctr"] for p in timeline], label="CTR (cumulative)")
     a.set_xlabel("seconds")
     a.legend(fontsize=8)

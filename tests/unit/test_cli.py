@@ -9,7 +9,7 @@ from shelfq.cli import build_parser, main
 COMMANDS = [
     ["broker", "start"], ["broker", "stop"], ["broker", "status"], ["broker", "run"],
     ["topics", "create"], ["streams"], ["learner"], ["agent"], ["bench", "join"], ["bench", "learner"],
-    ["bench", "agent"], ["bench"], ["settings"], ["demo"], ["broker"], ["topics"], [],
+    ["bench", "agent"], ["bench"], ["settings"], ["demo"], ["simulate"], ["replay"], ["evaluate"], ["broker"], ["topics"], [],
 ]
 
 
@@ -20,13 +20,14 @@ def test_help_exits_zero_and_explains(argv: list[str], capsys: pytest.CaptureFix
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: shelfq")
-    if len(argv) == 2 or argv in (["settings"], ["demo"], ["streams"], ["learner"], ["agent"]):
+    if len(argv) == 2 or argv in (["settings"], ["demo"], ["simulate"], ["replay"], ["evaluate"], ["streams"], ["learner"], ["agent"]):
         assert "--bootstrap-servers" in out and "-X NAME=VALUE" in out
 
 
 def test_help_lists_every_command() -> None:
     text = build_parser().format_help()
-    for command in ("broker", "topics", "streams", "learner", "agent", "bench", "settings", "demo"):
+    for command in ("broker", "topics", "streams", "learner", "agent", "bench", "settings", "demo", "simulate", "replay",
+                    "evaluate"):
         assert command in text
 
 
@@ -61,3 +62,13 @@ def test_an_impossible_agent_setting_exits_2_with_the_reason(capsys: pytest.Capt
     monkeypatch.setenv("SHELFQ_AGENT_EPSILON", "2")
     assert main(["agent"]) == 2
     assert "epsilon must be in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--seeds", "1"], "seeds must be >= 2"),
+    (["demo", "--minutes", "0.1"], "minutes must be >= 0.5"),
+    (["simulate", "--sessions", "0", "--seconds", "0"], "would never stop"),
+])
+def test_impossible_demo_and_simulate_settings_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

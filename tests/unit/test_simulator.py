@@ -139,3 +139,18 @@ def test_transitions_are_labelled_as_the_join_labels_them() -> None:
     assert [t.done for t in ts] == [True, False, True]  # a purchased item closes at its purchase
     assert [i.event for i in ts[0].next_state.history] == ["click", "add_to_cart", "purchase"]
     assert ts[2].propensity == 0.3 and ts[0].model_version == 2
+
+
+def test_the_comparison_is_reproducible_and_its_intervals_hold_the_mean() -> None:
+    from agents.policies import RandomPolicy
+    from evaluation.offline import compare, run_seed
+
+    config = WorldConfig(items=50, users=30)
+    first = run_seed(RandomPolicy(), seed=3, sessions=40, config=config, slate_size=5, concurrent=8)
+    again = run_seed(RandomPolicy(), seed=3, sessions=40, config=config, slate_size=5, concurrent=8)
+    assert first == again
+    assert 0 < first["ctr"] < 1 and first["session_length"] >= 1 and 0 < first["catalog_coverage"] <= 1
+    table = compare({"random": RandomPolicy}, seeds=[0, 1, 2], sessions=30, config=config, slate_size=5)
+    cell = table["random"]["reward_per_session"]
+    assert len(cell["per_seed"]) == 3 and cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1]
+    assert cell["mean"] == pytest.approx(np.mean(cell["per_seed"]), abs=1e-3)
