@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from contracts.observability import ConsumerSeries
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self.consumer = ConsumerSeries(r)  # shelfq_consumer_lag{topic, partition}, shelfq_dead_letters_total{reason}
         self.requests = Counter("shelfq_agent_requests", "Requests by outcome: answered, skipped (past the deadline), "
                                 "invalid (dead-lettered), unanswerable (no candidates, dead-lettered).", ["outcome"], registry=r)
         self.slates = Counter("shelfq_agent_slates", "Slates produced, by the policy that chose them.", ["policy"], registry=r)

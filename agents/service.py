@@ -120,6 +120,8 @@ class Agent:
         """Slates (and dead letters) durable first, then the requests' offsets."""
         self.producer.flush()
         self.consumer.commit()
+        self.metrics.consumer.set_lag(self.consumer.lag())
+        self.metrics.consumer.sync_dead_letters(self.consumer.dlq.by_reason)
 
     def close(self) -> None:
         self.consumer.close()

@@ -78,6 +78,7 @@ class DeadLetterWriter:
         self.topic = settings.topic(DLQ)
         self.producer = producer or ReliableProducer(settings)
         self.count = 0
+        self.by_reason: dict[str, int] = {}  # cumulative, for metrics
 
     def send(
         self,
@@ -104,6 +105,7 @@ class DeadLetterWriter:
         )
         self.producer.produce(self.topic, encode(record), key=key)
         self.count += 1
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
         return record
 
     def flush(self, timeout: float = 30.0) -> None:

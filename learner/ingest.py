@@ -58,7 +58,8 @@ class Ingest:
         self._pending: list[IngestBatch] = []
         self.error: str | None = None
         self.ready = False
-        self.lag: dict[int, int] = {}  # messages not yet consumed, per partition
+        self.lag: dict[tuple[str, int], int] = {}  # messages not yet consumed, per (topic, partition)
+        self.dead_letters: dict[str, int] = {}  # the child's dead letters so far, by reason
 
     def get(self, timeout: float) -> IngestBatch | None:
         """The next batch, waiting up to ``timeout`` seconds; None if there is none yet."""
@@ -110,8 +111,8 @@ class Ingest:
             raise ShelfqError(f"the ingestion process exited (code {self._proc.exitcode})") from None
         kind, *body = _DECODER.decode(data)
         if kind == "batch":
-            rows, ids, slates, actions, consumed, lag = body
-            self.lag = {p: n for p, n in lag}
+            rows, ids, slates, actions, consumed, lag, self.dead_letters = body
+            self.lag = {(t, p): n for t, p, n in lag}
             self._pending.append(IngestBatch(
                 {name: np.frombuffer(raw, dtype=dtype).reshape(shape) for name, (dtype, shape, raw) in rows.items()},
                 ids, slates, actions, {(t, p): o for t, p, o in consumed}))
@@ -189,7 +190,8 @@ class _Child:
                     {name: [a.dtype.str, list(a.shape), a.tobytes()] for name, a in rows.items()},
                     [t.transition_id for t in events], [t.slate for t in events], [t.action for t in events],  # type: ignore[union-attr]
                     [[t, p, o] for (t, p), o in self.consumer.consumed.items()],
-                    [[p, n] for (_t, p), n in self.consumer.lag().items()],
+                    [[t, p, n] for (t, p), n in self.consumer.lag().items()],
+                    self.consumer.dlq.by_reason,
                 ]))
         finally:
             self.consumer.close()

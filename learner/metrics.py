@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from contracts.observability import ConsumerSeries
+
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -24,8 +26,7 @@ class LearnerMetrics:
         self.step_time = Histogram("shelfq_learner_step_seconds", "Wall time of one gradient step.",
                                    buckets=STEP_BUCKETS, registry=r)
         self.replay_size = Gauge("shelfq_learner_replay_size", "Transitions in the replay buffer.", registry=r)
-        self.lag = Gauge("shelfq_learner_consumer_lag", "Transitions not yet consumed, by partition.",
-                         ["partition"], registry=r)
+        self.consumer = ConsumerSeries(r)  # shelfq_consumer_lag{topic, partition}, shelfq_dead_letters_total{reason}
         self.checkpoints = Counter("shelfq_learner_checkpoints", "Checkpoints written (each followed by a commit).",
                                    registry=r)
         self.items = Gauge("shelfq_learner_catalog_items", "Items known to the learner (candidates for s').", registry=r)

@@ -250,8 +250,8 @@ class Learner:
 
     def _report_lag(self) -> None:
         if self._ingest is not None:
-            for partition, lag in self._ingest.lag.items():
-                self.metrics.lag.labels(str(partition)).set(lag)
+            self.metrics.consumer.set_lag(self._ingest.lag)
+            self.metrics.consumer.sync_dead_letters(self._ingest.dead_letters)
         self.metrics.replay_size.set(len(self.dqn.replay))
 
 

@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epsilon", type=float, default=0.2, help="exploration of the serving agent (default 0.2)")
     demo.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where report.md, report.json and the plots go (default reports/latest)")
     demo.add_argument("--keep-topics", action="store_true", help="leave this run's topics on the broker")
+    demo.add_argument("--metrics-port", type=int, default=9105, help="port of the simulator's /metrics in the demo (default 9105; 0 turns it off)")
+    demo.add_argument("--prometheus", action="store_true", help="also start a local Prometheus (Debian's prometheus package) scraping every component, and print its URL")
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
     demo.add_argument("--json", action="store_true", help="print the comparison as one JSON object on the last line")
     return parser
@@ -458,7 +460,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.demo import DemoConfig, run_demo
 
     config = DemoConfig(minutes=args.minutes, seeds=args.seeds, sessions_per_seed=args.sessions_per_seed, gamma=args.gamma,
-                        epsilon=args.epsilon, report_dir=args.report_dir, keep_topics=args.keep_topics)
+                        epsilon=args.epsilon, report_dir=args.report_dir, keep_topics=args.keep_topics,
+                        metrics_port=args.metrics_port, prometheus=args.prometheus)
     if not settings.external_cluster:
         print("(the first start of the embedded broker resolves its jars with Maven)", file=sys.stderr)
     with _broker_for(settings, keep=args.keep_broker):

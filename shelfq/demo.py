@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +61,11 @@ class DemoConfig:
     """Leave this run's topics on the broker for inspection (they are deleted by default)."""
     progress_s: float = 10.0
     """Seconds between progress lines."""
+    metrics_port: int = 9105
+    """Port of the simulator's /metrics inside the demo (0 turns it off); the components it
+    starts get free ports of their own."""
+    prometheus: bool = False
+    """Start a local Prometheus (the ``prometheus`` binary) that scrapes every component."""
 
     def __post_init__(self) -> None:
         if self.minutes < 0.5:
@@ -76,6 +83,18 @@ class DemoConfig:
         (about 6 ms a simulated session per policy on 2 cores, measured)."""
         comparison = 0.006 * len(POLICY_NAMES) * self.seeds * self.sessions_per_seed
         return max(20.0, self.minutes * 60 - 25 - comparison)
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port() -> int:
@@ -137,6 +156,7 @@ class Demo:
         self.settings = Settings.from_plain({**settings.to_plain(), "topic_prefix": f"{settings.topic_prefix}demo-{self.run_id}."})
         self.workdir = Path(".shelfq") / "demo" / self.run_id
         self.components: dict[str, Component] = {}
+        self.sim_port = 0
 
     # -- components ------------------------------------------------------------------------
 
@@ -162,6 +182,32 @@ class Demo:
                                "--checkpoint-dir", str(self.workdir / name)], learner_env)
         self._start("agent", ["agent", "--policy", LONGTERM, "--exploration", "epsilon", "--epsilon", str(cfg.epsilon)], {})
 
+    def start_prometheus(self) -> str:
+        """A local Prometheus scraping the components with shelfq's alert rules; its URL."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise ShelfqError("--prometheus needs the prometheus binary: apt-get install prometheus (Debian's package)")
+        c = self.components
+        targets = [("shelfq-streams", c["streams"].port, {}),
+                   ("shelfq-learner", c["learner-longterm"].port, {"policy": LONGTERM}),
+                   ("shelfq-learner", c["learner-myopic"].port, {"policy": MYOPIC}),
+                   ("shelfq-agent", c["agent"].port, {"policy": LONGTERM})]
+        if self.sim_port:
+            targets.append(("shelfq-simulator", self.sim_port, {}))
+        jobs: dict[str, list[str]] = {}
+        for job, port, labels in targets:
+            jobs.setdefault(job, []).append(f"      - targets: ['127.0.0.1:{port}']\n        labels: {json.dumps(labels)}\n")
+        config = self.workdir / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
+                          f"rule_files:\n  - {DEPLOY / 'prometheus' / 'alerts.yml'}\nscrape_configs:\n"
+                          + "".join(f"  - job_name: {job}\n    static_configs:\n{''.join(entries)}" for job, entries in jobs.items()))
+        port = 9090 if _port_free(9090) else free_port()
+        log = self.workdir / "prometheus.log"
+        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        self.components["prometheus"] = Component("prometheus", proc, port, log)
+        return f"http://127.0.0.1:{port}"
+
     def check_components(self) -> None:
         for c in self.components.values():
             if not c.alive():
@@ -186,7 +232,18 @@ class Demo:
         self.say(f"topics: prefix {self.settings.topic_prefix} (logs and checkpoints in {self.workdir})")
         self.start_components()
         sim = Simulation(self.settings, SimulateConfig(duration_s=cfg.traffic_s, concurrency=cfg.concurrency,
-                                                       slate_timeout_s=1.0, metrics_port=0))
+                                                       slate_timeout_s=1.0, metrics_port=cfg.metrics_port))
+        self.sim_port = cfg.metrics_port
+        if self.sim_port:
+            try:
+                sim.metrics.serve(self.sim_port)
+            except OSError:  # taken (another demo?): any free port will do
+                self.sim_port = free_port()
+                sim.metrics.serve(self.sim_port)
+        self.say("metrics: " + ", ".join(f"{c.name} :{c.port}" for c in self.components.values())
+                 + (f", simulator :{self.sim_port}" if self.sim_port else ""))
+        if cfg.prometheus:
+            self.say(f"Prometheus: {self.start_prometheus()} (scrapes every component; the alert rules are loaded)")
         self.say(f"live traffic for {cfg.traffic_s:.0f} s: {cfg.concurrency} concurrent shoppers; agent serves "
                  f"{LONGTERM} (epsilon {cfg.epsilon}); learners {LONGTERM} (gamma {cfg.gamma}) and {MYOPIC} (gamma 0)")
         run = LiveRun()
@@ -229,7 +286,7 @@ class Demo:
         st = scrape(self.components["streams"].port)
         return {"longterm_version": lt.get("shelfq_learner_model_version", 0.0),
                 "myopic_version": my.get("shelfq_learner_model_version", 0.0),
-                "learner_lag": lt.get("shelfq_learner_consumer_lag", 0.0) + my.get("shelfq_learner_consumer_lag", 0.0),
+                "learner_lag": lt.get("shelfq_consumer_lag", 0.0) + my.get("shelfq_consumer_lag", 0.0),
                 "longterm_loss": lt.get("shelfq_learner_loss", 0.0),
                 "transitions": st.get("shelfq_streams_transitions_total", 0.0)}
 

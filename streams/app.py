@@ -159,6 +159,8 @@ class JoinWorker:
                 self._dead_letter("invalid", str(exc), msg.topic, msg.value, msg.key, msg.partition, msg.offset)
                 self.metrics.events.labels(topic, "invalid").inc()
                 continue
+            if isinstance(parsed, Feedback):
+                self.metrics.feedback.labels(parsed.event).inc()
             out = self.join.process(msg.partition, topic, parsed, now=now)
             for fb in out.attributed:  # counted once: duplicates and replays leave history alone
                 self._update_user_state(msg.partition, fb)
@@ -194,6 +196,7 @@ class JoinWorker:
             for full, topic in self.logical.items():
                 tp = TP(full, partition)
                 position = self._next_offset.get(tp, self._start_offsets.get(tp, 0))
+                self.metrics.lag.labels(full, str(partition)).set(max(0, ends.get(tp, 0) - position))
                 if ends.get(tp, 0) > position:
                     lagging.add(topic)
                     self._watch_stall(tp, position, now)
@@ -295,6 +298,8 @@ class JoinWorker:
             return
         self.metrics.emit_latency.observe(time.monotonic() - started)
         self.metrics.transitions.inc()
+        if transition.reward > 0:  # a counter only goes up; negative weights are not counted
+            self.metrics.reward.inc(transition.reward)
         self._record_writes.update(self.join.acked(transition).writes)
 
     def _on_sent(self, fut: Any, topic: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from contracts.observability import ConsumerSeries
+
 # Emit latency is milliseconds to seconds; the buckets resolve the 50 ms budget finely.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
                    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -20,7 +22,12 @@ class StreamsMetrics:
             "shelfq_streams_events", "Events consumed, by topic and outcome (each event counts once, when its outcome is known).",
             ["topic", "outcome"], registry=r)
         self.transitions = Counter("shelfq_streams_transitions", "Transitions produced (acknowledged by the broker).", registry=r)
-        self.dead_letters = Counter("shelfq_streams_dead_letters", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=r)
+        shared = ConsumerSeries(r)  # shelfq_consumer_lag{topic, partition}, shelfq_dead_letters_total{reason}
+        self.lag, self.dead_letters = shared.lag, shared.dead_letters
+        self.feedback = Counter("shelfq_streams_feedback_events", "Feedback consumed, by event (click, add_to_cart, "
+                                "purchase, exit).", ["event"], registry=r)
+        self.reward = Counter("shelfq_streams_reward", "Reward of the transitions produced (positive rewards; with "
+                              "the default weights, all of it).", registry=r)
         self.pending_items = Gauge("shelfq_streams_pending_items", "Shown items whose transition is not yet produced.", registry=r)
         self.pending_events = Gauge("shelfq_streams_pending_events", "Consumed events whose outcome is still open, by topic.", ["topic"], registry=r)
         self.records = Gauge("shelfq_streams_join_records", "Requests held in the join table.", registry=r)

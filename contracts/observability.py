@@ -1,0 +1,33 @@
+"""Series every consumer exposes under the same name, so one query covers all components:
+``shelfq_consumer_lag{topic, partition}`` and ``shelfq_dead_letters_total{reason}`` (the
+scrape job tells the components apart)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ConsumerSeries:
+    """Lag and dead-letter series on one component's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lag = Gauge("shelfq_consumer_lag", "Messages not yet consumed, by topic and partition.",
+                         ["topic", "partition"], registry=registry)
+        self.dead_letters = Counter("shelfq_dead_letters", "Messages sent to the dead-letter topic, by reason.",
+                                    ["reason"], registry=registry)
+        self._dead_seen: dict[str, int] = {}
+
+    def set_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        for (topic, partition), lag in lags.items():
+            self.lag.labels(topic, str(partition)).set(lag)
+
+    def sync_dead_letters(self, by_reason: Mapping[str, int]) -> None:
+        """Bring the counter up to cumulative counts kept elsewhere (a ``DeadLetterWriter``,
+        perhaps in another process)."""
+        for reason, total in by_reason.items():
+            seen = self._dead_seen.get(reason, 0)
+            if total > seen:
+                self.dead_letters.labels(reason).inc(total - seen)
+                self._dead_seen[reason] = total
