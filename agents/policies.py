@@ -221,9 +221,13 @@ class RandomPolicy:
     def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         out = []
         for ask in asks:
-            if limit is not None and len(ask.candidates) > limit:
-                ask = ask._replace(candidates=[ask.candidates[i] for i in np.sort(rng.choice(len(ask.candidates), limit, replace=False))])
+            n = len(ask.candidates)
+            if limit is not None and n > limit:
+                ask = ask._replace(candidates=[ask.candidates[i] for i in np.sort(rng.choice(n, limit, replace=False))])
             scores = np.zeros(len(ask.candidates))
-            order, probs = exploration.uniform(scores, ask.slate_size, rng=rng)
+            order, _probs = exploration.uniform(scores, ask.slate_size, rng=rng)
+            # A uniform subset, then a uniform order: each position is uniform over the items
+            # of all n candidates not placed above it.
+            probs = np.array([1.0 / (n - j) for j in range(len(order))])
             out.append(_choice(ask.candidates, scores, order, probs, self.name, None))
         return out

@@ -18,10 +18,17 @@ class ConsumerSeries:
         self.dead_letters = Counter("shelfq_dead_letters", "Messages sent to the dead-letter topic, by reason.",
                                     ["reason"], registry=registry)
         self._dead_seen: dict[str, int] = {}
+        self._lag_keys: set[tuple[str, str]] = set()
 
     def set_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """The lag of every partition this consumer owns now; partitions it no longer owns
+        (after a rebalance) are dropped rather than left at their last value."""
+        keys = {(topic, str(partition)) for topic, partition in lags}
+        for gone in self._lag_keys - keys:
+            self.lag.remove(*gone)
         for (topic, partition), lag in lags.items():
             self.lag.labels(topic, str(partition)).set(lag)
+        self._lag_keys = keys
 
     def sync_dead_letters(self, by_reason: Mapping[str, int]) -> None:
         """Bring the counter up to cumulative counts kept elsewhere (a ``DeadLetterWriter``,

@@ -177,25 +177,27 @@ def newest_model(settings: Settings, policy: str) -> tuple[LoadedModel, int]:
     (``learner.artifact.load_model``, as the agent's model watcher uses), and how many newer
     ones were rejected."""
     big = settings.model_max_bytes + (1 << 16)
-    found = [(msg.value(), msg.headers()) for msg in read_to_end(
-        settings, MODELS, **{"fetch.max.bytes": big, "max.partition.fetch.bytes": big})
-        if msg.key() == policy.encode()]
-    rejected, reasons = 0, []
-
-    def version(entry: tuple[Any, Any]) -> int:
-        headers = dict(entry[1] or [])
+    best: LoadedModel | None = None
+    rejected: dict[int, str] = {}  # version -> why; only those newer than the result count
+    # One model in memory at a time: each message is loaded (and checked) only if it is newer
+    # than the best so far, so a long models topic does not pile up its versions.
+    for msg in read_to_end(settings, MODELS, **{"fetch.max.bytes": big, "max.partition.fetch.bytes": big}):
+        if msg.key() != policy.encode():
+            continue
         try:
-            return int(headers.get("version") or -1)
+            version = int(dict(msg.headers() or []).get("version") or -1)
         except ValueError:
-            return -1
-
-    for value, headers in sorted(found, key=version, reverse=True):
+            version = -1
+        if best is not None and version <= best.headers.version:
+            continue
         try:
-            return load_model(value, headers, policy=policy), rejected
+            best = load_model(msg.value(), msg.headers(), policy=policy)
         except EventError as exc:
-            rejected += 1
-            reasons.append(str(exc))
-    detail = f"; {rejected} rejected, the newest because {reasons[0]}" if reasons else ""
+            rejected[version] = str(exc)
+    if best is not None:
+        return best, sum(1 for v in rejected if v > best.headers.version)
+    reasons = [rejected[v] for v in sorted(rejected, reverse=True)]
+    detail = f"; {len(reasons)} rejected, the newest because {reasons[0]}" if reasons else ""
     raise ShelfqError(f"no valid model keyed {policy!r} on {settings.topic(MODELS)}{detail}")
 
 

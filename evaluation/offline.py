@@ -23,8 +23,9 @@ from simulator.env import ShopperEnv, transitions_of
 from simulator.world import World, WorldConfig
 
 METRICS = ("reward_per_session", "ctr", "conversion", "revenue_per_session", "session_length",
-           "intra_list_diversity", "catalog_coverage")
-# Two-sided 95% Student t quantiles by degrees of freedom (beyond 30 the normal's 1.96 is close).
+           "intra_list_diversity", "catalog_coverage", "bait_share")
+# Two-sided 95% Student t quantiles by degrees of freedom; between rows the smaller df's (wider)
+# value is used, and beyond 30 the row of 30 (2.042, a little wider than the normal's 1.96).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
 
@@ -38,7 +39,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     if len(x) == 1:
         return round(m, 4), round(m, 4), round(m, 4)
     df = len(x) - 1
-    t = _T95.get(df) or next((v for k, v in sorted(_T95.items(), reverse=True) if k <= df), 1.96)
+    t = _T95.get(df) or next(v for k, v in sorted(_T95.items(), reverse=True) if k <= df)  # conservative between rows
     half = t * float(x.std(ddof=1)) / math.sqrt(len(x))
     return round(m, 4), round(m - half, 4), round(m + half, 4)
 
@@ -52,6 +53,7 @@ class SeedFigures:
     reward: float = 0.0
     revenue: float = 0.0
     same_category_pairs: float = 0.0
+    bait_shown: int = 0
     items_shown: set | None = None
 
     def metrics(self, catalog_size: int, slate_size: int) -> dict[str, float]:
@@ -64,6 +66,8 @@ class SeedFigures:
             "session_length": self.slates / self.sessions,
             "intra_list_diversity": 1.0 - self.same_category_pairs / pairs if pairs else 0.0,
             "catalog_coverage": len(self.items_shown or ()) / catalog_size,
+            # Only a simulator knows this: the share of shown items that are bait.
+            "bait_share": self.bait_shown / max(1, self.slates * slate_size),
         }
 
 
@@ -75,7 +79,8 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
     ``observe`` sees each user's history after every slate (feeds a popularity policy);
     ``on_transitions`` gets each slate's transitions labelled as the join would (training)."""
     world = World(config, seed=seed)
-    rng = np.random.default_rng([seed, 10])
+    rng = np.random.default_rng([seed, 10])  # sessions: the same sequence whatever the policy does
+    policy_rng = np.random.default_rng([seed, 11])  # the policy's own draws
     envs = [ShopperEnv(config, slate_size, world=world) for _ in range(min(concurrent, sessions))]
     candidates = list(world.catalog.ids)  # one list object: the catalog's vectors are cached per model
     fig = SeedFigures(items_shown=set())
@@ -88,7 +93,7 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
             started += 1
     request = 0
     while live:
-        choices = policy.rank([Ask(info["state"], candidates, slate_size) for _env, info, _c in live], rng)
+        choices = policy.rank([Ask(info["state"], candidates, slate_size) for _env, info, _c in live], policy_rng)
         nxt = []
         for (env, info, converted), choice in zip(live, choices):
             action = [world.index[i] for i in choice.items]
@@ -100,6 +105,7 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
             fig.revenue += outcome.revenue
             fig.clicks += outcome.clicked is not None
             fig.items_shown.update(action)
+            fig.bait_shown += int(world.catalog.bait[action].sum())
             cats = world.catalog.category[action]
             fig.same_category_pairs += float(((cats[:, None] == cats[None, :]).sum() - len(cats)) / 2)
             converted = converted or outcome.purchase

@@ -21,6 +21,8 @@ propensity > 0 (the prefix needs them all).
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -144,16 +146,21 @@ def _weighted_samples(kept: list[LoggedImpression], policy: DQNPolicy, candidate
         for n, (imp, scores) in enumerate(zip(batch, policy.scores(asks)), start):
             open_ = _shortlist(scores, max_candidates)
             model, table = models[folds[n]], tables[folds[n]]
-            pi_prefix = mu_prefix = 1.0
+            # Prefix probabilities in logs: products over long slates and large catalogs
+            # underflow. Each row carries both divided by the larger one: the ratio (the
+            # weight) is exact and both stay in [0, 1].
+            log_pi = log_mu = 0.0
             for j, item in enumerate(imp.slate):
                 dist = next_item_probs(scores, open_, policy.explorer)
                 at = column.get(item)
                 outside += at is None
-                q_target = (pi_prefix / mu_prefix) * float(dist @ table[j])  # w_{j-1} E_pi[q]
+                q_target = math.exp(log_pi - log_mu) * float(dist @ table[j])  # w_{j-1} E_pi[q]
                 q_logged = float(model.predict([item], [j])[0])
-                pi_prefix *= float(dist[at]) if at is not None else 0.0
-                mu_prefix *= imp.positions[j].propensity  # type: ignore[operator]
-                rows.append((imp.positions[j].reward, pi_prefix, mu_prefix, q_logged, q_target, n))
+                p_target = float(dist[at]) if at is not None else 0.0
+                log_pi += math.log(p_target) if p_target > 0 else -math.inf
+                log_mu += math.log(imp.positions[j].propensity)  # type: ignore[arg-type]
+                top = max(log_pi, log_mu)
+                rows.append((imp.positions[j].reward, math.exp(log_pi - top), math.exp(log_mu - top), q_logged, q_target, n))
                 if at is not None:
                     open_[at] = False
     cols = np.array(rows).T

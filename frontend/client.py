@@ -53,6 +53,7 @@ class ShopClient:
         self.slates_unclaimed = 0  # slates for requests nobody here waits for (other frontends', late ones)
         self.slates_invalid = 0  # the streams worker dead-letters these; a frontend just cannot use them
         self._reader: threading.Thread | None = None
+        self.failure: str | None = None  # why the slates reader stopped, if it did
         if read_slates:
             self._consumer = self._slates_from_now()
             self._reader = threading.Thread(target=self._read_slates, name="shelfq-slates", daemon=True)
@@ -88,12 +89,19 @@ class ShopClient:
         ``asyncio.wait_for(client.ask(r), 0.5)``; a timed-out wait forgets the request)."""
         if self._reader is None:
             raise ShelfqError("this client was created with read_slates=False")
+        if self.failure is not None:
+            raise ShelfqError(f"the slates reader stopped: {self.failure}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Slate] = loop.create_future()
+        # Registered before the send, so a slate that comes back at once still finds it.
         with self._lock:
             self._waiting[request.request_id] = (loop, future)
         future.add_done_callback(lambda _f, rid=request.request_id: self._forget(rid))
-        self.send(request)
+        try:
+            self.send(request)
+        except BaseException:
+            future.cancel()
+            raise
         return future
 
     async def slate(self, request: Request, timeout: float) -> Slate | None:
@@ -133,6 +141,16 @@ class ShopClient:
         return consumer
 
     def _read_slates(self) -> None:
+        try:
+            self._read_slates_until_stopped()
+        except Exception as exc:  # noqa: BLE001 - kept and raised by the next ask(), not lost in a thread
+            self.failure = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                waiting, self._waiting = self._waiting, {}
+            for loop, future in waiting.values():
+                loop.call_soon_threadsafe(_fail, future, ShelfqError(f"the slates reader stopped: {self.failure}"))
+
+    def _read_slates_until_stopped(self) -> None:
         while not self._stop.is_set():
             for msg in self._consumer.consume(500, 0.1):
                 if msg.error() is not None:
@@ -178,6 +196,11 @@ def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float =
             if exc.args[0].fatal() or time.monotonic() > deadline:  # NOT_LEADER does not say "retriable"
                 raise
             time.sleep(0.2)
+
+
+def _fail(future: asyncio.Future[Slate], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _resolve(future: asyncio.Future[Slate], slate: Slate) -> None:

@@ -49,7 +49,7 @@ CSV_COLUMNS = {
     "user_id": "the shopper (the Kafka key)",
     "session_id": "the shopper's session",
     "items": "impressions: the item ids shown, in position order, separated by |",
-    "propensities": "impressions, optional: each item's probability, |-separated, aligned with items",
+    "propensities": "impressions, optional: per position, the chance the logging policy put that item there given the items above it, |-separated, aligned with items",
     "policy": "impressions, optional: the policy that chose the slate",
     "item_id": "click, add_to_cart, purchase: the item (empty for exit)",
     "value": "purchase, optional: the price",

@@ -411,7 +411,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                             publish_catalog=not args.no_catalog, metrics_port=args.metrics_port)
     sim = Simulation(settings, config)
     if config.metrics_port:
-        sim.metrics.serve(config.metrics_port)
+        try:
+            sim.metrics.serve(config.metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"simulate: cannot serve /metrics on port {config.metrics_port} ({exc.strerror}); "
+                              "pick another with --metrics-port, or 0 for none") from None
     stats = asyncio.run(sim.run())
     summary = stats.summary()
     print(f"simulate: {summary['sessions']} sessions, {summary['requests']} requests ({summary['slate_timeouts']} answered by "

@@ -14,7 +14,8 @@ from evaluation.offline import METRICS
 
 LABELS = {"reward_per_session": "reward / session", "ctr": "CTR", "conversion": "conversion",
           "revenue_per_session": "revenue / session", "session_length": "session length (slates)",
-          "intra_list_diversity": "intra-list diversity", "catalog_coverage": "catalog coverage"}
+          "intra_list_diversity": "intra-list diversity", "catalog_coverage": "catalog coverage",
+          "bait_share": "bait share of shown items"}
 ORDER = ("random", "popularity", "myopic_dqn", "longterm_dqn")
 
 

@@ -70,18 +70,15 @@ class ShopperEnv(gym.Env):
             "history_events": spaces.MultiDiscrete([len(EVENT_CODES) + 1] * HISTORY),
             "page": spaces.Discrete(self.config.max_steps + 1),
         })
-        self.histories: dict[int, list[Interaction]] = {}
         self.session: Session | None = None
-        self.clock = 0.0
-        self._sessions = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         user = int(self.np_random.integers(self.config.users)) if not options or "user" not in options else int(options["user"])
         self.session = self.world.start_session(user, seed=int(self.np_random.integers(2**31)))
-        self._sessions += 1
-        self.session_id = f"{self.world.user_id(user)}-s{self._sessions}"
-        self.clock += 600.0  # sessions are apart in time
+        self.world.sessions_started += 1
+        self.session_id = f"{self.world.user_id(user)}-s{self.world.sessions_started}"
+        self.world.clock += 60.0  # sessions are apart in time
         return self._observation(), self._info()
 
     def step(self, action: Sequence[int] | np.ndarray) -> tuple[dict, float, bool, bool, dict]:
@@ -92,16 +89,27 @@ class ShopperEnv(gym.Env):
             raise ValueError(f"action must be {self.slate_size} distinct catalog indices, got {slate}")
         state = self.state()
         outcome = self.session.respond(slate)
-        self.clock += STEP_S
+        self.world.clock += STEP_S
         feedback = feedback_of(outcome, self.world.catalog.ids)
         history = self.histories.setdefault(self.session.user, [])
         for event, item, _value in feedback:
             if item is not None:
-                history.append(Interaction(item_id=item, event=event, ts=self.clock))  # type: ignore[arg-type]
+                history.append(Interaction(item_id=item, event=event, ts=self.world.clock))  # type: ignore[arg-type]
         del history[:-HISTORY]
         reward = float(sum(EVENT_WEIGHTS.get(event, 0.0) for event, _i, _v in feedback))
         info = self._info() | {"feedback": feedback, "outcome": outcome, "logged_state": state}
         return self._observation(), reward, outcome.exit, outcome.truncated, info
+
+    @property
+    def histories(self) -> dict[int, list[Interaction]]:
+        """Each user's recent interactions; kept by the world, so environments that share a
+        world (concurrent sessions of one shop) see the same histories."""
+        return self.world.histories
+
+    @property
+    def clock(self) -> float:
+        """Simulated event time, shared by the environments of one world."""
+        return self.world.clock
 
     def state(self) -> State:
         """The state an agent would log now: the user's recent interactions and the page."""

@@ -78,9 +78,12 @@ class WorldConfig:
     continue_slope: float = 1.0
     """How strongly satisfaction moves the chance of going on."""
     interest_drift: float = 0.05
-    """Standard deviation of the random walk of interests between sessions."""
+    """Standard deviation of the drift of interests between sessions."""
     interest_from_click: float = 0.05
     """Interest gained in a clicked category."""
+    interest_memory: float = 0.9
+    """Share of a shopper's drift (and click-driven interest) kept from one session to the next;
+    the rest returns to the shopper's own baseline, so interests stay bounded."""
     max_steps: int = 30
     """Slates after which a session is cut off (truncated, not an exit)."""
 
@@ -90,6 +93,8 @@ class WorldConfig:
                 raise ConfigError(f"simulator: {name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.categories <= len(CATEGORIES):
             raise ConfigError(f"simulator: categories must be in 1..{len(CATEGORIES)}, got {self.categories}")
+        if not 0 <= self.interest_memory < 1:
+            raise ConfigError(f"simulator: interest_memory must be in [0, 1), got {self.interest_memory}")
         if not 0 <= self.bait_share <= 1:
             raise ConfigError(f"simulator: bait_share must be in [0, 1], got {self.bait_share}")
         for name in ("position_decay", "boredom", "interest_scale", "interest_drift"):
@@ -142,6 +147,11 @@ def make_catalog(config: WorldConfig, rng: np.random.Generator) -> Catalog:
 class Shopper:
     interest: np.ndarray  # per category, utility units
     price_sensitivity: float
+    baseline: np.ndarray = field(default_factory=lambda: np.zeros(0))  # where interests return to
+
+    def __post_init__(self) -> None:
+        if self.baseline.size == 0:
+            self.baseline = self.interest.copy()
 
 
 @dataclass
@@ -224,11 +234,18 @@ class World:
                                  float(rng.gamma(2.0, 0.25))) for _ in range(config.users)]
         self._drift_rng = np.random.default_rng([seed, 2])
         self.index = {item_id: j for j, item_id in enumerate(self.catalog.ids)}
+        # What the shop's environments share (simulator.env): users' recent interactions, the
+        # simulated clock and a session counter.
+        self.histories: dict[int, list] = {}
+        self.clock = 0.0
+        self.sessions_started = 0
 
     def start_session(self, user: int, seed: int) -> Session:
-        """A new visit of ``user``; interests drift a little since the last one."""
-        shopper = self.shoppers[user]
-        shopper.interest += self._drift_rng.normal(0.0, self.config.interest_drift, self.config.categories)
+        """A new visit of ``user``; interests drift a little since the last one (an AR(1)
+        around the shopper's baseline: bounded however many sessions a shopper has)."""
+        shopper, cfg = self.shoppers[user], self.config
+        shopper.interest = (shopper.baseline + cfg.interest_memory * (shopper.interest - shopper.baseline)
+                            + self._drift_rng.normal(0.0, cfg.interest_drift, cfg.categories))
         return Session(self, user, np.random.default_rng([self.seed, 3, seed]))
 
     def user_id(self, user: int) -> str:

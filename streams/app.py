@@ -159,10 +159,9 @@ class JoinWorker:
                 self._dead_letter("invalid", str(exc), msg.topic, msg.value, msg.key, msg.partition, msg.offset)
                 self.metrics.events.labels(topic, "invalid").inc()
                 continue
-            if isinstance(parsed, Feedback):
-                self.metrics.feedback.labels(parsed.event).inc()
             out = self.join.process(msg.partition, topic, parsed, now=now)
             for fb in out.attributed:  # counted once: duplicates and replays leave history alone
+                self.metrics.feedback.labels(fb.event).inc()
                 self._update_user_state(msg.partition, fb)
             self._handle(out, started, origin=(msg.partition, msg.offset))
 
@@ -191,18 +190,20 @@ class JoinWorker:
             log.warning("could not read offsets for the watermark: %s", exc)
             return
         now = time.monotonic()
+        lags: dict[tuple[str, int], int] = {}
         for partition in sorted(self.partitions):
             lagging = set()
             for full, topic in self.logical.items():
                 tp = TP(full, partition)
                 position = self._next_offset.get(tp, self._start_offsets.get(tp, 0))
-                self.metrics.lag.labels(full, str(partition)).set(max(0, ends.get(tp, 0) - position))
+                lags[(full, partition)] = max(0, ends.get(tp, 0) - position)
                 if ends.get(tp, 0) > position:
                     lagging.add(topic)
                     self._watch_stall(tp, position, now)
                 else:
                     self._progress.pop(tp, None)
             self.join.note_backlog(partition, lagging)
+        self.metrics.consumer.set_lag(lags)
 
     def _watch_stall(self, tp: TP, position: int, now: float) -> None:
         """A partition with unread messages that Faust has not delivered from for

@@ -392,6 +392,9 @@ class Join:
         feedback = sorted(rec.feedback, key=lambda f: f.ts)
         exit_ts = next((f.ts for f in feedback if f.event == "exit"), None)
         slate = rec.slate
+        # Who chose the slate: an impression that carries its own state (a frontend's fallback,
+        # a replayed log) speaks for itself, even if the agent's slate arrived as well (late).
+        logged_by = slate if slate is not None and imp.state is None else imp
         for position in due:
             item = imp.items[position]
             purchase_ts = next((f.ts for f in feedback if f.item_id == item and f.event == "purchase"), None)
@@ -420,8 +423,8 @@ class Join:
                                      context=state.context),
                     done=done,
                     propensity=_propensity(rec, item, position),
-                    policy=slate.policy if slate is not None else imp.policy,
-                    model_version=slate.model_version if slate is not None else imp.model_version,
+                    policy=logged_by.policy,
+                    model_version=logged_by.model_version,
                     ts_impression=imp.ts,
                     ts_emitted=self._now,
                 )

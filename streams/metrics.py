@@ -22,10 +22,10 @@ class StreamsMetrics:
             "shelfq_streams_events", "Events consumed, by topic and outcome (each event counts once, when its outcome is known).",
             ["topic", "outcome"], registry=r)
         self.transitions = Counter("shelfq_streams_transitions", "Transitions produced (acknowledged by the broker).", registry=r)
-        shared = ConsumerSeries(r)  # shelfq_consumer_lag{topic, partition}, shelfq_dead_letters_total{reason}
-        self.lag, self.dead_letters = shared.lag, shared.dead_letters
-        self.feedback = Counter("shelfq_streams_feedback_events", "Feedback consumed, by event (click, add_to_cart, "
-                                "purchase, exit).", ["event"], registry=r)
+        self.consumer = ConsumerSeries(r)  # shelfq_consumer_lag{topic, partition}, shelfq_dead_letters_total{reason}
+        self.dead_letters = self.consumer.dead_letters
+        self.feedback = Counter("shelfq_streams_feedback_events", "Feedback attributed to an impression, by event "
+                                "(click, add_to_cart, purchase, exit); repeats count once.", ["event"], registry=r)
         self.reward = Counter("shelfq_streams_reward", "Reward of the transitions produced (positive rewards; with "
                               "the default weights, all of it).", registry=r)
         self.pending_items = Gauge("shelfq_streams_pending_items", "Shown items whose transition is not yet produced.", registry=r)

@@ -195,6 +195,16 @@ def test_inline_propensities_and_policy_are_used() -> None:
     assert (t.propensity, t.policy, t.model_version) == (0.9, "replay", 1)
 
 
+def test_a_fallback_impression_with_its_own_state_speaks_for_itself_even_if_the_slate_came_late() -> None:
+    """A frontend that gave up waiting shows a random slate with its state and propensities
+    inline; the agent's slate for the same request may still arrive. The transition must not
+    claim the agent's policy for items the agent did not choose."""
+    shown = ("x", "y", "z")
+    r = run([imp(items=shown, state=STATE, propensities=[1 / 3, 1 / 2, 1.0], policy="random"), slate(ts=102.0)])
+    t = r.transitions["r1:0"]
+    assert (t.action, t.propensity, t.policy, t.model_version) == ("x", 1 / 3, "random", None)
+
+
 def test_windows_close_on_event_time_before_any_wall_clock_help() -> None:
     r = run([slate(), imp(), fb("click", "a"), *later(101 + WINDOW + 0.5)], drain=False)
     assert {"r1:0", "r1:1", "r1:2"} <= r.emitted_before_drain
