@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from agents import exploration
-from contracts.events import State, UserState
+from contracts.events import DEFAULT_REWARD_WEIGHTS, State, UserState
 from learner.artifact import LoadedModel
 from learner.features import Featurizer
 
-EVENT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
+EVENT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
 CACHE_FROM = 256  # candidate lists this long (catalogs) keep their item vectors between batches
 
 

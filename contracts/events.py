@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Literal, TypeVar, Union
 
 import msgspec
@@ -33,6 +35,10 @@ MAX_EVENT_BYTES = 1 << 20
 MAX_CANDIDATES = 10_000
 MAX_SLATE_SIZE = 100
 MAX_HISTORY = 1_000
+#: DESIGN.md's default reward weights per feedback event (the join's setting can change them).
+DEFAULT_REWARD_WEIGHTS: Mapping[str, float] = MappingProxyType({"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0})
+#: Interactions a state and a user-state carry by default (SHELFQ_JOIN_HISTORY_LENGTH).
+DEFAULT_HISTORY_LENGTH = 50
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Ts = Annotated[float, msgspec.Meta(ge=0)]

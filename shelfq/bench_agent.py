@@ -32,6 +32,7 @@ from learner.artifact import model_message
 from learner.config import LearnerConfig
 from learner.network import QNetwork
 from shelfq.bench_join import _quantile
+from shelfq.ports import free_port
 
 CATALOG = 1000
 SLATE = 10
@@ -59,7 +60,7 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
         procs.pop().terminate()
         report(f"  p50 {echo['p50']:.2f} ms, p99 {echo['p99']:.2f} ms")
 
-        port = _free_port()
+        port = free_port()
         # A long deadline: the saturation burst queues requests that must be answered, not skipped.
         agent_env = {**env, "SHELFQ_AGENT_DEADLINE_S": "3600"}
         procs.append(subprocess.Popen([sys.executable, "-m", "shelfq", "agent", "--topic-prefix", prefix,
@@ -226,14 +227,6 @@ def _create(settings: Settings, name: str) -> None:
     admin = AdminClient(settings.confluent_config())
     for future in admin.create_topics([NewTopic(name, settings.partitions, settings.replication_factor)]).values():
         future.result(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["echo"]:

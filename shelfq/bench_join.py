@@ -26,6 +26,7 @@ from contracts.kafka import ReliableProducer
 from contracts.settings import Settings
 from contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
 from streams.synthetic import synthetic_traffic
+from shelfq.ports import free_port
 
 INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
 EVENTS_PER_REQUEST = 3.4  # slate + impression + feedback at the synthetic click rates, about
@@ -136,7 +137,7 @@ def _create(settings: Settings, name: str) -> None:
 
 
 def _run_worker(settings: Settings, n: int, expected_transitions: int, window_s: float) -> WorkerRun:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions), "SHELFQ_JOIN_WINDOW_S": str(window_s),
            "SHELFQ_JOIN_ALLOWED_LATENESS_S": "1", "SHELFQ_JOIN_IDLE_ADVANCE_S": "1"}
     if settings.external_cluster:
@@ -244,11 +245,3 @@ def _peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 
 from contracts.errors import ConfigError, ShelfqError
+from contracts.events import DEFAULT_HISTORY_LENGTH
 from contracts.settings import Settings
 from contracts.topics import topic_specs
 
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--format", choices=["csv", "jsonl"], help="the file's format (default: from its suffix)")
     replay.add_argument("--speed", type=float, default=0.0, help="1 keeps the original gaps between event times, 10 is ten times faster, 0 (default) as fast as possible")
     replay.add_argument("--rebase", action="store_true", help="move every ts by one constant, keeping the gaps, so the events are stamped as of now: the first event is now at --speed 1 (or slower); faster, the last is stamped when it is sent, so none lies ahead of the clock")
-    replay.add_argument("--history-length", type=int, default=50, metavar="N", help="interactions in the state built for an impression without one (default 50, as SHELFQ_JOIN_HISTORY_LENGTH)")
+    replay.add_argument("--history-length", type=int, default=DEFAULT_HISTORY_LENGTH, metavar="N", help="interactions in the state built for an impression without one (default 50, as SHELFQ_JOIN_HISTORY_LENGTH)")
     replay.add_argument("--skip-bad", action="store_true", help="send the valid events of a file with bad lines; report the bad ones and their count")
     replay.add_argument("--dry-run", action="store_true", help="validate and count, send nothing")
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")

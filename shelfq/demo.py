@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 from contracts.errors import ConfigError, ShelfqError
 from contracts.settings import Settings
+from shelfq.ports import free_port, port_free
 
 LONGTERM, MYOPIC = "dqn-longterm", "dqn-myopic"
 POLICY_NAMES = ("random", "popularity", "myopic_dqn", "longterm_dqn")
@@ -85,22 +85,7 @@ class DemoConfig:
         return max(20.0, self.minutes * 60 - 25 - comparison)
 
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"  # the repository's deploy/ (alert rules)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -201,7 +186,7 @@ class Demo:
         config.write_text("global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
                           f"rule_files:\n  - {DEPLOY / 'prometheus' / 'alerts.yml'}\nscrape_configs:\n"
                           + "".join(f"  - job_name: {job}\n    static_configs:\n{''.join(entries)}" for job, entries in jobs.items()))
-        port = 9090 if _port_free(9090) else free_port()
+        port = 9090 if port_free(9090) else free_port()
         log = self.workdir / "prometheus.log"
         proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
                                  f"--web.listen-address=127.0.0.1:{port}"], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
@@ -273,7 +258,7 @@ class Demo:
             run.timeline.append({"t": round(now - started, 1), "events_per_s": round(rate, 1), "ctr": round(s.ctr, 4),
                                  "reward_per_session": round(s.reward_per_session, 4), "sessions": s.sessions,
                                  "reward_per_session_interval": round(window, 4),
-                                 **{k: v for k, v in m.items()}})
+                                 **m})
             run.model_versions = {LONGTERM: int(m["longterm_version"]), MYOPIC: int(m["myopic_version"])}
             self.say(f"[{now - started:5.0f}s] {rate:6.0f} events/s | CTR {s.ctr:.3f} | reward/session "
                      f"{s.reward_per_session:5.2f} | {s.sessions} sessions | models v{int(m['longterm_version'])} "

@@ -27,12 +27,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from contracts.events import Interaction, State, Transition
+from contracts.events import DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS, Interaction, State, Transition
 from simulator.world import Outcome, Session, World, WorldConfig
 
-EVENT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
+EVENT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
 EVENT_CODES = {"click": 1, "add_to_cart": 2, "purchase": 3}
-HISTORY = 50  # interactions a state carries: the join's default history_length
+HISTORY = DEFAULT_HISTORY_LENGTH  # interactions a state carries, as user-state by default
 STEP_S = 10.0  # simulated seconds between slates
 
 

@@ -33,12 +33,13 @@ from typing import NamedTuple
 import msgspec
 
 from contracts.errors import ConfigError
-from contracts.events import Event, Feedback, Impression, Interaction, Slate, State, Transition
+from contracts.events import (DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS, Event, Feedback, Impression, Interaction, Slate,
+                             State, Transition)
 
 SLATES, IMPRESSIONS, FEEDBACK = "slates", "impressions", "feedback"
 INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
 RESTORED = "restored"  # the event time a partition's restored records had reached
-DEFAULT_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}
+DEFAULT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class JoinConfig:
     so a quiet shop still gets its transitions."""
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     """Reward weight of each feedback kind; reward = sum over deduplicated feedback."""
-    history_length: int = 50
+    history_length: int = DEFAULT_HISTORY_LENGTH
     """Interactions kept in a next_state and in user-state."""
     max_future_skew_s: float = 300.0
     """Events stamped further than this ahead of the worker's clock are dead letters (reason
