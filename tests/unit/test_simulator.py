@@ -11,6 +11,7 @@ import pytest
 from contracts.errors import ConfigError
 from evaluation.offline import mean_ci95
 from simulator.env import ShopperEnv, transitions_of
+from simulator.oracles import session_rewards
 from simulator.world import Session, World, WorldConfig
 
 
@@ -65,38 +66,11 @@ def test_click_shares_match_the_logit_formula() -> None:
     assert abs(shares[-1] - (1 - expected.sum())) < 0.01
 
 
-def _oracle_immediate(session: Session) -> np.ndarray:
-    """Expected immediate reward of each catalog item, by the simulator's own formulas."""
-    w = session.world
-    c, shopper = w.catalog, w.shoppers[session.user]
-    idx = np.arange(w.config.items)
-    u = (shopper.interest[c.category] + c.appeal - shopper.price_sensitivity * np.log(c.price / w.median_price)
-         - w.config.boredom * np.array([session.clicks.get(j, 0) for j in idx]))
-    value = np.array([1 + 2 * session.cart_probability(j) * (1 + 2.5 * session.purchase_probability(j)) for j in idx])
-    return np.exp(u) * value
-
-
-def _session_rewards(policy: str, seed: int, sessions: int = 400) -> tuple[float, float]:
-    world = World(WorldConfig(), seed=seed)
-    rng = np.random.default_rng(seed)
-    total, slates = 0.0, 0
-    for s in range(sessions):
-        session = world.start_session(int(rng.integers(world.config.users)), seed=s)
-        while not session.over:
-            score = _oracle_immediate(session)
-            if policy == "quality-aware":  # the same oracle, but never shows an item that disappoints
-                score = score * (world.catalog.quality >= 0.5)
-            outcome = session.respond(list(np.argsort(-score)[:10]))
-            slates += 1
-            total += (outcome.clicked is not None) + 2 * outcome.add_to_cart + 5 * outcome.purchase
-    return total / sessions, slates / sessions
-
-
 def test_click_greedy_is_not_optimal_over_a_session() -> None:
     """The oracle that maximises each slate's expected reward shows bait; one that gives up
     some of it for quality earns more per session, because sessions last longer."""
-    greedy = [_session_rewards("click-greedy", seed) for seed in range(5)]
-    patient = [_session_rewards("quality-aware", seed) for seed in range(5)]
+    greedy = [session_rewards("click-greedy", seed) for seed in range(5)]
+    patient = [session_rewards("quality-aware", seed) for seed in range(5)]
     g_mean, _g_lo, g_hi = mean_ci95([r for r, _len in greedy])
     p_mean, p_lo, _p_hi = mean_ci95([r for r, _len in patient])
     assert p_lo > g_hi, (greedy, patient)
