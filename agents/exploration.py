@@ -7,7 +7,10 @@ off-policy evaluation needs, and what the tests check against sampled frequencie
 
 An optional diversity term (maximal marginal relevance) lowers an item's score by its greatest
 similarity to the items already placed, before the draw at each position, so propensities stay
-exact with it too.
+exact with it too. In the same way, with a ``choice`` model (SlateQ: ``learner.slateq``) the scores
+are values given a click, and at each position an item counts with what the slate would be
+worth with it added, under the click model: bait that draws clicks away from better items
+gains nothing.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -25,6 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from learner.slateq import ChoiceModel, assortment_gains
+
 #: similarity(chosen item index, candidate indices) -> similarities in [0, 1]
 Similarity = Callable[[int, np.ndarray], np.ndarray]
 
@@ -33,7 +38,7 @@ Draw = Callable[[np.ndarray, np.ndarray, Callable[[], int], int], tuple[int, flo
 
 
 def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
-          similarity: Similarity | None) -> tuple[np.ndarray, np.ndarray]:
+          similarity: Similarity | None, choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fill k positions; ``draw(adjusted scores, open mask, best, remaining)`` picks an open
     index and says how likely that pick was (``best()`` gives the best open one). Placed items
     are masked out rather than removed, so nothing is copied per position."""
@@ -42,11 +47,20 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
         raise ValueError(f"slate of {k} from {n} candidates")
     open_ = np.ones(n, dtype=bool)
     penalty = np.zeros(n) if diversity > 0 and similarity is not None else None
-    adjusted = scores.astype(np.float64)
+    scores = scores.astype(np.float64)
+    num, den = 0.0, 1.0  # the slate so far under the click model: sum of v * score, 1 + sum of v
+    v = None if choice is None else choice.attraction * choice.position_odds[0]
+
+    def adjust() -> np.ndarray:
+        """Each item's score if it were placed next."""
+        gains = scores if v is None else assortment_gains(scores, v, num, den)
+        return gains if penalty is None else gains - diversity * penalty
+
+    adjusted = adjust()
     chosen = np.empty(k, dtype=np.int64)
     probs = np.empty(k)
     everyone = np.arange(n)
-    if penalty is None:
+    if penalty is None and choice is None:
         # Scores stay fixed: the best open item is the first open one of the top k + 1.
         top = np.argpartition(-adjusted, k)[: k + 1] if k < n else everyone
         top = top[np.lexsort((top, -adjusted[top]))]  # by score, ties to the lower index
@@ -60,9 +74,13 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
         at, p = draw(adjusted, open_, best, n - j)
         chosen[j], probs[j] = at, p
         open_[at] = False
+        if v is not None:  # the click model: the next position has its own odds
+            num, den = num + v[at] * scores[at], den + v[at]
+            v = choice.attraction * choice.position_odds[min(j + 1, len(choice.position_odds) - 1)]
         if penalty is not None:  # MMR: the most similar placed item sets the penalty
             penalty = np.maximum(penalty, similarity(at, everyone))
-            adjusted = scores - diversity * penalty
+        if penalty is not None or v is not None:
+            adjusted = adjust()
     return chosen, probs
 
 
@@ -71,13 +89,14 @@ def _best(adjusted: np.ndarray, open_: np.ndarray) -> int:
 
 
 def greedy(scores: np.ndarray, k: int, *, diversity: float = 0.0, similarity: Similarity | None = None,
-           rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+           choice: ChoiceModel | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best remaining item at every position (ties to the lower index); propensity 1."""
-    return _fill(scores, k, lambda _s, _o, best, _n: (best(), 1.0), diversity, similarity)
+    return _fill(scores, k, lambda _s, _o, best, _n: (best(), 1.0), diversity, similarity, choice)
 
 
 def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random.Generator,
-                   diversity: float = 0.0, similarity: Similarity | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   diversity: float = 0.0, similarity: Similarity | None = None,
+                   choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """At each position: the best remaining item with probability 1 - epsilon, else a uniform
     draw among the remaining ones (which may be the best one too)."""
     if not 0 <= epsilon <= 1:
@@ -90,11 +109,12 @@ def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random
         at = int(np.flatnonzero(open_)[rng.integers(remaining)])
         return at, (1 - epsilon) * (at == top) + epsilon / remaining
 
-    return _fill(scores, k, draw, diversity, similarity)
+    return _fill(scores, k, draw, diversity, similarity, choice)
 
 
 def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.Generator,
-              diversity: float = 0.0, similarity: Similarity | None = None) -> tuple[np.ndarray, np.ndarray]:
+              diversity: float = 0.0, similarity: Similarity | None = None,
+              choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Plackett-Luce: at each position, a draw from softmax(score / temperature) over the
     remaining items (sampling without replacement).
 
@@ -116,7 +136,7 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
             at -= 1
         return at, float(w[at])
 
-    return _fill(scores, k, draw, diversity, similarity)
+    return _fill(scores, k, draw, diversity, similarity, choice)
 
 
 def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,9 @@
 """The policies an agent can answer with, behind one interface: ``rank`` a batch of requests.
 
 - ``DQNPolicy`` scores candidates with the current Q-network (one encoder pass per micro-batch)
-  and explores with epsilon-greedy or Boltzmann draws (``agents.exploration``).
+  and explores with epsilon-greedy or Boltzmann draws (``agents.exploration``). A SlateQ model
+  (``learner.slateq``) also gives each item's click attraction, and its slates are built to
+  maximise the value of the whole slate under that click model.
 - ``PopularityPolicy`` ranks by recent, reward-weighted interactions: the fallback before any
   model has arrived.
 - ``RandomPolicy`` ranks uniformly at random: the fallback of the fallback, and a baseline.
@@ -20,9 +22,11 @@ import numpy as np
 import torch
 
 from agents import exploration
-from contracts.events import DEFAULT_REWARD_WEIGHTS, State, UserState
+from contracts.events import DEFAULT_REWARD_WEIGHTS, MAX_SLATE_SIZE, State, UserState
+from learner import slateq
 from learner.artifact import LoadedModel
 from learner.features import Featurizer
+from learner.network import UserVectors
 
 EVENT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
 CACHE_FROM = 256  # candidate lists this long (catalogs) keep their item vectors between batches
@@ -62,8 +66,9 @@ class Explorer(NamedTuple):
     diversity: float = 0.0
 
     def slate(self, scores: np.ndarray, k: int, rng: np.random.Generator,
-              similarity: exploration.Similarity | None) -> tuple[np.ndarray, np.ndarray]:
-        common = {"diversity": self.diversity, "similarity": similarity}
+              similarity: exploration.Similarity | None,
+              choice: slateq.ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+        common = {"diversity": self.diversity, "similarity": similarity, "choice": choice}
         if self.kind == "greedy":
             return exploration.greedy(scores, k, **common)
         if self.kind == "boltzmann":
@@ -80,10 +85,24 @@ def category_similarity(categories: Sequence[str | None]) -> exploration.Similar
 
 
 def _shortlist(candidates: Sequence[str], scores: np.ndarray, limit: int | None) -> tuple[Sequence[str], np.ndarray]:
-    if limit is None or len(candidates) <= limit:
-        return candidates, scores
-    top = np.sort(np.argpartition(-scores, limit - 1)[:limit])  # keep the request's order among them
-    return [candidates[i] for i in top], scores[top]
+    top = _top(scores, limit)
+    return (candidates, scores) if top is None else ([candidates[i] for i in top], scores[top])
+
+
+def _top(scores: np.ndarray, limit: int | None) -> np.ndarray | None:
+    """Indices of the best ``limit`` scores in their original order, or None if all fit."""
+    if limit is None or len(scores) <= limit:
+        return None
+    return np.sort(np.argpartition(-scores, limit - 1)[:limit])  # keep the request's order among them
+
+
+class Scored(NamedTuple):
+    """A model's view of one ask's candidates: ``score`` ranks them and is logged; with SlateQ,
+    ``qbar`` (value given a click) and the ``choice`` model build the slate."""
+
+    score: np.ndarray
+    qbar: np.ndarray | None = None
+    choice: slateq.ChoiceModel | None = None
 
 
 def _choice(candidates: Sequence[str], scores: np.ndarray, order: np.ndarray, probs: np.ndarray, policy: str,
@@ -104,7 +123,9 @@ class DQNPolicy:
     def swap(self, model: LoadedModel) -> None:
         """Serve ``model`` from the next batch on (one assignment: atomic for readers)."""
         features = Featurizer(model.config.hash_buckets, model.config.history_length, model.config.context_buckets)
-        self._current = (model, features)
+        # What each slate position multiplies a SlateQ model's click odds by.
+        odds = np.exp(model.network.position_logits(MAX_SLATE_SIZE).numpy().astype(np.float64))
+        self._current = (model, features, odds)
         self._catalog_vectors: tuple[LoadedModel, Sequence[str], torch.Tensor] | None = None
 
     @property
@@ -112,21 +133,34 @@ class DQNPolicy:
         return self._current[0]
 
     def scores(self, asks: Sequence[Ask]) -> list[np.ndarray]:
-        """Q(s, c) for every ask's candidates (position bias left out), one encoder pass."""
-        model, features = self._current  # one read: a swap mid-batch cannot mix two models
+        """Each ask's candidate scores (position bias left out): Q(s, c), or with SlateQ the
+        value of each item shown alone."""
+        return [s.score for s in self.evaluate(asks)]
+
+    def evaluate(self, asks: Sequence[Ask]) -> list[Scored]:
+        """Score every ask's candidates with one encoder pass."""
+        model, features, odds = self._current  # one read: a swap mid-batch cannot mix two models
+        net = model.network
         with torch.inference_mode():
-            v, u = model.network.user(*(torch.from_numpy(x) for x in features.states([a.state for a in asks])))
-            out: list[np.ndarray] = [np.empty(0)] * len(asks)
+            user = net.user(*(torch.from_numpy(x) for x in features.states([a.state for a in asks])))
+            out: list[Scored] = [Scored(np.empty(0))] * len(asks)
             # Asks that share one candidate list (the catalog) are scored in one product.
             groups: dict[int, list[int]] = {}
             for b, ask in enumerate(asks):
                 groups.setdefault(id(ask.candidates), []).append(b)
             for members in groups.values():
                 phi = self._item_vectors(model, features, asks[members[0]].candidates)
-                adv = u[members] @ phi.T  # [members, candidates]
-                q = (v[members].unsqueeze(1) + adv - adv.mean(dim=1, keepdim=True)).numpy()
+                some = UserVectors(*(x[members] if x is not None else None for x in user))
+                q = net.q_candidates(some, phi=phi)
+                if some.click is None:
+                    for row, b in enumerate(members):
+                        out[b] = Scored(q[row].numpy())
+                    continue
+                logits = net.click_logits(some, phi=phi)
+                score, v = slateq.item_scores(q, logits).numpy(), slateq.attraction(logits).numpy()
+                q = q.numpy()
                 for row, b in enumerate(members):
-                    out[b] = q[row]
+                    out[b] = Scored(score[row], q[row], slateq.ChoiceModel(v[row], odds))
         return out
 
     def _item_vectors(self, model: LoadedModel, features: Featurizer, candidates: Sequence[str]) -> torch.Tensor:
@@ -143,13 +177,19 @@ class DQNPolicy:
     def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         version = self.model.headers.version
         out = []
-        for ask, all_scores in zip(asks, self.scores(asks)):
-            candidates, scores = _shortlist(ask.candidates, all_scores, limit)
-            ask = ask._replace(candidates=candidates)
+        for ask, scored in zip(asks, self.evaluate(asks)):
+            top = _top(scored.score, limit)
+            if top is not None:
+                ask = ask._replace(candidates=[ask.candidates[i] for i in top])
+                choice = scored.choice._replace(attraction=scored.choice.attraction[top]) if scored.choice else None
+                scored = Scored(scored.score[top], scored.qbar[top] if scored.qbar is not None else None, choice)
             similarity = (category_similarity([self.categories.get(c) for c in ask.candidates])
                           if self.explorer.diversity > 0 else None)
-            order, probs = self.explorer.slate(scores, ask.slate_size, rng, similarity)
-            out.append(_choice(ask.candidates, scores, order, probs, self.name, version))
+            if scored.qbar is None:
+                order, probs = self.explorer.slate(scored.score, ask.slate_size, rng, similarity)
+            else:
+                order, probs = self.explorer.slate(scored.qbar, ask.slate_size, rng, similarity, scored.choice)
+            out.append(_choice(ask.candidates, scored.score, order, probs, self.name, version))
         return out
 
 

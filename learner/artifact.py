@@ -66,6 +66,7 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
     index = read_safetensors_index(value)
     known = {f.name for f in dataclasses.fields(LearnerConfig)}
     shape_fields = {k: v for k, v in meta.config.items() if k in known and k in NETWORK_FIELDS}
+    shape_fields.setdefault("objective", "item")  # models from before SlateQ are item-wise
     missing = [k for k in NETWORK_FIELDS if k not in shape_fields]
     if missing:
         raise EventError("headers.config", "missing", f"network settings missing: {', '.join(missing)}")

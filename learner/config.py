@@ -24,11 +24,12 @@ from contracts.errors import ConfigError
 from contracts.settings import fields_from_env
 
 ENCODERS = ("gru", "lstm", "cnn")
+OBJECTIVES = ("item", "slateq")
 ENV_PREFIX = "SHELFQ_LEARNER_"
 
 #: Fields that shape the network: a model message carries them, and a loader needs them.
 NETWORK_FIELDS = ("encoder", "embedding_dim", "hidden_dim", "hash_buckets", "history_length",
-                  "context_buckets", "content_dim", "position_bias")
+                  "context_buckets", "content_dim", "position_bias", "objective")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,13 @@ class LearnerConfig:
     is left out when ranking, so the policy ranks items, not slots."""
 
     # -- the DQN update ----------------------------------------------------------------------
+    objective: str = "slateq"
+    """What Q means and how slates are valued. ``slateq``: Q is an item's value given a click,
+    a click head learns which items get clicked, and a slate is worth the click-weighted
+    value of its items (``learner.slateq``). ``item``: Q(s, a) of each shown item on its own,
+    averaged over clicks and no-clicks, and slates are ranked by it."""
+    slate_size: int = 10
+    """Size of the next slate in SlateQ's target (the agent's usual slate size)."""
     gamma: float = 0.9
     """Discount; 0 gives the myopic click-greedy baseline with the same code."""
     batch_size: int = 256
@@ -116,10 +124,15 @@ class LearnerConfig:
     """Address /metrics listens on."""
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"learner: objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.objective == "slateq" and self.prioritized:
+            raise ConfigError("learner: prioritized replay is not available with objective slateq "
+                              "(its batches are drawn half from clicked transitions)")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"learner: encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         positive = ("embedding_dim", "hidden_dim", "hash_buckets", "history_length", "context_buckets",
-                    "batch_size", "candidates", "replay_capacity", "dedupe_capacity", "target_period",
+                    "batch_size", "slate_size", "candidates", "replay_capacity", "dedupe_capacity", "target_period",
                     "publish_every_steps")
         for name in positive:
             if getattr(self, name) < 1:

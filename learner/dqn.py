@@ -29,8 +29,9 @@ from learner.candidates import Catalog
 from learner.config import LearnerConfig
 from learner.device import autocast, pick_device
 from learner.features import Featurizer
-from learner.network import QNetwork
+from learner.network import QNetwork, UserVectors
 from learner.replay import ReplayBuffer, Sample
+from learner.slateq import item_scores, slate_value
 from learner.wire import TransitionView
 
 
@@ -47,7 +48,14 @@ class Batch(NamedTuple):
     positions: torch.Tensor
     rewards: torch.Tensor
     dones: torch.Tensor
+    clicks: torch.Tensor
+    slates: torch.Tensor
     weights: torch.Tensor
+    uniform: int
+    """The first ``uniform`` rows were drawn from all transitions (the rest from clicked ones)."""
+
+
+CLICKED_SHARE = 0.5  # of a SlateQ batch: drawn from clicked transitions, which teach the value
 
 
 class StepStats(NamedTuple):
@@ -90,8 +98,10 @@ class DQN:
         self.online = QNetwork(config).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.learning_rate, fused=True)
-        self.features = Featurizer(config.hash_buckets, config.history_length, config.context_buckets)
-        self.replay = ReplayBuffer(config.replay_capacity, config.history_length, prioritized=config.prioritized,
+        self.features = Featurizer(config.hash_buckets, config.history_length, config.context_buckets,
+                                   config.slate_size)
+        self.replay = ReplayBuffer(config.replay_capacity, config.history_length, slate_width=config.slate_size,
+                                   prioritized=config.prioritized,
                                    alpha=config.priority_alpha, beta=config.priority_beta, seed=config.seed)
         self.catalog = Catalog(seed=config.seed)
         self.dedupe = Deduper(config.dedupe_capacity)
@@ -141,18 +151,22 @@ class DQN:
 
     @torch.no_grad()
     def score(self, state: State, item_ids: Sequence[str]) -> np.ndarray:
-        """Q(s, a) of each item for one state (position bias left out)."""
+        """Each item's score for one state, as the agent ranks (position bias left out): Q(s, a),
+        or with SlateQ the value of the item shown alone."""
         self.online.eval()
         user = self.online.user(*self._state_tensors([state]))
-        q = self.online.q_candidates(user, self._rows(item_ids))[0]
+        rows = self._rows(item_ids)
+        q = self.online.q_candidates(user, rows)
+        if user.click is not None:
+            q = item_scores(q, self.online.click_logits(user, rows))
         self.online.train()
-        return q.float().cpu().numpy()
+        return q[0].float().cpu().numpy()
 
     # -- training ----------------------------------------------------------------------------
 
     def sample(self) -> tuple[Batch, torch.Tensor, np.ndarray]:
         """A replay batch, the candidate rows for s' and the sampled slots."""
-        s = self.replay.sample(self.config.batch_size)
+        s = self.replay.sample(self.config.batch_size, CLICKED_SHARE if self.config.objective == "slateq" else 0.0)
         return self.to_batch(s), self._rows(self.catalog.candidates(self.config.candidates, self.config.popular_share)), s.indices
 
     def to_batch(self, s: Sample) -> Batch:
@@ -164,39 +178,24 @@ class DQN:
         return Batch(t(s.items, torch.long), t(s.events, torch.long), t(s.next_items, torch.long),
                      t(s.next_events, torch.long), t(s.context, torch.long), t(s.context_weights, torch.float32),
                      t(s.actions, torch.long), t(s.positions, torch.long), t(s.rewards, torch.float32),
-                     t(s.dones, torch.float32), t(s.weights, torch.float32))
+                     t(s.dones, torch.float32), t(s.clicks, torch.bool), t(s.slates, torch.long), t(s.weights, torch.float32), s.uniform)
 
     def train_step(self, sampled: tuple[Batch, torch.Tensor, np.ndarray]) -> StepStats:
-        """One double-DQN update; returns the loss, mean |TD error| and mean Q of the batch."""
+        """One double-DQN (or SlateQ) update; returns the loss, mean |TD error| and mean Q."""
         b, candidates, indices = sampled
         cfg = self.config
         self._credit = max(0.0, self._credit - cfg.batch_size)
         with autocast(self.device):
-            # Q(s, a) of the logged actions, with the position offset.
-            q = self.online.q_logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions,
-                                     candidates)
-            with torch.no_grad():
-                if cfg.gamma > 0:
-                    # Double DQN: the online net picks a' in C, the target net values it.
-                    next_online = self.online.user(b.next_items, b.next_events, b.context, b.context_weights)
-                    best = self.online.q_candidates(next_online, candidates).argmax(dim=1, keepdim=True)
-                    next_target = self.target.user(b.next_items, b.next_events, b.context, b.context_weights)
-                    next_q = self.target.q_candidates(next_target, candidates).gather(1, best).squeeze(1)
-                else:
-                    next_q = torch.zeros_like(b.rewards)  # myopic: the target is the reward alone
-                # r + gamma * (1 - done) * Q_target(s', argmax_a' Q(s', a'))
-                y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_q.float()
-            td = q.float() - y
-            # Huber loss, weighted by importance sampling when replay is prioritized.
-            loss = (b.weights * nn.functional.smooth_l1_loss(q.float(), y, reduction="none")).mean()
+            loss, td, q = (self._item_loss if cfg.objective == "item" else self._slateq_loss)(b, candidates)
         # Gradient step with global-norm clipping.
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.online.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
-        # Priorities follow the new TD errors.
+        # Priorities follow the new TD errors (item-wise Q only: SlateQ's batches are stratified).
         td_abs = td.detach().abs()
-        self.replay.update_priorities(indices, td_abs.cpu().numpy())
+        if cfg.objective == "item":
+            self.replay.update_priorities(indices, td_abs.cpu().numpy())
         # Target network: Polyak average (or a copy every target_period steps with tau = 1).
         self.step += 1
         if self.step % cfg.target_period == 0:
@@ -207,7 +206,57 @@ class DQN:
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"learner: loss became {loss_value} at step {self.step}; "
                                      "lower learning_rate or check the rewards")
-        return StepStats(self.step, loss_value, float(td_abs.mean()), float(q.detach().float().mean()))
+        mean_q = float(q.detach().float().mean()) if len(q) else 0.0
+        return StepStats(self.step, loss_value, float(td_abs.mean()) if len(td_abs) else 0.0, mean_q)
+
+    def _item_loss(self, b: Batch, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Double DQN on every shown item: (loss, TD errors, Q of the logged actions)."""
+        cfg = self.config
+        # Q(s, a) of the logged actions, with the position offset.
+        q = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions, candidates).q
+        with torch.no_grad():
+            if cfg.gamma > 0:
+                # Double DQN: the online net picks a' in C, the target net values it.
+                next_online = self.online.user(b.next_items, b.next_events, b.context, b.context_weights)
+                best = self.online.q_candidates(next_online, candidates).argmax(dim=1, keepdim=True)
+                next_target = self.target.user(b.next_items, b.next_events, b.context, b.context_weights)
+                next_q = self.target.q_candidates(next_target, candidates).gather(1, best).squeeze(1)
+            else:
+                next_q = torch.zeros_like(b.rewards)  # myopic: the target is the reward alone
+            # r + gamma * (1 - done) * Q_target(s', argmax_a' Q(s', a'))
+            y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_q.float()
+        # Huber loss, weighted by importance sampling when replay is prioritized.
+        loss = (b.weights * nn.functional.smooth_l1_loss(q.float(), y, reduction="none")).mean()
+        return loss, q.float() - y, q
+
+    def _slateq_loss(self, b: Batch, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SlateQ (``learner.slateq``): a click model on the uniform rows, the value given a
+        click by TD on the clicked rows. Returns (loss, TD errors, Qbar) of the clicked rows."""
+        cfg = self.config
+        logged = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions,
+                                    candidates, b.slates)
+        # Choice model: the log-likelihood of "clicked" / "not clicked" of shown items, drawn uniformly.
+        u = slice(0, b.uniform)
+        click_loss = -torch.where(b.clicks[u], logged.log_click[u], logged.log_no_click[u]).float().mean()
+        clicked = b.clicks
+        q = logged.q[clicked].float()
+        if not len(q):
+            return click_loss, q, q
+        with torch.no_grad():
+            if cfg.gamma > 0:
+                # The next slate as the agent would build it, valued by the target network.
+                nxt: UserVectors = self.target.user(b.next_items[clicked], b.next_events[clicked],
+                                                    b.context[clicked], b.context_weights[clicked])
+                phi = self.target.item_vectors(candidates)
+                next_v = slate_value(self.target.q_candidates(nxt, phi=phi).float(),
+                                     self.target.click_logits(nxt, phi=phi).float(), cfg.slate_size,
+                                     self.target.position_logits(cfg.slate_size).float())
+            else:
+                next_v = torch.zeros_like(q)  # myopic: a click is worth its own reward
+            # r + gamma * (1 - done) * Q_target(s', greedy next slate)
+            y = b.rewards[clicked] + cfg.gamma * (1.0 - b.dones[clicked]) * next_v
+        # Huber loss on the value of a click, plus the click model's log loss.
+        return nn.functional.smooth_l1_loss(q, y) + click_loss, q - y, q
 
     def set_content(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Install title vectors (content features) for these items in both networks."""

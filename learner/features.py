@@ -43,15 +43,19 @@ def stable_hash(text: str) -> int:
 
 #: The arrays a batch of transitions becomes (the replay buffer's columns).
 ROW_FIELDS = ("items", "events", "next_items", "next_events", "context", "context_weights", "actions",
-              "positions", "rewards", "dones")
+              "positions", "rewards", "dones", "clicks", "slates")
 
 
 class Featurizer:
     """Maps ids, states and transitions to arrays, with a bounded cache of item hashes."""
 
-    def __init__(self, hash_buckets: int, history_length: int, context_buckets: int = 1024) -> None:
-        if hash_buckets < 2 or history_length < 1 or context_buckets < 2:
-            raise ValueError("hash_buckets and context_buckets must be >= 2, history_length >= 1")
+    def __init__(self, hash_buckets: int, history_length: int, context_buckets: int = 1024,
+                 slate_width: int = 10) -> None:
+        """``slate_width``: how many of a transition's shown items its ``slates`` row keeps (the
+        click model's competitors; 0-padded)."""
+        if hash_buckets < 2 or history_length < 1 or context_buckets < 2 or slate_width < 1:
+            raise ValueError("hash_buckets and context_buckets must be >= 2, history_length and slate_width >= 1")
+        self.slate_width = slate_width
         self.hash_buckets = hash_buckets
         self.history_length = history_length
         self.context_buckets = context_buckets
@@ -111,7 +115,18 @@ class Featurizer:
             "positions": np.array([t.position for t in transitions], np.int64),
             "rewards": np.array([t.reward for t in transitions], np.float32),
             "dones": np.array([t.done for t in transitions], np.bool_),
+            "clicks": np.array([bool(t.reward_parts.get("click")) for t in transitions], np.bool_),
+            "slates": self._slates([t.slate for t in transitions]),
         }
+
+    def _slates(self, slates: Sequence[Sequence[str]]) -> np.ndarray:
+        """The first ``slate_width`` shown items of each slate as item rows, right-padded with 0."""
+        W, cached, bucket = self.slate_width, self._buckets.get, self.bucket
+        rows: list[int] = []
+        for slate in slates:
+            shown = slate[:W]
+            rows += [cached(i) or bucket(i) for i in shown] + [0] * (W - len(shown))
+        return np.array(rows, np.int32).reshape(-1, W)
 
     def states(self, states: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """States as the encoder reads them: (items, events, context rows, context weights),

@@ -7,7 +7,12 @@
 
 The advantage is a dot product, so scoring 1,000 candidates is one matrix product, and the mean
 over C needs only the mean of the candidates' vectors. In training a learned per-position
-offset absorbs position bias (``q_logged``); ranking (``q_candidates``) leaves it out.
+offset absorbs position bias (``logged``); ranking (``q_candidates``) leaves it out.
+
+With ``objective="slateq"`` (``learner.slateq``) Q is the value of an item *given that it is
+clicked*, and a click head on the same user state gives the click logit of every item:
+
+    click       logit(s, a) = b(s) + w(s) . phi(a)   (+ the position offset, in training)
 
 Item ids hash into ``hash_buckets`` rows, initialised at zero: an id never trained on (cold
 start) is scored from its content alone, or as an average item without content.
@@ -15,12 +20,32 @@ start) is scored from its content alone, or as an average item without content.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from contracts.events import MAX_SLATE_SIZE
 from learner.config import LearnerConfig
 from learner.features import EVENT_KINDS
+
+
+class UserVectors(NamedTuple):
+    """The user side of a state: V(s) [B], u(s) [B, hidden], and with SlateQ the click head's
+    bias and weights as one [B, 1 + hidden] tensor (None otherwise)."""
+
+    value: torch.Tensor
+    advantage: torch.Tensor
+    click: torch.Tensor | None
+
+
+class Logged(NamedTuple):
+    """What training reads for the logged actions [B]: Q(s, a), and with SlateQ the
+    log-probabilities that the action was clicked and that it was not (None otherwise)."""
+
+    q: torch.Tensor
+    log_click: torch.Tensor | None
+    log_no_click: torch.Tensor | None
 
 
 class QNetwork(nn.Module):
@@ -48,6 +73,10 @@ class QNetwork(nn.Module):
         self.item_out = nn.Linear(d, h)
         self.value = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
         self.advantage = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+        self.slateq = config.objective == "slateq"
+        # The click head reads the same user state and item vectors: which items get clicked
+        # and what a click is worth are two questions about the same shopper and items.
+        self.click = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1 + h)) if self.slateq else None
         self.position = nn.Embedding(MAX_SLATE_SIZE, 1) if config.position_bias else None
         if self.position is not None:
             nn.init.zeros_(self.position.weight)
@@ -66,12 +95,12 @@ class QNetwork(nn.Module):
         return self.item_out(self._embed(rows))
 
     def user(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
-             context_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(V(s) [B], u(s) [B, hidden]) from left-padded histories [B, L] and context rows."""
+             context_weights: torch.Tensor) -> UserVectors:
+        """The user vectors of left-padded histories [B, L] and context rows."""
         return self._encode(self._embed(items), items, events, context, context_weights)
 
     def _encode(self, embedded: torch.Tensor, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
-                context_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                context_weights: torch.Tensor) -> UserVectors:
         seq = embedded + self.events(events)
         if self.encoder_kind == "cnn":
             conv = torch.relu(self.encoder(seq.transpose(1, 2)))  # [B, h, L]
@@ -81,32 +110,70 @@ class QNetwork(nn.Module):
             out, _ = self.encoder(seq)
             h = out[:, -1]  # left padding: the last step has read the newest interaction
         h = torch.relu(h + self.context(context, per_sample_weights=context_weights))
-        return self.value(h).squeeze(-1), self.advantage(h)
+        return UserVectors(self.value(h).squeeze(-1), self.advantage(h), self.click(h) if self.click is not None else None)
 
     # -- Q values ----------------------------------------------------------------------------
 
-    def q_candidates(self, user: tuple[torch.Tensor, torch.Tensor], candidates: torch.Tensor) -> torch.Tensor:
-        """Q(s, c) for every state in the batch and every candidate row: [B] x [K] -> [B, K]."""
-        v, u = user
-        adv = u @ self.item_vectors(candidates).T
-        return v.unsqueeze(1) + adv - adv.mean(dim=1, keepdim=True)
+    def q_candidates(self, user: UserVectors, candidates: torch.Tensor | None = None, *,
+                     phi: torch.Tensor | None = None) -> torch.Tensor:
+        """Q(s, c) for every state in the batch and every candidate: [B] x [K] -> [B, K]; the
+        candidates as item rows, or as their item vectors ``phi`` when the caller has them."""
+        phi = self.item_vectors(candidates) if phi is None else phi
+        adv = user.advantage @ phi.T
+        return user.value.unsqueeze(1) + adv - adv.mean(dim=1, keepdim=True)
 
-    def q_logged(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
-                 context_weights: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor,
-                 candidates: torch.Tensor) -> torch.Tensor:
-        """Q(s, a) of the logged actions [B] at their positions, against the baseline of C.
+    def click_logits(self, user: UserVectors, candidates: torch.Tensor | None = None, *,
+                     phi: torch.Tensor | None = None) -> torch.Tensor:
+        """SlateQ's click logits of every candidate, position left out: [B] x [K] -> [B, K]."""
+        if user.click is None:
+            raise ValueError("this network has no click head (objective is not slateq)")
+        phi = self.item_vectors(candidates) if phi is None else phi
+        return user.click[:, :1] + user.click[:, 1:] @ phi.T
 
-        One lookup in the item table serves the history, the actions and the candidates: each
-        lookup's backward pass fills a dense gradient of the whole table, the biggest cost of a
-        CPU step after the encoder."""
+    def logged(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
+               context_weights: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor,
+               candidates: torch.Tensor, slates: torch.Tensor | None = None) -> Logged:
+        """Q(s, a) of the logged actions [B] against the baseline of C and, with SlateQ and the
+        slates' item rows [B, W], the log-probabilities that each action was and was not
+        clicked under the choice model (``learner.slateq``).
+
+        The position offset joins whichever of the two the position explains: the reward of
+        an item-wise Q, the clicks of SlateQ (a click's value does not depend on where the item
+        was shown). One lookup in the item table serves the history, the actions, the slates
+        and the candidates: each lookup's backward pass fills a dense gradient of the whole
+        table, the biggest cost of a CPU step after the encoder."""
         B, L = items.shape
-        embedded = self._embed(torch.cat([items.reshape(-1), actions, candidates]))
-        history, acted, cands = embedded.split([B * L, B, len(candidates)])
-        v, u = self._encode(history.view(B, L, -1), items, events, context, context_weights)
-        q = v + (u * self.item_out(acted)).sum(-1) - u @ self.item_out(cands).mean(0)
-        if self.position is not None:
-            q = q + self.position(positions).squeeze(-1)
-        return q
+        W = 0 if slates is None or not self.slateq else slates.shape[1]
+        rows = [items.reshape(-1), actions, candidates] + ([slates.reshape(-1)] if W else [])
+        embedded = self._embed(torch.cat(rows))
+        history, acted, cands, shown = embedded.split([B * L, B, len(candidates), B * W])
+        user = self._encode(history.view(B, L, -1), items, events, context, context_weights)
+        phi = self.item_out(acted)
+        q = user.value + (user.advantage * phi).sum(-1) - user.advantage @ self.item_out(cands).mean(0)
+        if user.click is None:
+            return Logged(q + self._offsets(positions), None, None)
+        if not W:
+            raise ValueError("SlateQ needs the slates' item rows to train its click model")
+        # Logits of the action and of every shown item at its own position; padding drops out.
+        logit = user.click[:, 0] + (user.click[:, 1:] * phi).sum(-1) + self._offsets(positions)
+        slots = torch.arange(W, device=items.device)
+        shown_logits = (user.click[:, :1] + (user.click[:, 1:].unsqueeze(1) * self.item_out(shown).view(B, W, -1)).sum(-1)
+                        + self._offsets(slots))
+        others = shown_logits.masked_fill((slates == 0) | (slots == positions.unsqueeze(1)), -torch.inf)
+        # The no-click option (logit 0) and the other shown items compete with the action.
+        log_rest = torch.logsumexp(torch.cat([torch.zeros_like(logit).unsqueeze(1), others], 1), dim=1)
+        log_all = torch.logaddexp(log_rest, logit)
+        return Logged(q, logit - log_all, log_rest - log_all)
+
+    def _offsets(self, positions: torch.Tensor) -> torch.Tensor | float:
+        return self.position(positions).squeeze(-1) if self.position is not None else 0.0
+
+    def position_logits(self, k: int) -> torch.Tensor:
+        """The learned offsets of positions 0..k-1 (zeros without position bias): with SlateQ,
+        what each position adds to an item's click logit."""
+        if self.position is None:
+            return torch.zeros(k)
+        return self.position.weight[:k, 0].detach()
 
     @torch.no_grad()
     def set_content(self, buckets: torch.Tensor, vectors: torch.Tensor) -> None:

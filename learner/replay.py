@@ -35,14 +35,18 @@ class Sample(NamedTuple):
     positions: np.ndarray
     rewards: np.ndarray
     dones: np.ndarray
+    clicks: np.ndarray
+    slates: np.ndarray
     indices: np.ndarray
     weights: np.ndarray
+    uniform: int
+    """The first ``uniform`` rows were drawn from all transitions, the rest from clicked ones."""
 
 
 class ReplayBuffer:
     """Ring buffer of ``capacity`` transitions with optional proportional prioritization."""
 
-    def __init__(self, capacity: int, history_length: int, *, prioritized: bool = False,
+    def __init__(self, capacity: int, history_length: int, *, slate_width: int = 10, prioritized: bool = False,
                  alpha: float = 0.6, beta: float = 0.4, seed: int = 0) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -59,6 +63,8 @@ class ReplayBuffer:
             "positions": np.zeros(capacity, np.int64),
             "rewards": np.zeros(capacity, np.float32),
             "dones": np.zeros(capacity, np.bool_),
+            "clicks": np.zeros(capacity, np.bool_),
+            "slates": np.zeros((capacity, slate_width), np.int32),
             "priorities": np.zeros(capacity, np.float64),
             "cursor": np.zeros(2, np.int64),  # [next slot, transitions ever added]
         }
@@ -85,24 +91,40 @@ class ReplayBuffer:
         a["cursor"][0] = (int(a["cursor"][0]) + n) % self.capacity
         a["cursor"][1] += n
 
-    def sample(self, batch_size: int) -> Sample:
+    def sample(self, batch_size: int, clicked_share: float = 0.0) -> Sample:
+        """``batch_size`` transitions; with ``clicked_share`` > 0, that share of them (the end of
+        the batch) is drawn from the clicked transitions only, the rest from all.
+
+        Clicks are rare (a few per hundred shown items), and SlateQ learns the value of a click
+        from clicked transitions alone: a uniform batch would hold a handful."""
         n = len(self)
         if n == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        if self.prioritized:
+        if clicked_share > 0:
+            if self.prioritized:
+                raise ValueError("clicked_share does not combine with prioritized replay")
+            clicked = np.flatnonzero(self.arrays["clicks"][:n])
+            k = int(round(batch_size * clicked_share)) if len(clicked) else 0
+            idx = np.concatenate([self._rng.integers(0, n, batch_size - k),
+                                  clicked[self._rng.integers(0, max(1, len(clicked)), k)]])
+            weights = np.ones(batch_size, np.float32)
+            uniform = batch_size - k
+        elif self.prioritized:
             p = self.arrays["priorities"][:n] ** self.alpha
             cdf = np.cumsum(p)
             idx = np.minimum(np.searchsorted(cdf, self._rng.random(batch_size) * cdf[-1]), n - 1)
             probs = p[idx] / cdf[-1]
             w = (n * probs) ** -self.beta
             weights = (w / w.max()).astype(np.float32)
+            uniform = batch_size
         else:
             idx = self._rng.integers(0, n, batch_size)
             weights = np.ones(batch_size, np.float32)
+            uniform = batch_size
         a = self.arrays
         return Sample(a["items"][idx], a["events"][idx], a["next_items"][idx], a["next_events"][idx],
                       a["context"][idx], a["context_weights"][idx], a["actions"][idx], a["positions"][idx],
-                      a["rewards"][idx], a["dones"][idx], idx, weights)
+                      a["rewards"][idx], a["dones"][idx], a["clicks"][idx], a["slates"][idx], idx, weights, uniform)
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Priorities follow the latest |TD error| of each sampled transition."""

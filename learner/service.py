@@ -148,7 +148,7 @@ class Learner:
             "settings": self.settings.to_plain(), "group_id": self.group_id,
             "offsets": [[t, p, o] for (t, p), o in self.offsets.items()],
             "features": {"hash_buckets": c.hash_buckets, "history_length": c.history_length,
-                         "context_buckets": c.context_buckets},
+                         "context_buckets": c.context_buckets, "slate_width": c.slate_size},
             "consumer": {"fetch.max.bytes": 64 << 20, "queued.max.messages.kbytes": 256 << 10,
                          "session.timeout.ms": int(c.session_timeout_s * 1000), "heartbeat.interval.ms": 3000},
         }, c.batch_size, limit)

@@ -57,6 +57,7 @@ class TransitionView(msgspec.Struct, tag_field="schema", tag=schema_of(Transitio
     position: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SLATE_SIZE)]
     slate: ShownItems
     reward: float
+    reward_parts: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
     next_state: StateView
     done: bool
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -13,10 +14,13 @@ from contracts.events import Interaction, State, UserState
 from learner.artifact import load_model, model_message
 from learner.config import LearnerConfig
 from learner.dqn import DQN
+from learner.slateq import ChoiceModel
 from learner.synthetic import bait_or_build
 
 SCORES = np.array([2.0, 1.0, 0.5, -1.0])
 SIMILAR = category_similarity(["shoes", "shoes", "hats", None])
+QBAR = np.array([1.0, 3.0, 2.0, 0.5])  # SlateQ: values given a click, and the click model
+CHOICE = ChoiceModel(attraction=np.array([3.0, 0.5, 1.0, 2.0]), position_odds=np.array([1.0, 0.7, 0.5, 0.4]))
 
 
 def sampled(draw, n: int = 20_000) -> tuple[Counter, dict]:
@@ -37,6 +41,8 @@ def sampled(draw, n: int = 20_000) -> tuple[Counter, dict]:
     ("boltzmann", lambda rng: exploration.boltzmann(SCORES, 2, temperature=0.7, rng=rng)),
     ("epsilon+diversity", lambda rng: exploration.epsilon_greedy(SCORES, 3, epsilon=0.2, rng=rng, diversity=2.0, similarity=SIMILAR)),
     ("boltzmann+diversity", lambda rng: exploration.boltzmann(SCORES, 3, temperature=1.0, rng=rng, diversity=2.0, similarity=SIMILAR)),
+    ("epsilon+choice", lambda rng: exploration.epsilon_greedy(QBAR, 3, epsilon=0.3, rng=rng, choice=CHOICE)),
+    ("boltzmann+choice", lambda rng: exploration.boltzmann(QBAR, 3, temperature=0.5, rng=rng, choice=CHOICE)),
     ("uniform", lambda rng: exploration.uniform(SCORES, 2, rng=rng)),
 ])
 def test_logged_propensities_match_sampled_frequencies(name: str, draw) -> None:
@@ -62,6 +68,16 @@ def test_diversity_pushes_a_second_item_of_the_same_category_down() -> None:
     assert plain.tolist() == [0, 1] and diverse.tolist() == [0, 2]
 
 
+def test_the_choice_model_leaves_out_bait_that_takes_clicks_from_better_items() -> None:
+    qbar, choice = np.array([1.0, 10.0, 2.0]), ChoiceModel(np.array([4.0, 0.25, 1.0]), np.ones(3))
+    # Shown alone, bait is worth 4 * 1 / 5 = 0.8, but next to the gem it lowers the slate's value.
+    order, _ = exploration.greedy(qbar, 2, choice=choice)
+    assert order.tolist() == [1, 2]
+    # Position odds change what the second position is worth, not which items compete.
+    order, _ = exploration.greedy(qbar, 2, choice=choice._replace(position_odds=np.array([1.0, 0.1, 0.1])))
+    assert order.tolist() == [1, 2]
+
+
 def test_impossible_slates_are_refused() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="slate of 5 from 4"):
@@ -74,15 +90,16 @@ def test_impossible_slates_are_refused() -> None:
 
 SMALL = LearnerConfig(hash_buckets=256, context_buckets=16, embedding_dim=8, hidden_dim=8, history_length=4,
                       batch_size=32, learning_starts=32, replay_capacity=512, candidates=4, device="cpu")
+ITEMWISE = dataclasses.replace(SMALL, objective="item")
 
 
-def trained_model():
-    dqn = DQN(SMALL)
+def trained_model(config: LearnerConfig = SMALL):
+    dqn = DQN(config)
     for t in bait_or_build(300):
         dqn.add(t)
     for _ in range(30):
         dqn.train_step(dqn.sample())
-    value, headers = model_message(dqn.online, SMALL, version=3, created_ts=1.0)
+    value, headers = model_message(dqn.online, config, version=3, created_ts=1.0)
     return dqn, load_model(value, headers.to_headers())
 
 
@@ -96,6 +113,7 @@ def popularity() -> Popularity:
 POLICIES = {
     "dqn": lambda: DQNPolicy(trained_model()[1], Explorer("epsilon", epsilon=0.2)),
     "dqn-boltzmann": lambda: DQNPolicy(trained_model()[1], Explorer("boltzmann", temperature=0.5)),
+    "dqn-itemwise": lambda: DQNPolicy(trained_model(ITEMWISE)[1], Explorer("epsilon", epsilon=0.2)),
     "popularity": lambda: PopularityPolicy(popularity()),
     "random": lambda: RandomPolicy(),
 }
@@ -119,8 +137,9 @@ def test_every_policy_keeps_the_slate_contract(name: str) -> None:
         assert (choice.model_version is not None) == (policy.name == "dqn")
 
 
-def test_served_scores_are_the_learners() -> None:
-    dqn, model = trained_model()
+@pytest.mark.parametrize("config", [SMALL, ITEMWISE], ids=["slateq", "itemwise"])
+def test_served_scores_are_the_learners(config: LearnerConfig) -> None:
+    dqn, model = trained_model(config)
     policy = DQNPolicy(model, Explorer("greedy"))
     state = State(history=[Interaction(item_id="build", event="click", ts=1.0)])
     served = policy.scores([Ask(state, ["bait", "build", "new"], 2)])[0]

@@ -18,7 +18,7 @@ from learner.candidates import Catalog
 from learner.config import ENCODERS, LearnerConfig
 from learner.dqn import DQN, Deduper
 from learner.replay import ReplayBuffer
-from learner.synthetic import BAIT, BUILD, bait_or_build, random_transitions
+from learner.synthetic import BAIT, BUILD, GEM, bait_or_build, bait_or_gem_slates, random_transitions
 
 SMALL = dict(hash_buckets=256, context_buckets=16, embedding_dim=16, hidden_dim=16, history_length=4,
              batch_size=64, learning_starts=64, replay_capacity=4096, candidates=8, learning_rate=3e-3,
@@ -41,8 +41,8 @@ BUILT = State(history=[Interaction(item_id=BUILD, event="click", ts=1.0)])
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_long_term_learner_builds_first_and_the_myopic_one_takes_the_bait(encoder: str) -> None:
     data = bait_or_build(2000, seed=1)
-    longterm = train(LearnerConfig(gamma=0.9, encoder=encoder, **SMALL), data, epochs=600)
-    myopic = train(LearnerConfig(gamma=0.0, encoder=encoder, **SMALL), data, epochs=600)
+    longterm = train(LearnerConfig(gamma=0.9, encoder=encoder, objective="item", **SMALL), data, epochs=600)
+    myopic = train(LearnerConfig(gamma=0.0, encoder=encoder, objective="item", **SMALL), data, epochs=600)
     items = [BAIT, BUILD]
     q_long, q_myopic = longterm.score(START, items), myopic.score(START, items)
     # At the start, only the long-term learner sees that building pays more (2.3 vs 1).
@@ -177,3 +177,28 @@ def test_ids_never_trained_on_score_alike() -> None:
     q = dqn.score(START, ["never-seen-1", "never-seen-2", BUILD])
     assert q[0] == pytest.approx(q[1])  # zero-initialised id rows: no id-specific guess
     assert q[2] != pytest.approx(q[0])
+
+
+ENGAGED = State(history=[Interaction(item_id="gem", event="click", ts=1.0)])
+
+
+def test_slateq_values_a_click_and_learns_the_choice_model() -> None:
+    """Items compete for one click: long-term SlateQ shows the gem first, the myopic one the
+    bait, and the click model recovers the logit attractions (not the per-item click odds)."""
+    data = bait_or_gem_slates(3000, seed=3)
+    config = {**SMALL, "slate_size": 2, "candidates": 2, "popular_share": 1.0}
+    longterm = train(LearnerConfig(gamma=0.9, **config), data, epochs=800)
+    myopic = train(LearnerConfig(gamma=0.0, **config), data, epochs=800)
+    items = [BAIT, GEM]
+    assert np.argmax(longterm.score(START, items)) == 1, longterm.score(START, items)
+    assert np.argmax(myopic.score(START, items)) == 0, myopic.score(START, items)
+    net = longterm.online.eval()
+    with torch.no_grad():
+        user = net.user(*longterm._state_tensors([START]))
+        rows = longterm._rows(items)
+        qbar = net.q_candidates(user, rows)[0]
+        odds = torch.exp(net.click_logits(user, rows)[0] + net.position_logits(2).mean())
+    # Given a click: bait ends the session (1), gem leads to a purchase (1 + 0.9 * 2.33 = 3.1).
+    assert abs(float(qbar[0]) - 1.0) < 0.4 and abs(float(qbar[1]) - 3.1) < 0.8, qbar
+    # Attractions 3 and 0.5 against 1 for no click; per-item click odds would say 2 and 0.125.
+    assert 2.0 < float(odds[0]) < 4.5 and 0.3 < float(odds[1]) < 0.8, odds

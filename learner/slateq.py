@@ -1,0 +1,93 @@
+"""SlateQ (Ie et al., IJCAI 2019): the value of a whole slate, from the value of a click and a
+choice model, so that items that draw clicks away from better ones are left out.
+
+A shopper clicks at most one item of a slate, or none. Under a multinomial logit choice model
+item i of slate A is clicked with probability v_i / (1 + sum_{j in A} v_j), where v_i is the
+item's attraction and 1 stands for not clicking. The long-term value of showing A in state s is
+
+    Q(s, A) = sum_{i in A} v_i * Qbar(s, i) / (1 + sum_{j in A} v_j)
+
+where Qbar(s, i) is the value of i *given that it is clicked*: its reward plus the discounted
+value of the next slate, learned by TD from clicked transitions only. An item-wise Q(s, a)
+averages clicks and no-clicks instead, so an item that is clicked often but leads nowhere
+(bait) outranks one that is clicked less but is worth more, whatever the discount.
+
+The attractions come from the network's click head, trained as a logistic model of "this
+shown item was clicked": v = exp(logit) is its odds, which under the logit model is the item's
+attraction relative to the no-click option and the slate's other items. Slates are built
+greedily, one position at a time, with the item that makes the slate so far worth the most
+(``assortment_gains``); the agent does this with exploration, and the TD target values the next
+slate as the greedy one (``slate_value``). Ranking by v * Qbar alone (SlateQ's top-k heuristic)
+would still pick bait: its high attraction outweighs its low value. The no-click option's own
+continuation value is left out.
+
+>>> import torch
+>>> qbar = torch.tensor([[1.0, 10.0, 2.0]])
+>>> logits = torch.log(torch.tensor([[4.0, 0.25, 1.0]]))    # attractions 4, 0.25 and 1
+>>> [round(x, 3) for x in item_scores(qbar, logits)[0].tolist()]   # each item alone
+[0.8, 2.0, 1.0]
+>>> round(float(slate_value(qbar, logits, 2)[0]), 3)        # items 1 and 2: (2.5 + 2) / 2.25
+2.0
+>>> round(float(slate_value(qbar, logits, 3)[0]), 3)        # a full slate must take the bait too
+1.36
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+MAX_LOGIT = 20.0  # exp(20) ~ 5e8: attractions stay finite even from an untrained head
+
+
+def attraction(logits: torch.Tensor) -> torch.Tensor:
+    """The choice model's weight of each item: the odds of its click."""
+    return logits.clamp(max=MAX_LOGIT).exp()
+
+
+def item_scores(qbar: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The value of each item shown on its own, v Qbar / (1 + v): what ranks a shortlist and
+    what slates log as scores."""
+    v = attraction(logits)
+    return v * qbar / (1.0 + v)
+
+
+def slate_value(qbar: torch.Tensor, logits: torch.Tensor, k: int,
+                position_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The value of each row's greedy slate of k from its candidates, [B, K] -> [B]; position
+    j adds ``position_logits[j]`` to the click logit of the item placed there."""
+    num = torch.zeros_like(qbar[:, 0])
+    den = torch.ones_like(num)
+    placed = torch.zeros_like(qbar, dtype=torch.bool)
+    for j in range(min(k, qbar.shape[1])):
+        v = attraction(logits if position_logits is None else logits + position_logits[j])
+        gains = ((num.unsqueeze(1) + v * qbar) / (den.unsqueeze(1) + v)).masked_fill(placed, -torch.inf)
+        best = gains.argmax(dim=1, keepdim=True)
+        placed.scatter_(1, best, True)
+        num = num + (v * qbar).gather(1, best).squeeze(1)
+        den = den + v.gather(1, best).squeeze(1)
+    return num / den
+
+
+class ChoiceModel(NamedTuple):
+    """The click model of one request's candidates, as the agent builds a slate with it."""
+
+    attraction: np.ndarray
+    """v of each candidate at no position offset (the odds of its click, against no click)."""
+    position_odds: np.ndarray
+    """exp(offset) of each slate position: what being shown there multiplies v by."""
+
+
+def assortment_gains(qbar: np.ndarray, v: np.ndarray, num: float, den: float) -> np.ndarray:
+    """The value of the slate so far (``num / den``: the sum of v * Qbar and 1 + the sum of v
+    over the items placed) if each candidate were added next.
+
+    >>> assortment_gains(np.array([1.0, 10.0, 2.0]), np.array([4.0, 0.25, 1.0]), 0.0, 1.0).round(3).tolist()
+    [0.8, 2.0, 1.0]
+    >>> gains = assortment_gains(np.array([1.0, 10.0, 2.0]), np.array([4.0, 0.25, 1.0]), 2.5, 1.25)
+    >>> gains[[0, 2]].round(3).tolist()       # with item 1 placed: bait lowers the slate's value
+    [1.238, 2.0]
+    """
+    return (num + v * qbar) / (den + v)
