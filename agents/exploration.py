@@ -48,7 +48,8 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
     open_ = np.ones(n, dtype=bool)
     penalty = np.zeros(n) if diversity > 0 and similarity is not None else None
     scores = scores.astype(np.float64)
-    num, den = 0.0, 1.0  # the slate so far under the click model: sum of v * score, 1 + sum of v
+    # The slate so far under the click model: the no-click value + the sum of v * score, 1 + the sum of v.
+    num, den = (0.0 if choice is None else choice.no_click_value), 1.0
     v = None if choice is None else choice.attraction * choice.position_odds[0]
 
     def adjust() -> np.ndarray:

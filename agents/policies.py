@@ -157,10 +157,10 @@ class DQNPolicy:
                         out[b] = Scored(q[row].numpy())
                     continue
                 logits = net.click_logits(some, phi=phi)
-                score, v = slateq.item_scores(q, logits).numpy(), slateq.attraction(logits).numpy()
-                q = q.numpy()
+                score = slateq.item_scores(q, logits, some.no_click).numpy()
+                v, q, none = slateq.attraction(logits).numpy(), q.numpy(), some.no_click.tolist()
                 for row, b in enumerate(members):
-                    out[b] = Scored(score[row], q[row], slateq.ChoiceModel(v[row], odds))
+                    out[b] = Scored(score[row], q[row], slateq.ChoiceModel(v[row], odds, none[row]))
         return out
 
     def _item_vectors(self, model: LoadedModel, features: Featurizer, candidates: Sequence[str]) -> torch.Tensor:

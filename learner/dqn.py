@@ -49,6 +49,7 @@ class Batch(NamedTuple):
     rewards: torch.Tensor
     dones: torch.Tensor
     clicks: torch.Tensor
+    quiet: torch.Tensor
     slates: torch.Tensor
     weights: torch.Tensor
     uniform: int
@@ -158,7 +159,7 @@ class DQN:
         rows = self._rows(item_ids)
         q = self.online.q_candidates(user, rows)
         if user.click is not None:
-            q = item_scores(q, self.online.click_logits(user, rows))
+            q = item_scores(q, self.online.click_logits(user, rows), user.no_click)
         self.online.train()
         return q[0].float().cpu().numpy()
 
@@ -178,7 +179,7 @@ class DQN:
         return Batch(t(s.items, torch.long), t(s.events, torch.long), t(s.next_items, torch.long),
                      t(s.next_events, torch.long), t(s.context, torch.long), t(s.context_weights, torch.float32),
                      t(s.actions, torch.long), t(s.positions, torch.long), t(s.rewards, torch.float32),
-                     t(s.dones, torch.float32), t(s.clicks, torch.bool), t(s.slates, torch.long), t(s.weights, torch.float32), s.uniform)
+                     t(s.dones, torch.float32), t(s.clicks, torch.bool), t(s.quiet, torch.bool), t(s.slates, torch.long), t(s.weights, torch.float32), s.uniform)
 
     def train_step(self, sampled: tuple[Batch, torch.Tensor, np.ndarray]) -> StepStats:
         """One double-DQN (or SlateQ) update; returns the loss, mean |TD error| and mean Q."""
@@ -230,33 +231,34 @@ class DQN:
         return loss, q.float() - y, q
 
     def _slateq_loss(self, b: Batch, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SlateQ (``learner.slateq``): a click model on the uniform rows, the value given a
-        click by TD on the clicked rows. Returns (loss, TD errors, Qbar) of the clicked rows."""
+        """SlateQ (``learner.slateq``): the choice model on the uniform rows; by TD, the value of
+        a click on the clicked rows and the value of no click on the uniform rows of slates that
+        got no feedback. Returns (loss, TD errors, Qbar) of the clicked rows."""
         cfg = self.config
         logged = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions,
                                     candidates, b.slates)
         # Choice model: the log-likelihood of "clicked" / "not clicked" of shown items, drawn uniformly.
-        u = slice(0, b.uniform)
-        click_loss = -torch.where(b.clicks[u], logged.log_click[u], logged.log_no_click[u]).float().mean()
-        clicked = b.clicks
-        q = logged.q[clicked].float()
-        if not len(q):
-            return click_loss, q, q
+        uniform = torch.arange(len(b.clicks), device=b.clicks.device) < b.uniform
+        click_loss = -torch.where(b.clicks, logged.log_click, logged.log_no_click)[uniform].float().mean()
+        clicked, quiet = b.clicks, b.quiet & uniform
+        bootstrap = clicked | quiet
         with torch.no_grad():
-            if cfg.gamma > 0:
-                # The next slate as the agent would build it, valued by the target network.
-                nxt: UserVectors = self.target.user(b.next_items[clicked], b.next_events[clicked],
-                                                    b.context[clicked], b.context_weights[clicked])
+            # V(s') of the next slate as the agent would build it, valued by the target network.
+            next_v = torch.zeros_like(b.rewards)
+            if cfg.gamma > 0 and bootstrap.any():
+                nxt: UserVectors = self.target.user(b.next_items[bootstrap], b.next_events[bootstrap],
+                                                    b.context[bootstrap], b.context_weights[bootstrap])
                 phi = self.target.item_vectors(candidates)
-                next_v = slate_value(self.target.q_candidates(nxt, phi=phi).float(),
-                                     self.target.click_logits(nxt, phi=phi).float(), cfg.slate_size,
-                                     self.target.position_logits(cfg.slate_size).float())
-            else:
-                next_v = torch.zeros_like(q)  # myopic: a click is worth its own reward
-            # r + gamma * (1 - done) * Q_target(s', greedy next slate)
-            y = b.rewards[clicked] + cfg.gamma * (1.0 - b.dones[clicked]) * next_v
-        # Huber loss on the value of a click, plus the click model's log loss.
-        return nn.functional.smooth_l1_loss(q, y) + click_loss, q - y, q
+                next_v[bootstrap] = slate_value(
+                    self.target.q_candidates(nxt, phi=phi).float(), self.target.click_logits(nxt, phi=phi).float(),
+                    cfg.slate_size, self.target.position_logits(cfg.slate_size).float(), nxt.no_click.float())
+            # r + gamma * (1 - done) * V(s'): for a click, and for no click (whose r is 0)
+            y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_v
+        # Huber losses on both values, plus the choice model's log loss.
+        q, q_none = logged.q.float(), logged.no_click.float()
+        value_loss = nn.functional.smooth_l1_loss(q[clicked], y[clicked]) if clicked.any() else q.sum() * 0
+        none_loss = nn.functional.smooth_l1_loss(q_none[quiet], y[quiet]) if quiet.any() else q_none.sum() * 0
+        return click_loss + value_loss + none_loss, (q - y)[clicked], q[clicked]
 
     def set_content(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Install title vectors (content features) for these items in both networks."""

@@ -43,7 +43,7 @@ def stable_hash(text: str) -> int:
 
 #: The arrays a batch of transitions becomes (the replay buffer's columns).
 ROW_FIELDS = ("items", "events", "next_items", "next_events", "context", "context_weights", "actions",
-              "positions", "rewards", "dones", "clicks", "slates")
+              "positions", "rewards", "dones", "clicks", "quiet", "slates")
 
 
 class Featurizer:
@@ -116,6 +116,8 @@ class Featurizer:
             "rewards": np.array([t.reward for t in transitions], np.float32),
             "dones": np.array([t.done for t in transitions], np.bool_),
             "clicks": np.array([bool(t.reward_parts.get("click")) for t in transitions], np.bool_),
+            # No feedback on any shown item: the shopper took the slate's no-click option.
+            "quiet": np.array([t.next_state.history == t.state.history for t in transitions], np.bool_),
             "slates": self._slates([t.slate for t in transitions]),
         }
 

@@ -13,6 +13,7 @@ With ``objective="slateq"`` (``learner.slateq``) Q is the value of an item *give
 clicked*, and a click head on the same user state gives the click logit of every item:
 
     click       logit(s, a) = b(s) + w(s) . phi(a)   (+ the position offset, in training)
+    no click    Q(s, none): the value of a slate's no-click option
 
 Item ids hash into ``hash_buckets`` rows, initialised at zero: an id never trained on (cold
 start) is scored from its content alone, or as an average item without content.
@@ -32,20 +33,24 @@ from learner.features import EVENT_KINDS
 
 class UserVectors(NamedTuple):
     """The user side of a state: V(s) [B], u(s) [B, hidden], and with SlateQ the click head's
-    bias and weights as one [B, 1 + hidden] tensor (None otherwise)."""
+    bias and weights as one [B, 1 + hidden] tensor and the value of not clicking [B] (None
+    otherwise)."""
 
     value: torch.Tensor
     advantage: torch.Tensor
-    click: torch.Tensor | None
+    click: torch.Tensor | None = None
+    no_click: torch.Tensor | None = None
 
 
 class Logged(NamedTuple):
     """What training reads for the logged actions [B]: Q(s, a), and with SlateQ the
-    log-probabilities that the action was clicked and that it was not (None otherwise)."""
+    log-probabilities that the action was clicked and that it was not, and the value of the
+    state's no-click option (None otherwise)."""
 
     q: torch.Tensor
-    log_click: torch.Tensor | None
-    log_no_click: torch.Tensor | None
+    log_click: torch.Tensor | None = None
+    log_no_click: torch.Tensor | None = None
+    no_click: torch.Tensor | None = None
 
 
 class QNetwork(nn.Module):
@@ -77,6 +82,8 @@ class QNetwork(nn.Module):
         # The click head reads the same user state and item vectors: which items get clicked
         # and what a click is worth are two questions about the same shopper and items.
         self.click = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1 + h)) if self.slateq else None
+        # The value of the slate's no-click option: the session may go on without a click.
+        self.no_click = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1)) if self.slateq else None
         self.position = nn.Embedding(MAX_SLATE_SIZE, 1) if config.position_bias else None
         if self.position is not None:
             nn.init.zeros_(self.position.weight)
@@ -110,7 +117,9 @@ class QNetwork(nn.Module):
             out, _ = self.encoder(seq)
             h = out[:, -1]  # left padding: the last step has read the newest interaction
         h = torch.relu(h + self.context(context, per_sample_weights=context_weights))
-        return UserVectors(self.value(h).squeeze(-1), self.advantage(h), self.click(h) if self.click is not None else None)
+        if self.click is None or self.no_click is None:
+            return UserVectors(self.value(h).squeeze(-1), self.advantage(h))
+        return UserVectors(self.value(h).squeeze(-1), self.advantage(h), self.click(h), self.no_click(h).squeeze(-1))
 
     # -- Q values ----------------------------------------------------------------------------
 
@@ -151,7 +160,7 @@ class QNetwork(nn.Module):
         phi = self.item_out(acted)
         q = user.value + (user.advantage * phi).sum(-1) - user.advantage @ self.item_out(cands).mean(0)
         if user.click is None:
-            return Logged(q + self._offsets(positions), None, None)
+            return Logged(q + self._offsets(positions))
         if not W:
             raise ValueError("SlateQ needs the slates' item rows to train its click model")
         # Logits of the action and of every shown item at its own position; padding drops out.
@@ -163,7 +172,7 @@ class QNetwork(nn.Module):
         # The no-click option (logit 0) and the other shown items compete with the action.
         log_rest = torch.logsumexp(torch.cat([torch.zeros_like(logit).unsqueeze(1), others], 1), dim=1)
         log_all = torch.logaddexp(log_rest, logit)
-        return Logged(q, logit - log_all, log_rest - log_all)
+        return Logged(q, logit - log_all, log_rest - log_all, user.no_click)
 
     def _offsets(self, positions: torch.Tensor) -> torch.Tensor | float:
         return self.position(positions).squeeze(-1) if self.position is not None else 0.0

@@ -36,6 +36,7 @@ class Sample(NamedTuple):
     rewards: np.ndarray
     dones: np.ndarray
     clicks: np.ndarray
+    quiet: np.ndarray
     slates: np.ndarray
     indices: np.ndarray
     weights: np.ndarray
@@ -64,6 +65,7 @@ class ReplayBuffer:
             "rewards": np.zeros(capacity, np.float32),
             "dones": np.zeros(capacity, np.bool_),
             "clicks": np.zeros(capacity, np.bool_),
+            "quiet": np.zeros(capacity, np.bool_),
             "slates": np.zeros((capacity, slate_width), np.int32),
             "priorities": np.zeros(capacity, np.float64),
             "cursor": np.zeros(2, np.int64),  # [next slot, transitions ever added]
@@ -124,7 +126,7 @@ class ReplayBuffer:
         a = self.arrays
         return Sample(a["items"][idx], a["events"][idx], a["next_items"][idx], a["next_events"][idx],
                       a["context"][idx], a["context_weights"][idx], a["actions"][idx], a["positions"][idx],
-                      a["rewards"][idx], a["dones"][idx], a["clicks"][idx], a["slates"][idx], idx, weights, uniform)
+                      a["rewards"][idx], a["dones"][idx], a["clicks"][idx], a["quiet"][idx], a["slates"][idx], idx, weights, uniform)
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Priorities follow the latest |TD error| of each sampled transition."""

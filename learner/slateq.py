@@ -5,10 +5,11 @@ A shopper clicks at most one item of a slate, or none. Under a multinomial logit
 item i of slate A is clicked with probability v_i / (1 + sum_{j in A} v_j), where v_i is the
 item's attraction and 1 stands for not clicking. The long-term value of showing A in state s is
 
-    Q(s, A) = sum_{i in A} v_i * Qbar(s, i) / (1 + sum_{j in A} v_j)
+    Q(s, A) = (Qbar(s, none) + sum_{i in A} v_i * Qbar(s, i)) / (1 + sum_{j in A} v_j)
 
 where Qbar(s, i) is the value of i *given that it is clicked*: its reward plus the discounted
-value of the next slate, learned by TD from clicked transitions only. An item-wise Q(s, a)
+value of the next slate, learned by TD from clicked transitions only, and Qbar(s, none) is the
+value of not clicking (the session may go on), learned from impressions without feedback. An item-wise Q(s, a)
 averages clicks and no-clicks instead, so an item that is clicked often but leads nowhere
 (bait) outranks one that is clicked less but is worth more, whatever the discount.
 
@@ -18,14 +19,16 @@ attraction relative to the no-click option and the slate's other items. Slates a
 greedily, one position at a time, with the item that makes the slate so far worth the most
 (``assortment_gains``); the agent does this with exploration, and the TD target values the next
 slate as the greedy one (``slate_value``). Ranking by v * Qbar alone (SlateQ's top-k heuristic)
-would still pick bait: its high attraction outweighs its low value. The no-click option's own
-continuation value is left out.
+would still pick bait: its high attraction outweighs its low value. Leaving out the no-click
+value would too, with gamma > 0: it makes any click look better than none.
 
 >>> import torch
 >>> qbar = torch.tensor([[1.0, 10.0, 2.0]])
 >>> logits = torch.log(torch.tensor([[4.0, 0.25, 1.0]]))    # attractions 4, 0.25 and 1
 >>> [round(x, 3) for x in item_scores(qbar, logits)[0].tolist()]   # each item alone
 [0.8, 2.0, 1.0]
+>>> [round(x, 3) for x in item_scores(qbar, logits, torch.tensor([1.0]))[0].tolist()]
+[1.0, 2.8, 1.5]
 >>> round(float(slate_value(qbar, logits, 2)[0]), 3)        # items 1 and 2: (2.5 + 2) / 2.25
 2.0
 >>> round(float(slate_value(qbar, logits, 3)[0]), 3)        # a full slate must take the bait too
@@ -47,18 +50,19 @@ def attraction(logits: torch.Tensor) -> torch.Tensor:
     return logits.clamp(max=MAX_LOGIT).exp()
 
 
-def item_scores(qbar: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """The value of each item shown on its own, v Qbar / (1 + v): what ranks a shortlist and
-    what slates log as scores."""
+def item_scores(qbar: torch.Tensor, logits: torch.Tensor, no_click: torch.Tensor | None = None) -> torch.Tensor:
+    """The value of each item shown on its own, (Qbar(none) + v Qbar) / (1 + v): what ranks a
+    shortlist and what slates log as scores. [B, K] (and [B]) -> [B, K]."""
     v = attraction(logits)
-    return v * qbar / (1.0 + v)
+    base = 0.0 if no_click is None else no_click.unsqueeze(1)
+    return (base + v * qbar) / (1.0 + v)
 
 
-def slate_value(qbar: torch.Tensor, logits: torch.Tensor, k: int,
-                position_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """The value of each row's greedy slate of k from its candidates, [B, K] -> [B]; position
-    j adds ``position_logits[j]`` to the click logit of the item placed there."""
-    num = torch.zeros_like(qbar[:, 0])
+def slate_value(qbar: torch.Tensor, logits: torch.Tensor, k: int, position_logits: torch.Tensor | None = None,
+                no_click: torch.Tensor | None = None) -> torch.Tensor:
+    """The value of each row's greedy slate of k from its candidates, [B, K] (and [B]) -> [B];
+    position j adds ``position_logits[j]`` to the click logit of the item placed there."""
+    num = torch.zeros_like(qbar[:, 0]) if no_click is None else no_click.clone()
     den = torch.ones_like(num)
     placed = torch.zeros_like(qbar, dtype=torch.bool)
     for j in range(min(k, qbar.shape[1])):
@@ -78,11 +82,13 @@ class ChoiceModel(NamedTuple):
     """v of each candidate at no position offset (the odds of its click, against no click)."""
     position_odds: np.ndarray
     """exp(offset) of each slate position: what being shown there multiplies v by."""
+    no_click_value: float = 0.0
+    """Qbar(s, none): what the session is worth if nothing is clicked."""
 
 
 def assortment_gains(qbar: np.ndarray, v: np.ndarray, num: float, den: float) -> np.ndarray:
-    """The value of the slate so far (``num / den``: the sum of v * Qbar and 1 + the sum of v
-    over the items placed) if each candidate were added next.
+    """The value of the slate so far (``num / den``: Qbar(none) + the sum of v * Qbar, and 1 +
+    the sum of v, over the items placed) if each candidate were added next.
 
     >>> assortment_gains(np.array([1.0, 10.0, 2.0]), np.array([4.0, 0.25, 1.0]), 0.0, 1.0).round(3).tolist()
     [0.8, 2.0, 1.0]
