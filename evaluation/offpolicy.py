@@ -1,7 +1,8 @@
 """The value of a target model on logged traffic: off-policy evaluation of slates.
 
 The target is a model's scores explored as the agent explores them (``agents.policies.Explorer``:
-greedy, epsilon-greedy or Boltzmann; the diversity term is not supported). The agent fills a
+greedy, epsilon-greedy or Boltzmann; the diversity term is not supported); for a SlateQ model,
+the scores at each position are its assortment gains given the items above. The agent fills a
 slate top-down and logs, per position, the probability of its pick given the items above
 (``agents.exploration``). So the target is asked the same question, position by position: how
 likely was it to place the logged item there, given the items the log placed above?
@@ -30,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from agents.policies import Ask, DQNPolicy, Explorer
+from agents.policies import Ask, DQNPolicy, Explorer, Scored
 from evaluation.estimators import OffPolicyWarning, doubly_robust, ips, mean_ci, snips
 from evaluation.estimators import cross_fit as fit_reward_models
 from evaluation.logs import LoggedImpression
 from learner.artifact import LoadedModel
 from learner.features import stable_hash
+from learner.slateq import assortment_gains
 
 SCORE_BATCH = 256
 
@@ -143,15 +145,16 @@ def _weighted_samples(kept: list[LoggedImpression], policy: DQNPolicy, candidate
     for start in range(0, len(kept), SCORE_BATCH):
         batch = kept[start:start + SCORE_BATCH]
         asks = [Ask(imp.state, candidates, len(imp.slate)) for imp in batch]
-        for n, (imp, scores) in enumerate(zip(batch, policy.scores(asks)), start):
-            open_ = _shortlist(scores, max_candidates)
+        for n, (imp, scored) in enumerate(zip(batch, policy.evaluate(asks)), start):
+            open_ = _shortlist(scored.score, max_candidates)
+            gains = _Gains(scored)
             model, table = models[folds[n]], tables[folds[n]]
             # Prefix probabilities in logs: products over long slates and large catalogs
             # underflow. Each row carries both divided by the larger one: the ratio (the
             # weight) is exact and both stay in [0, 1].
             log_pi = log_mu = 0.0
             for j, item in enumerate(imp.slate):
-                dist = next_item_probs(scores, open_, policy.explorer)
+                dist = next_item_probs(gains.at(j), open_, policy.explorer)
                 at = column.get(item)
                 outside += at is None
                 q_target = math.exp(log_pi - log_mu) * float(dist @ table[j])  # w_{j-1} E_pi[q]
@@ -163,9 +166,35 @@ def _weighted_samples(kept: list[LoggedImpression], policy: DQNPolicy, candidate
                 rows.append((imp.positions[j].reward, math.exp(log_pi - top), math.exp(log_mu - top), q_logged, q_target, n))
                 if at is not None:
                     open_[at] = False
+                    gains.place(at, j)
     cols = np.array(rows).T
     names = ("rewards", "target_probs", "logging_probs", "q_logged", "q_target", "groups")
     return dict(zip(names, cols)), outside
+
+
+class _Gains:
+    """What the target's explorer draws from at each position of a logged slate: the scores of
+    an item-wise model, or a SlateQ model's assortment gains given the items placed above
+    (``agents.exploration`` fills slates the same way)."""
+
+    def __init__(self, scored: Scored) -> None:
+        self.scored = scored
+        self.num, self.den = (scored.choice.no_click_value if scored.choice is not None else 0.0), 1.0
+
+    def _attraction(self, j: int) -> np.ndarray:
+        choice = self.scored.choice
+        assert choice is not None
+        return choice.attraction * choice.position_odds[min(j, len(choice.position_odds) - 1)]
+
+    def at(self, j: int) -> np.ndarray:
+        if self.scored.choice is None or self.scored.qbar is None:
+            return self.scored.score
+        return assortment_gains(self.scored.qbar, self._attraction(j), self.num, self.den)
+
+    def place(self, at: int, j: int) -> None:
+        if self.scored.choice is not None and self.scored.qbar is not None:
+            v = float(self._attraction(j)[at])
+            self.num, self.den = self.num + v * float(self.scored.qbar[at]), self.den + v
 
 
 def _shortlist(scores: np.ndarray, limit: int) -> np.ndarray:

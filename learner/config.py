@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import ConfigError
+from contracts.events import MAX_SLATE_SIZE
 from contracts.settings import fields_from_env
 
 ENCODERS = ("gru", "lstm", "cnn")
@@ -126,6 +127,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"learner: objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.slate_size > MAX_SLATE_SIZE:
+            raise ConfigError(f"learner: slate_size must be <= {MAX_SLATE_SIZE} (the longest slate), got {self.slate_size}")
         if self.objective == "slateq" and self.prioritized:
             raise ConfigError("learner: prioritized replay is not available with objective slateq "
                               "(its batches are drawn half from clicked transitions)")

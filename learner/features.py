@@ -116,8 +116,7 @@ class Featurizer:
             "rewards": np.array([t.reward for t in transitions], np.float32),
             "dones": np.array([t.done for t in transitions], np.bool_),
             "clicks": np.array([bool(t.reward_parts.get("click")) for t in transitions], np.bool_),
-            # No feedback on any shown item: the shopper took the slate's no-click option.
-            "quiet": np.array([t.next_state.history == t.state.history for t in transitions], np.bool_),
+            "quiet": np.array([_quiet(t.state.history, t.next_state.history) for t in transitions], np.bool_),
             "slates": self._slates([t.slate for t in transitions]),
         }
 
@@ -167,3 +166,15 @@ class Featurizer:
             rows, weights = self.context(state)
             hit = self._contexts[key] = (rows.tolist(), weights.tolist())
         return hit
+
+
+def _quiet(history: Sequence[Any], next_history: Sequence[Any]) -> bool:
+    """No feedback on any shown item (the shopper took the slate's no-click option): the next
+    state adds nothing, so it is the state's history, or its newest part when the join keeps
+    fewer interactions than a state it was given carried.
+
+    >>> _quiet([1, 2, 3], [2, 3]), _quiet([1, 2, 3], [3, 4]), _quiet([], [])
+    (True, False, True)
+    """
+    n = len(next_history)
+    return n <= len(history) and list(next_history) == list(history[len(history) - n:])

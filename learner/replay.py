@@ -22,6 +22,9 @@ import numpy as np
 from learner.features import MAX_CONTEXT, ROW_FIELDS
 
 _PRIORITY_EPS = 1e-3
+CLICK_COLUMNS = ("clicks", "quiet", "slates")  # what SlateQ reads, added after the first checkpoints
+
+
 class Sample(NamedTuple):
     """A sampled batch as numpy arrays; ``indices`` and ``weights`` serve prioritized replay."""
 
@@ -140,12 +143,22 @@ class ReplayBuffer:
         """The arrays to checkpoint (only the filled part matters, but shapes stay fixed)."""
         return self.arrays
 
-    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, arrays: dict[str, np.ndarray], clicks_required: bool = True) -> None:
+        """Restore a checkpoint's arrays. Checkpoints from before SlateQ lack the click columns
+        (``clicks``, ``quiet``, ``slates``): an item-wise learner (``clicks_required=False``)
+        restores them as zeros, which it never reads; SlateQ cannot learn from such rows."""
+        missing = [name for name in CLICK_COLUMNS if name not in arrays]
+        if missing and clicks_required:
+            raise ValueError(f"replay checkpoint has no {', '.join(missing)} columns (written before SlateQ); "
+                             "restore it with objective=item or start from another checkpoint_dir")
         for name, current in self.arrays.items():
+            if name in missing:
+                current[...] = 0
+                continue
             loaded = arrays.get(name)
             if loaded is None or loaded.shape != current.shape or loaded.dtype != current.dtype:
                 raise ValueError(f"replay checkpoint does not match this buffer at {name!r} "
-                                 f"(capacity or history_length changed?)")
+                                 f"(capacity, history_length or slate_size changed?)")
             current[...] = loaded
         filled = self.arrays["priorities"][: len(self)]
         self._max_priority = float(filled.max()) if len(filled) else 1.0

@@ -218,14 +218,16 @@ class Learner:
         ck = load_checkpoint(self.config.checkpoint_dir)
         if ck is None:
             return
-        if ck.state["network"] != self.config.network():
+        # Checkpoints from before SlateQ were item-wise and did not name an objective.
+        if {"objective": "item", **ck.state["network"]} != self.config.network():
             raise ConfigError(f"checkpoint {ck.path} was written for network settings {ck.state['network']}, "
                               f"not {self.config.network()}; use those settings or another checkpoint_dir")
         d = self.dqn
         d.online.load_state_dict({k[7:]: v for k, v in ck.tensors.items() if k.startswith("online.")})
         d.target.load_state_dict({k[7:]: v for k, v in ck.tensors.items() if k.startswith("target.")})
         load_optimizer(d.optimizer, ck.tensors, ck.state["optimizer"])
-        d.replay.load_state_dict({k[7:]: v for k, v in ck.arrays.items() if k.startswith("replay.")})
+        d.replay.load_state_dict({k[7:]: v for k, v in ck.arrays.items() if k.startswith("replay.")},
+                                 clicks_required=self.config.objective == "slateq")
         d.catalog.load(ck.state["catalog"], ck.arrays["catalog.scores"])
         d.dedupe.load(ck.state["dedupe"])
         d.step, d._credit = int(ck.state["step"]), float(ck.state["credit"])

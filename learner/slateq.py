@@ -13,9 +13,10 @@ value of not clicking (the session may go on), learned from impressions without 
 averages clicks and no-clicks instead, so an item that is clicked often but leads nowhere
 (bait) outranks one that is clicked less but is worth more, whatever the discount.
 
-The attractions come from the network's click head, trained as a logistic model of "this
-shown item was clicked": v = exp(logit) is its odds, which under the logit model is the item's
-attraction relative to the no-click option and the slate's other items. Slates are built
+The attractions come from the network's click head, v = exp(logit), trained by the likelihood
+of each shown item's click or no click under this model, with the other items of its own slate
+as competitors: so v is the item's attraction against the no-click option, not its click odds
+(an item beside strong competitors is clicked less than its attraction says). Slates are built
 greedily, one position at a time, with the item that makes the slate so far worth the most
 (``assortment_gains``); the agent does this with exploration, and the TD target values the next
 slate as the greedy one (``slate_value``). Ranking by v * Qbar alone (SlateQ's top-k heuristic)

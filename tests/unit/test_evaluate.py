@@ -3,6 +3,7 @@ estimates of a model on logs whose true value is known."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -125,10 +126,18 @@ CLICK = {item: 0.1 + 0.08 * i for i, item in enumerate(CANDIDATES)}  # position 
 STATES = [State(history=[Interaction(item_id=f"sku-{i}", event="click", ts=1.0)]) for i in range(4)] + [State()]
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["slateq", "item"])
+def model(request):
+    """An untrained model of each objective; SlateQ's click head is pushed to vary between items
+    so that its slates (built by assortment gains) differ from a ranking by score."""
     torch.manual_seed(0)
-    value, headers = model_message(QNetwork(SMALL), SMALL, version=4, created_ts=1.0)
+    config = dataclasses.replace(SMALL, objective=request.param)
+    network = QNetwork(config)
+    if network.click is not None:
+        with torch.no_grad():
+            for p in network.click.parameters():
+                p.add_(torch.randn_like(p))
+    value, headers = model_message(network, config, version=4, created_ts=1.0)
     return load_model(value, headers.to_headers())
 
 

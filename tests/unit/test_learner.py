@@ -145,7 +145,8 @@ def test_loader_rejects_corrupt_or_mismatched_models_with_a_reason() -> None:
 
 
 def test_settings_refuse_impossible_values_and_warn_on_odd_ones() -> None:
-    for bad in ({"gamma": 1.0}, {"batch_size": 0}, {"replay_capacity": 10, "batch_size": 64}, {"target_tau": 0}):
+    for bad in ({"gamma": 1.0}, {"batch_size": 0}, {"replay_capacity": 10, "batch_size": 64}, {"target_tau": 0},
+                {"objective": "listwise"}, {"slate_size": 101}, {"prioritized": True}):
         with pytest.raises(ConfigError):
             LearnerConfig(**bad)
     with pytest.raises(ConfigError, match="SHELFQ_LEARNER_PRIORITIZED"):
@@ -202,3 +203,15 @@ def test_slateq_values_a_click_and_learns_the_choice_model() -> None:
     assert abs(float(qbar[0]) - 1.0) < 0.4 and abs(float(qbar[1]) - 3.1) < 0.8, qbar
     # Attractions 3 and 0.5 against 1 for no click; per-item click odds would say 2 and 0.125.
     assert 2.0 < float(odds[0]) < 4.5 and 0.3 < float(odds[1]) < 0.8, odds
+
+
+def test_a_replay_checkpoint_from_before_slateq_restores_only_for_the_item_wise_learner() -> None:
+    buf = ReplayBuffer(capacity=100, history_length=SMALL["history_length"], seed=0)
+    buf.add(DQN(LearnerConfig(**SMALL)).features.rows(bait_or_gem_slates(20)))
+    old = {k: v for k, v in buf.state_dict().items() if k not in ("clicks", "quiet", "slates")}
+    fresh = ReplayBuffer(capacity=100, history_length=SMALL["history_length"], seed=0)
+    with pytest.raises(ValueError, match="no clicks, quiet, slates columns .* objective=item"):
+        fresh.load_state_dict(old)
+    fresh.load_state_dict(old, clicks_required=False)
+    assert len(fresh) == 40 and not fresh.arrays["clicks"].any()
+    assert (fresh.arrays["rewards"] == buf.arrays["rewards"]).all()
