@@ -361,6 +361,10 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         broker_heartbeat_interval=3.0,
         broker_max_poll_records=config.batch_size,
         stream_buffer_maxsize=4 * config.batch_size,
+        # Metadata every 10 s instead of 5 min: a worker that joined while its topics were not yet
+        # in its metadata snapshot (seen on loaded machines right after the topics were created)
+        # assigns itself nothing, and only a metadata refresh shows the change and rejoins.
+        consumer_metadata_max_age_ms=10_000,
     )
     records = JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon, partitions=settings.partitions)
     user_state_topic = app.topic(settings.topic(USER_STATE), key_serializer="shelfq-utf8",

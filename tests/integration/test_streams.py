@@ -4,6 +4,7 @@ rewards; kill -9 mid-stream loses nothing; two workers split the load."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from contracts.events import DeadLetter, Transition, decode, encode
 from contracts.kafka import ReliableProducer
 from contracts.settings import Settings
+from contracts.topics import topic_specs
+from shelfq.topic_admin import delete_topics, ensure_topics
 from streams.synthetic import SyntheticTraffic, synthetic_traffic
 from tests.integration.conftest import ShelfqProcess, read_topic
 
@@ -145,3 +148,22 @@ def test_two_workers_split_the_load(settings: Settings, workers: list[Worker], t
     values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(traffic.expected), timeout=90)
     assert set(transitions_of(values)) == set(traffic.expected)
     assert a.metric("shelfq_streams_transitions_total") > 0 and b.metric("shelfq_streams_transitions_total") > 0
+
+
+def test_a_worker_started_before_its_topics_exist_reads_them_once_they_do(workers: list[Worker], tmp_path: Path) -> None:
+    """A worker that joins its group while its source topics are missing (a fresh deployment,
+    or a loaded broker slow to show new topics) assigns itself none of them; it must take
+    them up when they appear, not at the next 5-minute metadata refresh."""
+    settings = Settings.from_env(topic_prefix=f"test-{uuid.uuid4().hex[:8]}.", partitions=3)
+    try:
+        worker = start(workers, settings, tmp_path)
+        worker.wait(lambda: "Ignoring missing topic" in worker.log.read_text(), "the worker to join without its topics")
+        ensure_topics(settings)
+        traffic = synthetic_traffic(users=5, requests_per_user=2, slate_size=3, seed=13, gap_s=0.2, tag="late")
+        produce(settings, traffic, shift=time.time())
+        values = collect(settings, "transitions", lambda v: len(transitions_of(v)) >= len(traffic.expected), timeout=60)
+        assert set(transitions_of(values)) == set(traffic.expected)
+    finally:
+        for w in workers:
+            w.stop()
+        delete_topics(settings, [spec.name for spec in topic_specs(settings).values()])
