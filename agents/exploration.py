@@ -50,7 +50,7 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
     scores = scores.astype(np.float64)
     # The slate so far under the click model: the no-click value + the sum of v * score, 1 + the sum of v.
     num, den = (0.0 if choice is None else choice.no_click_value), 1.0
-    v = None if choice is None else choice.attraction * choice.position_odds[0]
+    v = None if choice is None else choice.at(0)
 
     def adjust() -> np.ndarray:
         """Each item's score if it were placed next."""
@@ -77,7 +77,7 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
         open_[at] = False
         if v is not None:  # the click model: the next position has its own odds
             num, den = num + v[at] * scores[at], den + v[at]
-            v = choice.attraction * choice.position_odds[min(j + 1, len(choice.position_odds) - 1)]
+            v = choice.at(j + 1)
         if penalty is not None:  # MMR: the most similar placed item sets the penalty
             penalty = np.maximum(penalty, similarity(at, everyone))
         if penalty is not None or v is not None:

@@ -181,20 +181,17 @@ class _Gains:
         self.scored = scored
         self.num, self.den = (scored.choice.no_click_value if scored.choice is not None else 0.0), 1.0
 
-    def _attraction(self, j: int) -> np.ndarray:
-        choice = self.scored.choice
-        assert choice is not None
-        return choice.attraction * choice.position_odds[min(j, len(choice.position_odds) - 1)]
-
     def at(self, j: int) -> np.ndarray:
-        if self.scored.choice is None or self.scored.qbar is None:
+        choice, qbar = self.scored.choice, self.scored.qbar
+        if choice is None or qbar is None:
             return self.scored.score
-        return assortment_gains(self.scored.qbar, self._attraction(j), self.num, self.den)
+        return assortment_gains(qbar, choice.at(j), self.num, self.den)
 
     def place(self, at: int, j: int) -> None:
-        if self.scored.choice is not None and self.scored.qbar is not None:
-            v = float(self._attraction(j)[at])
-            self.num, self.den = self.num + v * float(self.scored.qbar[at]), self.den + v
+        choice, qbar = self.scored.choice, self.scored.qbar
+        if choice is not None and qbar is not None:
+            v = float(choice.at(j)[at])
+            self.num, self.den = self.num + v * float(qbar[at]), self.den + v
 
 
 def _shortlist(scores: np.ndarray, limit: int) -> np.ndarray:

@@ -38,7 +38,7 @@ value would too, with gamma > 0: it makes any click look better than none.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ def slate_value(qbar: torch.Tensor, logits: torch.Tensor, k: int, position_logit
     placed = torch.zeros_like(qbar, dtype=torch.bool)
     for j in range(min(k, qbar.shape[1])):
         v = attraction(logits if position_logits is None else logits + position_logits[j])
-        gains = ((num.unsqueeze(1) + v * qbar) / (den.unsqueeze(1) + v)).masked_fill(placed, -torch.inf)
+        gains = assortment_gains(qbar, v, num.unsqueeze(1), den.unsqueeze(1)).masked_fill(placed, -torch.inf)
         best = gains.argmax(dim=1, keepdim=True)
         placed.scatter_(1, best, True)
         num = num + (v * qbar).gather(1, best).squeeze(1)
@@ -86,8 +86,16 @@ class ChoiceModel(NamedTuple):
     no_click_value: float = 0.0
     """Qbar(s, none): what the session is worth if nothing is clicked."""
 
+    def at(self, position: int) -> np.ndarray:
+        """Each candidate's attraction when shown at ``position`` (the last known position's
+        odds beyond those learned)."""
+        return self.attraction * self.position_odds[min(position, len(self.position_odds) - 1)]
 
-def assortment_gains(qbar: np.ndarray, v: np.ndarray, num: float, den: float) -> np.ndarray:
+
+Values = TypeVar("Values", np.ndarray, torch.Tensor)
+
+
+def assortment_gains(qbar: Values, v: Values, num: float | Values, den: float | Values) -> Values:
     """The value of the slate so far (``num / den``: Qbar(none) + the sum of v * Qbar, and 1 +
     the sum of v, over the items placed) if each candidate were added next.
 
