@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     streams.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log level (default warning)")
 
     learner = sub.add_parser("learner", parents=[common], help="run the online DQN learner: transitions in, models out",
-                             description="Consume reward-labelled transitions, train a double DQN (GRU/LSTM/CNN sequence encoder over the user's recent items, dueling head, target network) and publish safetensors model versions to the models topic. Offsets are committed only after a checkpoint covers them, so kill -9 and restart lose nothing. Every hyperparameter reads SHELFQ_LEARNER_<NAME> (e.g. SHELFQ_LEARNER_GAMMA=0.9, SHELFQ_LEARNER_ENCODER=lstm, SHELFQ_LEARNER_REPLAY_CAPACITY=100000); the flags below override. Runs on CUDA when torch sees a GPU, else on the CPU.")
+                             description="Consume reward-labelled transitions, train a deep Q-network (GRU/LSTM/CNN sequence encoder over the user's recent items, dueling head, target network; by default SlateQ: the value of an item given a click, a choice model of which shown item gets the click, and the value of no click, so that slates are valued as a whole) and publish safetensors model versions to the models topic. Offsets are committed only after a checkpoint covers them, so kill -9 and restart lose nothing. Every hyperparameter reads SHELFQ_LEARNER_<NAME> (e.g. SHELFQ_LEARNER_GAMMA=0.9, SHELFQ_LEARNER_ENCODER=lstm, SHELFQ_LEARNER_REPLAY_CAPACITY=100000); the flags below override. Runs on CUDA when torch sees a GPU, else on the CPU.")
     _learner_options(learner)
     learner.add_argument("--metrics-port", type=int, help="port of /metrics (default 9102; 0 turns it off)")
     learner.add_argument("--max-seconds", type=float, help="stop cleanly (checkpoint, commit, publish) after this many seconds")
@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _learner_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("learner settings (default: SHELFQ_LEARNER_*)")
-    g.add_argument("--gamma", type=float, help="discount; 0 is the myopic click-greedy baseline (default 0.9)")
+    g.add_argument("--gamma", type=float, help="discount; 0 is the myopic baseline (default 0.9)")
+    g.add_argument("--objective", choices=["slateq", "item"],
+                   help="slateq: value given a click plus a click model (default); item: item-wise double DQN")
     g.add_argument("--encoder", choices=["gru", "lstm", "cnn"], help="sequence encoder over recent items (default gru)")
     g.add_argument("--policy", help="policy name: the model messages' key (default dqn)")
     g.add_argument("--batch-size", type=int, help="transitions per gradient step (default 256)")
@@ -201,7 +203,7 @@ def _learner_config(args: argparse.Namespace) -> LearnerConfig:
     from learner.config import LearnerConfig
 
     return LearnerConfig.from_env(
-        gamma=args.gamma, encoder=args.encoder, policy=args.policy, batch_size=args.batch_size, device=args.device,
+        gamma=args.gamma, objective=args.objective, encoder=args.encoder, policy=args.policy, batch_size=args.batch_size, device=args.device,
         checkpoint_dir=args.checkpoint_dir, metrics_port=getattr(args, "metrics_port", None),
         content_dim=384 if args.content else None)
 
