@@ -2,7 +2,7 @@
 saturation, through the real broker, against a same-run echo (produce -> consume round trip
 with no scoring).
 
-A catalog of 1,000 items and an (untrained) GRU model are published first; a ``shelfq agent``
+A catalog of 1,000 items and an (untrained) GRU model (SlateQ by default) are published first; a ``shelfq agent``
 process then answers requests that list no candidates, so each one scores the whole catalog
 for a slate of 10. Latency runs from the request's produce time (its event time) to its slate
 being consumed by the benchmark. The echo is a plain confluent-kafka consume-and-produce process
@@ -40,7 +40,7 @@ ECHO_IN, ECHO_OUT = "bench-echo-in", "bench-echo-out"  # the echo has topics of 
 
 
 def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
-              report: Callable[[str], None] = print) -> dict:
+              report: Callable[[str], None] = print, objective: str = "slateq") -> dict:
     from shelfq.topic_admin import delete_topics, ensure_topics
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
@@ -51,7 +51,7 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
     try:
         for name in (ECHO_IN, ECHO_OUT):
             _create(bench, bench.topic(name))
-        _load_catalog_and_model(bench)
+        _load_catalog_and_model(bench, objective)
         env = {**os.environ, "SHELFQ_PARTITIONS": str(bench.partitions)}
         report(f"kafka round trip: an echo process, {rate:g} requests/s for {seconds:g}s ...")
         procs.append(subprocess.Popen([sys.executable, "-m", "shelfq.bench_agent", "echo", prefix], env=env))
@@ -99,15 +99,16 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
         "mean_batch_size": round(batch, 1),
         "candidates": CATALOG,
         "slate_size": SLATE,
+        "objective": objective,
     }
 
 
-def _load_catalog_and_model(settings: Settings) -> None:
+def _load_catalog_and_model(settings: Settings, objective: str) -> None:
     producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes})
     for i in range(CATALOG):
         item = Item(item_id=f"sku-{i}", title=f"item {i}", category=f"c{i % 20}", ts=time.time())
         producer.produce(settings.topic("items"), encode(item), item.item_id)
-    config = LearnerConfig()
+    config = LearnerConfig(objective=objective)
     value, headers = model_message(QNetwork(config), config, version=1)
     producer.produce(settings.topic("models"), value, config.policy, headers=headers.to_headers())
     producer.flush()

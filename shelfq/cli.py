@@ -122,10 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     blearn.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     bagent = bsub2.add_parser("agent", parents=[common], help="the agent: request-to-slate latency and throughput vs. a Kafka echo",
-                              description="Publish 1,000 items and an untrained GRU model, start a `shelfq agent`, offer requests at a fixed rate (each scoring the whole catalog for a slate of 10), then a burst at saturation; time the same round trip through a plain consume-and-produce echo. Reports requests_per_s (answered at the offered rate), offered_requests_per_s, latency_p50_ms and latency_p99_ms (request produced to slate consumed), agent_p50_ms and agent_p99_ms (request time to slate produced, from the agent's own histogram), max_requests_per_s (the burst), kafka_rtt_p50_ms, kafka_rtt_p99_ms, p99_over_kafka_rtt_p99, mean_batch_size, candidates, slate_size. The agent runs with a 3600 s deadline here so that the burst is answered, not skipped.")
+                              description="Publish 1,000 items and an untrained GRU model (SlateQ unless --objective item), start a `shelfq agent`, offer requests at a fixed rate (each scoring the whole catalog for a slate of 10), then a burst at saturation; time the same round trip through a plain consume-and-produce echo. Reports requests_per_s (answered at the offered rate), offered_requests_per_s, latency_p50_ms and latency_p99_ms (request produced to slate consumed), agent_p50_ms and agent_p99_ms (request time to slate produced, from the agent's own histogram), max_requests_per_s (the burst), kafka_rtt_p50_ms, kafka_rtt_p99_ms, p99_over_kafka_rtt_p99, mean_batch_size, candidates, slate_size, objective. The agent runs with a 3600 s deadline here so that the burst is answered, not skipped.")
     bagent.add_argument("--rate", type=float, default=1000.0, help="requests/s offered (default 1000)")
     bagent.add_argument("--seconds", type=float, default=10.0, help="how long the offered load lasts (default 10)")
     bagent.add_argument("--burst", type=int, default=20_000, help="requests sent at once for the saturation figure (default 20000)")
+    bagent.add_argument("--objective", choices=["slateq", "item"], default="slateq",
+                        help="the served model: SlateQ (slates built under its click model; default) or item-wise")
     bagent.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     simulate = sub.add_parser("simulate", parents=[common], help="drive simulated shoppers through the real topics (a stand-in frontend)",
@@ -360,7 +362,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         if args.rate <= 0 or args.seconds <= 0 or args.burst < 100:
             raise ConfigError("bench agent: --rate and --seconds must be > 0, --burst at least 100")
         with _broker_for(settings):
-            result = bench_agent(settings, args.rate, args.seconds, args.burst, report=log)
+            result = bench_agent(settings, args.rate, args.seconds, args.burst, report=log, objective=args.objective)
     elif args.target == "learner":
         from shelfq.bench_learner import run_bench as bench_learner
 
