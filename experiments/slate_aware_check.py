@@ -8,7 +8,7 @@ for the same number of steps: the item-wise DQN (``objective="item"``) and Slate
 maximise their value), each with gamma 0 and 0.9. Every policy then serves the same shoppers,
 greedily, 5 seeds x 500 sessions.
 
-    .venv/bin/python experiments/slate_aware_check.py 15000    # ~10 min on 2 cores
+    .venv/bin/python experiments/slate_aware_check.py 15000    # ~7 min on 2 cores
 """
 import sys
 import time
