@@ -12,6 +12,10 @@ are values given a click, and at each position an item counts with what the slat
 worth with it added, under the click model: bait that draws clicks away from better items
 gains nothing.
 
+Scores are one request's, shape (n,), or a micro-batch's, shape (B, n): a batch fills all its
+slates at once, one array operation per position rather than one per request and position
+(the agent's hot path). Results have the scores' leading shape: (k,) or (B, k).
+
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> order, p = greedy(np.array([0.1, 3.0, 2.0]), 2)
@@ -20,11 +24,14 @@ gains nothing.
 >>> order, p = epsilon_greedy(np.array([0.1, 3.0, 2.0]), 2, epsilon=0.3, rng=rng)
 >>> order.tolist(), [round(float(x), 3) for x in p]   # item 0 came from the uniform draw
 ([1, 0], [0.8, 0.15])
+>>> order, p = greedy(np.array([[0.1, 3.0, 2.0], [5.0, 0.0, 1.0]]), 2)   # a batch of two
+>>> order.tolist()
+[[1, 2], [0, 2]]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,88 +40,107 @@ from learner.slateq import ChoiceModel, assortment_gains
 #: similarity(chosen item index, candidate indices) -> similarities in [0, 1]
 Similarity = Callable[[int, np.ndarray], np.ndarray]
 
-
-Draw = Callable[[np.ndarray, np.ndarray, Callable[[], int], int], tuple[int, float]]
+#: draw(adjusted scores (B, n) with placed items at -inf, open mask (B, n), the best open index
+#: per row (B,), open items per row) -> each row's pick (B,) and how likely that pick was (B,)
+Draw = Callable[[np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
-          similarity: Similarity | None, choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fill k positions; ``draw(adjusted scores, open mask, best, remaining)`` picks an open
-    index and says how likely that pick was (``best()`` gives the best open one). Placed items
-    are masked out rather than removed, so nothing is copied per position."""
-    n = len(scores)
+          similarity: Similarity | Sequence[Similarity] | None,
+          choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill k positions of every row; placed items are masked out (-inf), not removed."""
+    single = scores.ndim == 1
+    scores = np.atleast_2d(scores).astype(np.float64)
+    rows, n = scores.shape
     if not 1 <= k <= n:
         raise ValueError(f"slate of {k} from {n} candidates")
-    open_ = np.ones(n, dtype=bool)
-    penalty = np.zeros(n) if diversity > 0 and similarity is not None else None
-    scores = scores.astype(np.float64)
+    sims: Sequence[Similarity] | None = None
+    if diversity > 0 and similarity is not None:
+        sims = [similarity] if callable(similarity) else similarity
+        if len(sims) != rows:
+            raise ValueError(f"{len(sims)} similarity functions for {rows} score rows")
+    open_ = np.ones((rows, n), dtype=bool)
+    every_row, everyone = np.arange(rows), np.arange(n)
+    penalty = np.zeros((rows, n)) if sims is not None else None
     # The slate so far under the click model: the no-click value + the sum of v * score, 1 + the sum of v.
-    num, den = (0.0 if choice is None else choice.no_click_value), 1.0
-    v = None if choice is None else choice.at(0)
+    if choice is not None:
+        attraction = np.atleast_2d(choice.attraction)
+        choice = choice._replace(attraction=attraction)
+        num = np.broadcast_to(np.asarray(choice.no_click_value, dtype=np.float64), (rows,)).copy()
+        den = np.ones(rows)
+        v = choice.at(0)
 
-    def adjust() -> np.ndarray:
-        """Each item's score if it were placed next."""
-        gains = scores if v is None else assortment_gains(scores, v, num, den)
-        return gains if penalty is None else gains - diversity * penalty
+    chosen = np.empty((rows, k), dtype=np.int64)
+    probs = np.empty((rows, k))
 
-    adjusted = adjust()
-    chosen = np.empty(k, dtype=np.int64)
-    probs = np.empty(k)
-    everyone = np.arange(n)
-    if penalty is None and choice is None:
-        # Scores stay fixed: the best open item is the first open one of the top k + 1.
-        top = np.argpartition(-adjusted, k)[: k + 1] if k < n else everyone
-        top = top[np.lexsort((top, -adjusted[top]))]  # by score, ties to the lower index
+    def adjust(j: int) -> np.ndarray:
+        """Each item's score if it were placed at position j; the items above at -inf."""
+        gains = scores.copy() if choice is None else assortment_gains(scores, v, num[:, None], den[:, None])
+        if penalty is not None:
+            gains -= diversity * penalty
+        gains[every_row[:, None], chosen[:, :j]] = -np.inf
+        return gains
 
-        def best() -> int:
-            return int(next(i for i in top if open_[i]))
-    else:
-        def best() -> int:
-            return _best(adjusted, open_)
+    adjusted = adjust(0)
     for j in range(k):
+        best = np.argmax(adjusted, axis=1)  # ties to the lower index
         at, p = draw(adjusted, open_, best, n - j)
-        chosen[j], probs[j] = at, p
-        open_[at] = False
-        if v is not None:  # the click model: the next position has its own odds
-            num, den = num + v[at] * scores[at], den + v[at]
+        chosen[:, j], probs[:, j] = at, p
+        open_[every_row, at] = False
+        if choice is not None:  # the click model: the next position has its own odds
+            placed = v[every_row, at]
+            num, den = num + placed * scores[every_row, at], den + placed
             v = choice.at(j + 1)
         if penalty is not None:  # MMR: the most similar placed item sets the penalty
-            penalty = np.maximum(penalty, similarity(at, everyone))
-        if penalty is not None or v is not None:
-            adjusted = adjust()
-    return chosen, probs
+            for b in range(rows):
+                penalty[b] = np.maximum(penalty[b], sims[b](int(at[b]), everyone))  # type: ignore[index]
+        if choice is None and penalty is None:
+            adjusted[every_row, at] = -np.inf  # the scores stay; only the placed items drop out
+        else:
+            adjusted = adjust(j + 1)
+    return (chosen[0], probs[0]) if single else (chosen, probs)
 
 
-def _best(adjusted: np.ndarray, open_: np.ndarray) -> int:
-    return int(np.argmax(np.where(open_, adjusted, -np.inf)))
+def _uniform_open(open_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniform draw among each row's open items. Drawn among all items and drawn again
+    where it hit a placed one (rejection sampling: exact, and a slate fills only a few of the
+    candidates, so a second draw is rare)."""
+    rows, n = open_.shape
+    at = rng.integers(n, size=rows)
+    missed = np.flatnonzero(~open_[np.arange(rows), at])
+    while len(missed):
+        at[missed] = rng.integers(n, size=len(missed))
+        missed = missed[~open_[missed, at[missed]]]
+    return at
 
 
-def greedy(scores: np.ndarray, k: int, *, diversity: float = 0.0, similarity: Similarity | None = None,
+def greedy(scores: np.ndarray, k: int, *, diversity: float = 0.0,
+           similarity: Similarity | Sequence[Similarity] | None = None,
            choice: ChoiceModel | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best remaining item at every position (ties to the lower index); propensity 1."""
-    return _fill(scores, k, lambda _s, _o, best, _n: (best(), 1.0), diversity, similarity, choice)
+    return _fill(scores, k, lambda _s, _o, best, _n: (best, np.ones(len(best))), diversity, similarity, choice)
 
 
 def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random.Generator,
-                   diversity: float = 0.0, similarity: Similarity | None = None,
+                   diversity: float = 0.0, similarity: Similarity | Sequence[Similarity] | None = None,
                    choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """At each position: the best remaining item with probability 1 - epsilon, else a uniform
     draw among the remaining ones (which may be the best one too)."""
     if not 0 <= epsilon <= 1:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
 
-    def draw(_s: np.ndarray, open_: np.ndarray, best: Callable[[], int], remaining: int) -> tuple[int, float]:
-        top = best()
-        if rng.random() >= epsilon:
-            return top, (1 - epsilon) + epsilon / remaining
-        at = int(np.flatnonzero(open_)[rng.integers(remaining)])
-        return at, (1 - epsilon) * (at == top) + epsilon / remaining
+    def draw(_s: np.ndarray, open_: np.ndarray, best: np.ndarray, remaining: int) -> tuple[np.ndarray, np.ndarray]:
+        at = best.copy()
+        explore = (rng.random(len(best)) < epsilon).nonzero()[0]
+        if len(explore):
+            at[explore] = _uniform_open(open_[explore], rng)
+        return at, (1 - epsilon) * (at == best) + epsilon / remaining
 
     return _fill(scores, k, draw, diversity, similarity, choice)
 
 
 def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.Generator,
-              diversity: float = 0.0, similarity: Similarity | None = None,
+              diversity: float = 0.0, similarity: Similarity | Sequence[Similarity] | None = None,
               choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Plackett-Luce: at each position, a draw from softmax(score / temperature) over the
     remaining items (sampling without replacement).
@@ -127,22 +153,23 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
-    def draw(s: np.ndarray, open_: np.ndarray, _best: Callable[[], int], _n: int) -> tuple[int, float]:
-        z = np.where(open_, s, -np.inf)
-        w = np.exp((z - z.max()) / temperature)
-        w /= w.sum()
-        at = int(np.searchsorted(np.cumsum(w), rng.random(), side="right"))
-        at = min(at, len(w) - 1)
-        while not open_[at]:  # float round-off at the top end: step back to an open item
-            at -= 1
-        return at, float(w[at])
+    def draw(s: np.ndarray, open_: np.ndarray, best: np.ndarray, _n: int) -> tuple[np.ndarray, np.ndarray]:
+        every_row = np.arange(len(best))
+        w = np.exp((s - s[every_row, best][:, None]) / temperature)  # placed items: exp(-inf) = 0
+        w /= w.sum(axis=1, keepdims=True)
+        # The first index whose cumulative weight exceeds the draw (searchsorted, row-wise).
+        at = np.minimum((np.cumsum(w, axis=1) <= rng.random(len(best))[:, None]).sum(axis=1), s.shape[1] - 1)
+        for b in np.flatnonzero(~open_[every_row, at]):  # float round-off at the top end
+            while not open_[b, at[b]]:
+                at[b] -= 1
+        return at, w[every_row, at]
 
     return _fill(scores, k, draw, diversity, similarity, choice)
 
 
 def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A uniformly random ordered slate (the random policy)."""
-    def draw(_s: np.ndarray, open_: np.ndarray, _best: Callable[[], int], remaining: int) -> tuple[int, float]:
-        return int(np.flatnonzero(open_)[rng.integers(remaining)]), 1.0 / remaining
+    def draw(_s: np.ndarray, open_: np.ndarray, best: np.ndarray, remaining: int) -> tuple[np.ndarray, np.ndarray]:
+        return _uniform_open(open_, rng), np.full(len(best), 1.0 / remaining)
 
     return _fill(scores, k, draw, 0.0, None)

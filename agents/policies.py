@@ -15,7 +15,7 @@ the same slates.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -66,8 +66,10 @@ class Explorer(NamedTuple):
     diversity: float = 0.0
 
     def slate(self, scores: np.ndarray, k: int, rng: np.random.Generator,
-              similarity: exploration.Similarity | None,
+              similarity: exploration.Similarity | Sequence[exploration.Similarity] | None,
               choice: slateq.ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One request's slate from scores of shape (n,), or a micro-batch's from (B, n) (then
+        one similarity per row); see ``agents.exploration``."""
         common = {"diversity": self.diversity, "similarity": similarity, "choice": choice}
         if self.kind == "greedy":
             return exploration.greedy(scores, k, **common)
@@ -107,8 +109,8 @@ class Scored(NamedTuple):
 
 def _choice(candidates: Sequence[str], scores: np.ndarray, order: np.ndarray, probs: np.ndarray, policy: str,
             version: int | None) -> SlateChoice:
-    return SlateChoice([candidates[i] for i in order], [float(scores[i]) for i in order],
-                       [float(min(1.0, p)) for p in probs], policy, version)
+    return SlateChoice([candidates[i] for i in order.tolist()], scores[order].tolist(),
+                       np.minimum(probs, 1.0).tolist(), policy, version)
 
 
 class DQNPolicy:
@@ -176,21 +178,45 @@ class DQNPolicy:
 
     def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         version = self.model.headers.version
-        out = []
+        shortlisted = []
         for ask, scored in zip(asks, self.evaluate(asks)):
             top = _top(scored.score, limit)
             if top is not None:
                 ask = ask._replace(candidates=[ask.candidates[i] for i in top])
                 choice = scored.choice._replace(attraction=scored.choice.attraction[top]) if scored.choice else None
                 scored = Scored(scored.score[top], scored.qbar[top] if scored.qbar is not None else None, choice)
-            similarity = (category_similarity([self.categories.get(c) for c in ask.candidates])
-                          if self.explorer.diversity > 0 else None)
-            if scored.qbar is None:
-                order, probs = self.explorer.slate(scored.score, ask.slate_size, rng, similarity)
-            else:
-                order, probs = self.explorer.slate(scored.qbar, ask.slate_size, rng, similarity, scored.choice)
-            out.append(_choice(ask.candidates, scored.score, order, probs, self.name, version))
-        return out
+            shortlisted.append((ask, scored))
+        similarity = None
+        if self.explorer.diversity > 0:
+            def similarity(ask: Ask) -> exploration.Similarity:
+                return category_similarity([self.categories.get(c) for c in ask.candidates])
+        return _explore(self.explorer, shortlisted, rng, self.name, version, similarity)
+
+
+def _explore(explorer: Explorer, shortlisted: Sequence[tuple[Ask, Scored]], rng: np.random.Generator, policy: str,
+             version: int | None, similarity: Callable[[Ask], exploration.Similarity] | None = None) -> list[SlateChoice]:
+    """One slate per ask. Asks with as many candidates and the same slate size are filled
+    together (one array operation per position for the whole micro-batch), in the order they
+    first appear, so the same seed gives the same slates."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, (ask, _) in enumerate(shortlisted):
+        groups.setdefault((len(ask.candidates), ask.slate_size), []).append(b)
+    out: list[SlateChoice] = [None] * len(shortlisted)  # type: ignore[list-item]
+    for (_, k), members in groups.items():
+        asks, scored = [shortlisted[b][0] for b in members], [shortlisted[b][1] for b in members]
+        sims = [similarity(a) for a in asks] if similarity is not None else None
+        score = np.stack([s.score for s in scored])
+        first = scored[0]
+        if first.qbar is None or first.choice is None:
+            order, probs = explorer.slate(score, k, rng, sims)
+        else:  # SlateQ: values given a click, and each row's click model
+            choice = slateq.ChoiceModel(np.stack([s.choice.attraction for s in scored]),  # type: ignore[union-attr]
+                                        first.choice.position_odds,
+                                        np.array([s.choice.no_click_value for s in scored]))  # type: ignore[union-attr]
+            order, probs = explorer.slate(np.stack([s.qbar for s in scored]), k, rng, sims, choice)
+        for row, b in enumerate(members):
+            out[b] = _choice(asks[row].candidates, score[row], order[row], probs[row], policy, version)
+    return out
 
 
 class Popularity:
@@ -244,15 +270,13 @@ class PopularityPolicy:
         self.popularity, self.explorer = popularity, explorer
 
     def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
-        out = []
+        shortlisted = []
         for ask in asks:
             raw = self.popularity.score(ask.candidates)
             candidates, raw = _shortlist(ask.candidates, raw, limit)
-            ask = ask._replace(candidates=candidates)
             scores = np.log1p(raw / max(raw.max(), 1e-12)) if raw.max() > 0 else raw
-            order, probs = self.explorer.slate(scores, ask.slate_size, rng, None)
-            out.append(_choice(ask.candidates, scores, order, probs, self.name, None))
-        return out
+            shortlisted.append((ask._replace(candidates=candidates), Scored(scores)))
+        return _explore(self.explorer, shortlisted, rng, self.name, None)
 
 
 class RandomPolicy:

@@ -62,6 +62,40 @@ def test_logged_propensities_match_sampled_frequencies(name: str, draw) -> None:
         assert abs(first[order[0]] / n - probs[0]) < 4 * np.sqrt(probs[0] / n) + 1e-3
 
 
+# A micro-batch of two requests with different scores, click models and categories.
+BATCH_QBAR = np.stack([QBAR, QBAR[::-1]])
+BATCH_CHOICE = ChoiceModel(np.stack([CHOICE.attraction, CHOICE.attraction[::-1]]), CHOICE.position_odds,
+                           np.array([0.0, 1.5]))
+BATCH_SIMILAR = [SIMILAR, category_similarity(["hats", None, "shoes", "hats"])]
+
+
+@pytest.mark.parametrize("name,draw", [
+    ("epsilon+choice", lambda rng: exploration.epsilon_greedy(BATCH_QBAR, 3, epsilon=0.3, rng=rng, choice=BATCH_CHOICE)),
+    ("boltzmann+choice", lambda rng: exploration.boltzmann(BATCH_QBAR, 3, temperature=0.5, rng=rng, choice=BATCH_CHOICE)),
+    ("boltzmann+diversity", lambda rng: exploration.boltzmann(BATCH_QBAR, 3, temperature=1.0, rng=rng, diversity=2.0,
+                                                              similarity=BATCH_SIMILAR)),
+    ("uniform", lambda rng: exploration.uniform(BATCH_QBAR, 2, rng=rng)),
+])
+@pytest.mark.parametrize("row", [0, 1])
+def test_a_micro_batch_logs_each_rows_exact_propensities(name: str, draw, row: int) -> None:
+    n = 20_000
+    counts, logged = sampled(lambda rng: tuple(x[row] for x in draw(rng)), n)
+    assert sum(logged.values()) == pytest.approx(1.0, abs=0.02)
+    for slate, p in logged.items():
+        assert abs(counts[slate] / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3, (name, row, slate, counts[slate] / n, p)
+
+
+def test_a_micro_batch_fills_each_row_as_it_would_alone() -> None:
+    order, probs = exploration.greedy(BATCH_QBAR, 3, choice=BATCH_CHOICE, diversity=0.5, similarity=BATCH_SIMILAR)
+    for row in range(2):
+        alone = ChoiceModel(BATCH_CHOICE.attraction[row], CHOICE.position_odds, float(BATCH_CHOICE.no_click_value[row]))
+        expected, _ = exploration.greedy(BATCH_QBAR[row], 3, choice=alone, diversity=0.5, similarity=BATCH_SIMILAR[row])
+        assert order[row].tolist() == expected.tolist()
+    assert order[0].tolist() != order[1].tolist() and probs.tolist() == [[1.0] * 3] * 2
+    with pytest.raises(ValueError, match="1 similarity functions for 2 score rows"):
+        exploration.greedy(BATCH_QBAR, 3, diversity=0.5, similarity=BATCH_SIMILAR[:1])
+
+
 def test_diversity_pushes_a_second_item_of_the_same_category_down() -> None:
     plain, _ = exploration.greedy(SCORES, 2)
     diverse, _ = exploration.greedy(SCORES, 2, diversity=2.0, similarity=SIMILAR)
@@ -119,7 +153,8 @@ POLICIES = {
 }
 ASKS = [Ask(State(history=[Interaction(item_id="b", event="click", ts=1.0)], context={"device": "app"}),
             ["a", "b", "c", "d", "e", "f"], 3),
-        Ask(State(), ["x", "y", "a"], 3), Ask(State(), ["a", "b", "c", "d"], 1)]
+        Ask(State(), ["x", "y", "a"], 3), Ask(State(), ["a", "b", "c", "d"], 1),
+        Ask(State(), ["g", "h", "i", "j", "k", "a"], 3)]  # filled in one batch with the first
 
 
 @pytest.mark.parametrize("name", POLICIES)

@@ -180,6 +180,8 @@ def test_impressions_that_cannot_be_weighted_are_counted(model) -> None:
     log = logged_traffic(model, Explorer("epsilon", 0.3), 6, seed=3)
     log[0].positions.pop(2)
     log[1].positions[1] = log[1].positions[1]._replace(propensity=None)
+    # The target sees the first five candidates; this impression showed one of the others.
+    log[2].slate[-1] = next(c for c in CANDIDATES[5:] if c not in log[2].slate)
     result = evaluate_model(log, model, Explorer("epsilon", 0.3), CANDIDATES[:5])
     assert result["skipped"] == {"incomplete": 1, "no_propensity": 1} and result["impressions"] == 4
     assert any("not among the target's candidates" in n for n in result["notes"])
