@@ -35,6 +35,7 @@ from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from streams.config import StreamsConfig
 from streams.join import INPUTS, Join, Output, Record
 from streams.metrics import StreamsMetrics
+from streams.stalls import StallWatch
 
 log = logging.getLogger("shelfq.streams")
 COMPONENT = "streams"
@@ -127,7 +128,7 @@ class JoinWorker:
         self._admin: Any = None
         self._reported = self.join.outcomes.copy()
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in INPUTS}
-        self._progress: dict[TP, tuple[int, float]] = {}  # position, when it last moved
+        self._stalls = StallWatch(STALL_AFTER_S)
 
     def on_recovered(self, partitions: set[int]) -> None:
         self.partitions = partitions
@@ -199,31 +200,29 @@ class JoinWorker:
                 lags[(full, partition)] = max(0, ends.get(tp, 0) - position)
                 if ends.get(tp, 0) > position:
                     lagging.add(topic)
-                    self._watch_stall(tp, position, now)
+                    await self._unstall(tp, position, self._stalls.check(tp, position, now))
                 else:
-                    self._progress.pop(tp, None)
+                    self._stalls.forget(tp)
             self.join.note_backlog(partition, lagging)
         self.metrics.consumer.set_lag(lags)
 
-    def _watch_stall(self, tp: TP, position: int, now: float) -> None:
-        """A partition with unread messages that Faust has not delivered from for
-        ``STALL_AFTER_S`` is put back among the fetched ones. Faust drops a partition from its
-        fetch set while a stream buffer is under pressure and can miss putting it back across
-        a rebalance; the join's watermark would then wait for it for ever."""
-        last = self._progress.get(tp)
-        if last is None or last[0] != position:
-            self._progress[tp] = (position, now)
-            return
-        if now - last[1] < STALL_AFTER_S:
+    async def _unstall(self, tp: TP, position: int, action: str | None) -> None:
+        """Get a partition that delivers nothing despite unread messages going again
+        (``streams.stalls``): resume its fetch, and if that did not help, seek back to the
+        first offset not processed."""
+        if action is None:
             return
         consumer = self.app.consumer
-        log.warning("no message from %s:%d for %.0fs though offset %d is unread (paused=%s, buffered=%s); "
-                    "resuming its fetch", tp.topic, tp.partition, now - last[1], position,
-                    tp in consumer._paused_partitions, tp in consumer._buffered_partitions)
-        consumer._buffered_partitions.discard(tp)
-        consumer.resume_partitions([tp])
-        self.metrics.stalls.inc()
-        self._progress[tp] = (position, now)
+        log.warning("no message from %s:%d for %.0fs though offset %d is unread (paused=%s, buffered=%s); %s",
+                    tp.topic, tp.partition, STALL_AFTER_S, position, tp in consumer._paused_partitions,
+                    tp in consumer._buffered_partitions,
+                    "resuming its fetch" if action == "resume" else f"fetching again from offset {position}")
+        self.metrics.stalls.labels(action).inc()
+        if action == "resume":
+            consumer._buffered_partitions.discard(tp)
+            consumer.resume_partitions([tp])
+        else:
+            await consumer.seek(tp, position)
 
     def _admin_client(self) -> Any:
         if self._admin is None:

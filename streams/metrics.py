@@ -37,8 +37,9 @@ class StreamsMetrics:
         self.partitions = Gauge("shelfq_streams_partitions", "Partitions this worker owns (0 while rebalancing).", registry=r)
         self.send_failures = Counter("shelfq_streams_send_failures", "Messages the broker did not take, by topic "
                                      "(transitions are sent again; anything else stops the worker).", ["topic"], registry=r)
-        self.stalls = Counter("shelfq_streams_fetch_stalls", "Partitions found not fetched despite unread messages, and resumed.",
-                              registry=r)
+        self.stalls = Counter("shelfq_streams_fetch_stalls", "Partitions found delivering nothing despite unread messages, "
+                              "by what was done (resume: fetched again; seek: read again from the first unprocessed offset).",
+                              ["action"], registry=r)
         self.user_states = Counter("shelfq_streams_user_states", "user-state records published.", registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
