@@ -19,6 +19,7 @@ import faust
 
 from contracts.settings import Settings
 from contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
+from streams.app import FAUST_DATADIR
 
 
 def main(prefix: str, count: int) -> None:
@@ -31,7 +32,7 @@ def main(prefix: str, count: int) -> None:
     settings = Settings.from_env(topic_prefix=prefix)
     app = faust.App(f"{prefix}noop-{uuid.uuid4().hex[:6]}",
                     broker=[f"kafka://{s.strip()}" for s in settings.bootstrap.split(",")],
-                    store="memory://", web_enabled=False, topic_partitions=settings.partitions,
+                    store="memory://", datadir=FAUST_DATADIR, web_enabled=False, topic_partitions=settings.partitions,
                     broker_max_poll_records=1000, stream_buffer_maxsize=4000, consumer_auto_offset_reset="earliest")
     source = app.topic(*(settings.topic(t) for t in (SLATES, IMPRESSIONS, FEEDBACK)),
                        key_serializer="raw", value_serializer="raw")

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -341,6 +342,10 @@ class JoinWorker:
         self.metrics.records.set(len(self.join.records))
 
 
+#: Where Faust keeps its data directory (empty: the tables are in memory); Faust fills in the app id.
+FAUST_DATADIR = os.path.join(tempfile.gettempdir(), "shelfq-faust-{conf.id}-data")
+
+
 def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, JoinWorker]:
     """Build the Faust app and its worker logic for these settings (nothing runs yet)."""
     app = faust.App(
@@ -348,6 +353,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap.split(",")],
         broker_credentials=faust_credentials(settings),
         store="memory://",
+        # Faust makes a data directory even for in-memory tables; keep it out of the cwd.
+        datadir=FAUST_DATADIR,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         table_standby_replicas=0,
