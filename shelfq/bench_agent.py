@@ -11,6 +11,7 @@ timed the same way: what Kafka alone costs for the round trip.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -55,7 +56,8 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
         env = {**os.environ, "SHELFQ_PARTITIONS": str(bench.partitions)}
         report(f"kafka round trip: an echo process, {rate:g} requests/s for {seconds:g}s ...")
         procs.append(subprocess.Popen([sys.executable, "-m", "shelfq.bench_agent", "echo", prefix], env=env))
-        _offer(bench, ECHO_IN, ECHO_OUT, 100, 2, "echo-warm")  # until the echo has joined and answers
+        _until_answered(bench, ECHO_IN, ECHO_OUT, "echo-ready")
+        _offer(bench, ECHO_IN, ECHO_OUT, 100, 2, "echo-warm")
         echo = _offer(bench, ECHO_IN, ECHO_OUT, rate, seconds, "echo")
         procs.pop().terminate()
         report(f"  p50 {echo['p50']:.2f} ms, p99 {echo['p99']:.2f} ms")
@@ -114,9 +116,22 @@ def _load_catalog_and_model(settings: Settings, objective: str) -> None:
     producer.flush()
 
 
-def _offer(settings: Settings, asks: str, answers: str, rate: float | None, amount: float, tag: str) -> dict:
+def _until_answered(settings: Settings, asks: str, answers: str, tag: str, timeout: float = 120.0) -> None:
+    """Send one request at a time until one is answered: the echo reads from the end of its
+    topic, so whatever is sent before it has joined its group is never answered."""
+    deadline = time.monotonic() + timeout
+    for attempt in itertools.count():
+        if _offer(settings, asks, answers, None, 1, f"{tag}-{attempt}", wait_s=2.0)["answered"]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing answered on {answers} within {timeout:g}s")
+
+
+def _offer(settings: Settings, asks: str, answers: str, rate: float | None, amount: float, tag: str,
+           wait_s: float = 120.0) -> dict:
     """Send requests to ``asks`` (``rate`` per second for ``amount`` seconds, or ``amount`` at
-    once when ``rate`` is None) and time each one's answer on ``answers`` (logical names)."""
+    once when ``rate`` is None) and time each one's answer on ``answers`` (logical names),
+    waiting at most ``wait_s`` after the last send."""
     total = int(amount if rate is None else rate * amount)
     sent: dict[str, float] = {}
     got: list[float] = []
@@ -147,7 +162,7 @@ def _offer(settings: Settings, asks: str, answers: str, rate: float | None, amou
 
     sender = threading.Thread(target=send)
     sender.start()
-    deadline = time.monotonic() + (amount if rate is not None else 0) + 120
+    deadline = time.monotonic() + (amount if rate is not None else 0) + wait_s
     marker = f'"request_id":"{tag}-'.encode()
     while len(got) < total and time.monotonic() < deadline:
         msg = consumer.poll(0.2)
