@@ -83,7 +83,7 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
 
     adjusted = adjust(0)
     for j in range(k):
-        best = np.argmax(adjusted, axis=1)  # ties to the lower index
+        best = _best_open(adjusted, open_)
         at, p = draw(adjusted, open_, best, n - j)
         chosen[:, j], probs[:, j] = at, p
         open_[every_row, at] = False
@@ -101,10 +101,25 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
     return (chosen[0], probs[0]) if single else (chosen, probs)
 
 
+def _best_open(adjusted: np.ndarray, open_: np.ndarray) -> np.ndarray:
+    """Each row's best open item, ties to the lower index. Placed items are at -inf, so a row
+    whose open items are all -inf too takes its first open one.
+
+    >>> _best_open(np.array([[0.0, -np.inf, -np.inf]]), np.array([[False, True, True]])).tolist()
+    [1]
+    """
+    best = np.argmax(adjusted, axis=1)
+    every_row = np.arange(len(best))
+    closed = np.flatnonzero(~open_[every_row, best])
+    if len(closed):
+        best[closed] = np.argmax(open_[closed], axis=1)
+    return best
+
+
 def _uniform_open(open_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One uniform draw among each row's open items. Drawn among all items and drawn again
-    where it hit a placed one (rejection sampling: exact, and a slate fills only a few of the
-    candidates, so a second draw is rare)."""
+    where it hit a placed one (rejection sampling: exact; with slates much shorter than the
+    candidate lists, as the agent's are, a second draw is rare)."""
     rows, n = open_.shape
     at = rng.integers(n, size=rows)
     missed = np.flatnonzero(~open_[np.arange(rows), at])
@@ -143,7 +158,8 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
               diversity: float = 0.0, similarity: Similarity | Sequence[Similarity] | None = None,
               choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Plackett-Luce: at each position, a draw from softmax(score / temperature) over the
-    remaining items (sampling without replacement).
+    remaining items (sampling without replacement). Open items that are all -inf are drawn
+    uniformly.
 
     >>> rng = np.random.default_rng(1)
     >>> order, p = boltzmann(np.array([0.0, 0.0]), 2, temperature=1.0, rng=rng)
@@ -155,7 +171,11 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
 
     def draw(s: np.ndarray, open_: np.ndarray, best: np.ndarray, _n: int) -> tuple[np.ndarray, np.ndarray]:
         every_row = np.arange(len(best))
-        w = np.exp((s - s[every_row, best][:, None]) / temperature)  # placed items: exp(-inf) = 0
+        top = s[every_row, best]
+        with np.errstate(invalid="ignore"):
+            w = np.exp((s - top[:, None]) / temperature)  # placed items: exp(-inf) = 0
+        flat = ~np.isfinite(top)  # the open items are all -inf (or +inf): alike, so uniform among them
+        w[flat] = open_[flat]
         w /= w.sum(axis=1, keepdims=True)
         # The first index whose cumulative weight exceeds the draw (searchsorted, row-wise).
         at = np.minimum((np.cumsum(w, axis=1) <= rng.random(len(best))[:, None]).sum(axis=1), s.shape[1] - 1)

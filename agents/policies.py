@@ -186,18 +186,18 @@ class DQNPolicy:
                 choice = scored.choice._replace(attraction=scored.choice.attraction[top]) if scored.choice else None
                 scored = Scored(scored.score[top], scored.qbar[top] if scored.qbar is not None else None, choice)
             shortlisted.append((ask, scored))
-        similarity = None
-        if self.explorer.diversity > 0:
-            def similarity(ask: Ask) -> exploration.Similarity:
-                return category_similarity([self.categories.get(c) for c in ask.candidates])
+        similarity = self._similarity if self.explorer.diversity > 0 else None
         return _explore(self.explorer, shortlisted, rng, self.name, version, similarity)
+
+    def _similarity(self, ask: Ask) -> exploration.Similarity:
+        return category_similarity([self.categories.get(c) for c in ask.candidates])
 
 
 def _explore(explorer: Explorer, shortlisted: Sequence[tuple[Ask, Scored]], rng: np.random.Generator, policy: str,
              version: int | None, similarity: Callable[[Ask], exploration.Similarity] | None = None) -> list[SlateChoice]:
-    """One slate per ask. Asks with as many candidates and the same slate size are filled
-    together (one array operation per position for the whole micro-batch), in the order they
-    first appear, so the same seed gives the same slates."""
+    """One slate per ask, in the asks' order. Asks with as many candidates and the same slate
+    size are filled together (one array operation per position for the whole micro-batch);
+    groups are filled in the order of their first ask, so the same seed gives the same slates."""
     groups: dict[tuple[int, int], list[int]] = {}
     for b, (ask, _) in enumerate(shortlisted):
         groups.setdefault((len(ask.candidates), ask.slate_size), []).append(b)

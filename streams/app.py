@@ -132,6 +132,7 @@ class JoinWorker:
         self._stalls = StallWatch(STALL_AFTER_S)
 
     def on_recovered(self, partitions: set[int]) -> None:
+        self._forget(set(range(self.settings.partitions)) - partitions)
         self.partitions = partitions
         self._start_offsets = None  # the assignment changed: read the committed offsets again
         self.join.rebuild(partitions, time.time())
@@ -140,9 +141,18 @@ class JoinWorker:
 
     def on_revoked(self, partitions: set[int]) -> None:
         """Stop acting for partitions another worker is about to own."""
+        self._forget(partitions)
         self.partitions -= partitions
         self.join.rebuild(self.partitions, time.time())
         self.metrics.partitions.set(len(self.partitions))
+
+    def _forget(self, partitions: set[int]) -> None:
+        """Drop what was known of these partitions' read positions: if one comes back, another
+        worker may have read on meanwhile, and the group's committed offsets say where."""
+        for full in self.logical:
+            for partition in partitions:
+                self._next_offset.pop(TP(full, partition), None)
+                self._stalls.forget(TP(full, partition))
 
     def on_batch(self, events: list[faust.EventT]) -> None:
         now = time.time()
@@ -201,13 +211,13 @@ class JoinWorker:
                 lags[(full, partition)] = max(0, ends.get(tp, 0) - position)
                 if ends.get(tp, 0) > position:
                     lagging.add(topic)
-                    await self._unstall(tp, position, self._stalls.check(tp, position, now))
+                    await self._unstall(tp, position, self._stalls.check(tp, position, now), now)
                 else:
                     self._stalls.forget(tp)
             self.join.note_backlog(partition, lagging)
         self.metrics.consumer.set_lag(lags)
 
-    async def _unstall(self, tp: TP, position: int, action: str | None) -> None:
+    async def _unstall(self, tp: TP, position: int, action: str | None, now: float) -> None:
         """Get a partition that delivers nothing despite unread messages going again
         (``streams.stalls``): resume its fetch, and if that did not help, seek back to the
         first offset not processed."""
@@ -215,15 +225,18 @@ class JoinWorker:
             return
         consumer = self.app.consumer
         log.warning("no message from %s:%d for %.0fs though offset %d is unread (paused=%s, buffered=%s); %s",
-                    tp.topic, tp.partition, STALL_AFTER_S, position, tp in consumer._paused_partitions,
-                    tp in consumer._buffered_partitions,
+                    tp.topic, tp.partition, self._stalls.stalled_s(tp, now), position,
+                    tp in consumer._paused_partitions, tp in consumer._buffered_partitions,
                     "resuming its fetch" if action == "resume" else f"fetching again from offset {position}")
         self.metrics.stalls.labels(action).inc()
         if action == "resume":
             consumer._buffered_partitions.discard(tp)
             consumer.resume_partitions([tp])
-        else:
-            await consumer.seek(tp, position)
+            return
+        try:  # on the consumer's own thread; also resets Faust's read offset, so it delivers again
+            await consumer.seek_wait({tp: position})
+        except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile; the next tick looks again
+            log.warning("could not seek %s:%d to %d: %s", tp.topic, tp.partition, position, exc)
 
     def _admin_client(self) -> Any:
         if self._admin is None:

@@ -10,13 +10,15 @@ The worker asks ``StallWatch.check`` every tick for each partition with unread m
   partitions (cheap, and enough for the first cause);
 - ``"seek"`` if another ``after_s`` passes without a delivery: fetch again from the first
   offset not processed (for the second cause; anything delivered twice is a duplicate the
-  join counts once).
+  join counts once), and again every ``after_s`` for as long as nothing arrives.
 
 >>> watch = StallWatch(after_s=15)
->>> [watch.check("tp", position=7, now=t) for t in (0, 10, 15, 20, 30)]
-[None, None, 'resume', None, 'seek']
->>> watch.check("tp", position=9, now=31)   # delivered meanwhile: the clock starts again
->>> watch.check("tp", position=9, now=46)
+>>> [watch.check("tp", position=7, now=t) for t in (0, 10, 15, 20, 30, 45)]
+[None, None, 'resume', None, 'seek', 'seek']
+>>> watch.stalled_s("tp", now=45)
+45
+>>> watch.check("tp", position=9, now=46)   # delivered meanwhile: the clock starts again
+>>> watch.check("tp", position=9, now=61)
 'resume'
 """
 
@@ -30,7 +32,10 @@ Action = Literal["resume", "seek"]
 
 class _Since(NamedTuple):
     position: int
-    since: float
+    moved: float
+    """When the position last moved."""
+    acted: float
+    """When it last moved or was last acted on."""
     resumed: bool
 
 
@@ -48,12 +53,17 @@ class StallWatch:
         """What to do about ``tp``, which has unread messages and next processes ``position``."""
         last = self._seen.get(tp)
         if last is None or last.position != position:
-            self._seen[tp] = _Since(position, now, resumed=False)
+            self._seen[tp] = _Since(position, now, now, resumed=False)
             return None
-        if now - last.since < self.after_s:
+        if now - last.acted < self.after_s:
             return None
-        self._seen[tp] = _Since(position, now, resumed=True)
+        self._seen[tp] = last._replace(acted=now, resumed=True)
         return "seek" if last.resumed else "resume"
+
+    def stalled_s(self, tp: Hashable, now: float) -> float:
+        """How long ``tp``'s position has not moved."""
+        last = self._seen.get(tp)
+        return 0.0 if last is None else now - last.moved
 
     def forget(self, tp: Hashable) -> None:
         """``tp`` has nothing unread (or is no longer ours)."""

@@ -112,6 +112,16 @@ def test_the_choice_model_leaves_out_bait_that_takes_clicks_from_better_items() 
     assert order.tolist() == [1, 2]
 
 
+def test_minus_infinite_scores_still_give_distinct_items_and_propensities() -> None:
+    scores, rng = np.array([0.0, -np.inf, -np.inf]), np.random.default_rng(0)
+    for fill in (lambda: exploration.greedy(scores, 3),
+                 lambda: exploration.epsilon_greedy(scores, 3, epsilon=0.2, rng=rng),
+                 lambda: exploration.boltzmann(scores, 3, temperature=1.0, rng=rng)):
+        order, probs = fill()
+        assert sorted(order.tolist()) == [0, 1, 2] and order[0] == 0
+        assert np.all((probs > 0) & (probs <= 1)), probs
+
+
 def test_impossible_slates_are_refused() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="slate of 5 from 4"):
