@@ -116,11 +116,17 @@ def _best_open(adjusted: np.ndarray, open_: np.ndarray) -> np.ndarray:
     return best
 
 
-def _uniform_open(open_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One uniform draw among each row's open items. Drawn among all items and drawn again
-    where it hit a placed one (rejection sampling: exact; with slates much shorter than the
-    candidate lists, as the agent's are, a second draw is rare)."""
+def _uniform_open(open_: np.ndarray, rng: np.random.Generator, remaining: int) -> np.ndarray:
+    """One uniform draw among each row's ``remaining`` open items.
+
+    While at least half the items are open (the agent's slates are far shorter than its
+    candidate lists), a draw among all items is redrawn where it hit a placed one: rejection
+    sampling, exact, and it rarely needs a second draw. Otherwise the draw picks the r-th open
+    item, which counts them."""
     rows, n = open_.shape
+    if 2 * remaining < n:
+        nth = rng.integers(remaining, size=rows)
+        return np.argmax(np.cumsum(open_, axis=1) > nth[:, None], axis=1)
     at = rng.integers(n, size=rows)
     missed = np.flatnonzero(~open_[np.arange(rows), at])
     while len(missed):
@@ -148,7 +154,7 @@ def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random
         at = best.copy()
         explore = (rng.random(len(best)) < epsilon).nonzero()[0]
         if len(explore):
-            at[explore] = _uniform_open(open_[explore], rng)
+            at[explore] = _uniform_open(open_[explore], rng, remaining)
         return at, (1 - epsilon) * (at == best) + epsilon / remaining
 
     return _fill(scores, k, draw, diversity, similarity, choice)
@@ -190,6 +196,6 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
 def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A uniformly random ordered slate (the random policy)."""
     def draw(_s: np.ndarray, open_: np.ndarray, best: np.ndarray, remaining: int) -> tuple[np.ndarray, np.ndarray]:
-        return _uniform_open(open_, rng), np.full(len(best), 1.0 / remaining)
+        return _uniform_open(open_, rng, remaining), np.full(len(best), 1.0 / remaining)
 
     return _fill(scores, k, draw, 0.0, None)

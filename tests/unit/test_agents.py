@@ -44,6 +44,9 @@ def sampled(draw, n: int = 20_000) -> tuple[Counter, dict]:
     ("epsilon+choice", lambda rng: exploration.epsilon_greedy(QBAR, 3, epsilon=0.3, rng=rng, choice=CHOICE)),
     ("boltzmann+choice", lambda rng: exploration.boltzmann(QBAR, 3, temperature=0.5, rng=rng, choice=CHOICE)),
     ("uniform", lambda rng: exploration.uniform(SCORES, 2, rng=rng)),
+    # Whole slates: the last draws are among few open items, which are counted, not rejected.
+    ("epsilon, all items", lambda rng: exploration.epsilon_greedy(SCORES, 4, epsilon=0.5, rng=rng)),
+    ("uniform, all items", lambda rng: exploration.uniform(SCORES, 4, rng=rng)),
 ])
 def test_logged_propensities_match_sampled_frequencies(name: str, draw) -> None:
     n = 20_000
