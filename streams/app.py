@@ -36,6 +36,7 @@ from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from streams.config import StreamsConfig
 from streams.join import INPUTS, Join, Output, Record
 from streams.metrics import StreamsMetrics
+from streams.sequence import DeliveryOrder, HoleReader
 from streams.stalls import StallWatch
 
 log = logging.getLogger("shelfq.streams")
@@ -123,7 +124,12 @@ class JoinWorker:
         self._record_writes: dict[str, tuple[int, Record | None]] = {}
         self._user_writes: dict[str, tuple[int, UserState]] = {}
         self._flush_lock = asyncio.Lock()
-        self._next_offset: dict[TP, int] = {}
+        self._order = DeliveryOrder()
+        self._holes = HoleReader(s.confluent_config(**{"group.id": f"{self.app.conf.id}-holes"}))
+        self._filled: list[tuple[TP, int, int]] = []  # holes processed, to tell Faust about
+        self._probe = HoleReader(s.confluent_config(**{"group.id": f"{self.app.conf.id}-holes"}), timeout_s=5.0)
+        self._probed: dict[TP, tuple[int, int, bool]] = {}  # position, end: whether messages lie between
+        self._assignments = 0  # counts assignment changes, so a refresh can tell it is stale
         self._last_report = 0.0
         self._start_offsets: dict[TP, int] | None = None
         self._admin: Any = None
@@ -133,6 +139,7 @@ class JoinWorker:
 
     def on_recovered(self, partitions: set[int]) -> None:
         self._forget(set(range(self.settings.partitions)) - partitions)
+        self._assignments += 1
         self.partitions = partitions
         self._start_offsets = None  # the assignment changed: read the committed offsets again
         self.join.rebuild(partitions, time.time())
@@ -142,6 +149,7 @@ class JoinWorker:
     def on_revoked(self, partitions: set[int]) -> None:
         """Stop acting for partitions another worker is about to own."""
         self._forget(partitions)
+        self._assignments += 1
         self.partitions -= partitions
         self.join.rebuild(self.partitions, time.time())
         self.metrics.partitions.set(len(self.partitions))
@@ -151,31 +159,65 @@ class JoinWorker:
         worker may have read on meanwhile, and the group's committed offsets say where."""
         for full in self.logical:
             for partition in partitions:
-                self._next_offset.pop(TP(full, partition), None)
-                self._stalls.forget(TP(full, partition))
+                tp = TP(full, partition)
+                self._order.forget(tp)
+                self._stalls.forget(tp)
+                self._probed.pop(tp, None)
 
     def on_batch(self, events: list[faust.EventT]) -> None:
         now = time.time()
-        next_offset = self._next_offset
+        order = self._order
         for event in events:
             msg = event.message
             # Emit latency counts from the moment Faust handed the message to the stream, so
             # the time it waited in the batch buffer is included.
             started = msg.time_in if msg.time_in is not None else time.monotonic()
-            next_offset[msg.tp] = msg.offset + 1
-            topic = self.logical[msg.topic]
-            self._input_counters[topic].inc()
-            try:
-                parsed = decode(msg.value, EVENT_OF_TOPIC[topic], max_bytes=self.settings.max_event_bytes)  # type: ignore[arg-type]
-            except EventError as exc:
-                self._dead_letter("invalid", str(exc), msg.topic, msg.value, msg.key, msg.partition, msg.offset)
-                self.metrics.events.labels(topic, "invalid").inc()
+            expected = order.next_offset(msg.tp)
+            if expected is None:  # the first since the assignment: Faust starts at the committed offset
+                expected = self.app.consumer._committed_offset.get(msg.tp) or 0
+            verdict = order.check(msg.tp, msg.offset, expected)
+            if verdict == "repeat":
+                self.metrics.out_of_order.labels("repeat").inc()
                 continue
-            out = self.join.process(msg.partition, topic, parsed, now=now)
-            for fb in out.attributed:  # counted once: duplicates and replays leave history alone
-                self.metrics.feedback.labels(fb.event).inc()
-                self._update_user_state(msg.partition, fb)
-            self._handle(out, started, origin=(msg.partition, msg.offset))
+            if verdict == "hole":
+                self._fill(msg, expected, started, now)
+            self._process(msg.topic, msg.partition, msg.offset, msg.key, msg.value, started, now)
+
+    def _fill(self, msg: Any, begin: int, started: float, now: float) -> None:
+        """Faust left out the offsets before ``msg`` (``streams.sequence``): read them from the
+        broker and process them first. This blocks the event loop for a fetch; it happens
+        around rebalances, rarely."""
+        missing = self._holes.read(msg.topic, msg.partition, begin, msg.offset)
+        log.warning("%s:%d: Faust left out offsets %d to %d; read %d messages of them from the broker",
+                    msg.topic, msg.partition, begin, msg.offset - 1, len(missing))
+        self.metrics.out_of_order.labels("hole").inc()
+        for m in missing:
+            self._process(m.topic(), m.partition(), m.offset(), m.key(), m.value(), started, now)
+        self._filled.append((msg.tp, begin, msg.offset))
+
+    def _process(self, full_topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 started: float, now: float) -> None:
+        topic = self.logical[full_topic]
+        self._input_counters[topic].inc()
+        try:
+            parsed = decode(value, EVENT_OF_TOPIC[topic], max_bytes=self.settings.max_event_bytes)  # type: ignore[arg-type]
+        except EventError as exc:
+            self._dead_letter("invalid", str(exc), full_topic, value, key, partition, offset)
+            self.metrics.events.labels(topic, "invalid").inc()
+            return
+        out = self.join.process(partition, topic, parsed, now=now)
+        for fb in out.attributed:  # counted once: duplicates and replays leave history alone
+            self.metrics.feedback.labels(fb.event).inc()
+            self._update_user_state(partition, fb)
+        self._handle(out, started, origin=(partition, offset))
+
+    async def after_flush(self) -> None:
+        """Tell Faust the holes processed are done, so its commit passes them; only now that
+        what they caused is with the producer (Faust flushes it before committing)."""
+        consumer = self.app.consumer
+        while self._filled:
+            tp, begin, end = self._filled.pop()
+            await consumer._add_gap(tp, begin, end - 1)
 
     def on_tick(self) -> None:
         started, now = time.monotonic(), time.time()
@@ -194,28 +236,54 @@ class JoinWorker:
         Faust as read, a paused partition has no fresh highwater, and asking its consumer for
         a position can block the consumer thread. The admin requests run off the event loop."""
         loop = asyncio.get_running_loop()
+        assignment = self._assignments
         try:
-            if self._start_offsets is None:
-                self._start_offsets = await loop.run_in_executor(None, self._committed_offsets)
+            starts = self._start_offsets
+            if starts is None:
+                starts = await loop.run_in_executor(None, self._committed_offsets)
             ends = await loop.run_in_executor(None, self._end_offsets)
         except Exception as exc:  # noqa: BLE001 - keep the last known backlog
             log.warning("could not read offsets for the watermark: %s", exc)
             return
+        if assignment != self._assignments:
+            return  # partitions changed hands while the broker answered: ask again next tick
+        self._start_offsets = starts
         now = time.monotonic()
         lags: dict[tuple[str, int], int] = {}
         for partition in sorted(self.partitions):
             lagging = set()
             for full, topic in self.logical.items():
                 tp = TP(full, partition)
-                position = self._next_offset.get(tp, self._start_offsets.get(tp, 0))
-                lags[(full, partition)] = max(0, ends.get(tp, 0) - position)
-                if ends.get(tp, 0) > position:
+                position = self._order.next_offset(tp)
+                if position is None:
+                    position = starts.get(tp, 0)
+                end = ends.get(tp, 0)
+                lags[(full, partition)] = max(0, end - position)
+                if end <= position:
+                    self._stalls.forget(tp)
+                elif await self._holds_messages(tp, position, end):
                     lagging.add(topic)
                     await self._unstall(tp, position, self._stalls.check(tp, position, now), now)
-                else:
-                    self._stalls.forget(tp)
             self.join.note_backlog(partition, lagging)
         self.metrics.consumer.set_lag(lags)
+
+    async def _holds_messages(self, tp: TP, position: int, end: int) -> bool:
+        """Whether offsets ``position`` to ``end`` - 1 hold messages. They do while they are
+        being read; a position that stays put may face only transaction markers (a producer of
+        our inputs that uses transactions ends each one with a marker, which takes an offset
+        but is never delivered): then the input is caught up, and must be free to go idle."""
+        if not self._stalls.unmoved(tp, position):
+            return True  # it moved since the last look: being read
+        known = self._probed.get(tp)
+        if known is None or known[:2] != (position, end):
+            loop = asyncio.get_running_loop()
+            try:
+                found = await loop.run_in_executor(None, self._probe.read, tp.topic, tp.partition, position, end)
+            except Exception as exc:  # noqa: BLE001 - assume there are: the stall guard looks on
+                log.warning("could not look at %s:%d from offset %d: %s", tp.topic, tp.partition, position, exc)
+                return True
+            known = self._probed[tp] = (position, end, bool(found))
+        return known[2]
 
     async def _unstall(self, tp: TP, position: int, action: str | None, now: float) -> None:
         """Get a partition that delivers nothing despite unread messages going again
@@ -407,6 +475,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         async for batch in stream.take_events(config.batch_size, within=config.batch_wait_s):
             worker.on_batch(batch)
             await worker.flush()
+            await worker.after_flush()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set, **_: Any) -> None:

@@ -40,6 +40,8 @@ class StreamsMetrics:
         self.stalls = Counter("shelfq_streams_fetch_stalls", "Partitions found delivering nothing despite unread messages, "
                               "by what was done (resume: fetched again; seek: read again from the first unprocessed offset).",
                               ["action"], registry=r)
+        self.out_of_order = Counter("shelfq_streams_out_of_order", "Input messages Faust delivered out of offset order, by "
+                                    "what was done (streams/sequence.py: repeat, rewind, skip, past_hole).", ["verdict"], registry=r)
         self.user_states = Counter("shelfq_streams_user_states", "user-state records published.", registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

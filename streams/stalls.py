@@ -60,6 +60,11 @@ class StallWatch:
         self._seen[tp] = last._replace(acted=now, resumed=True)
         return "seek" if last.resumed else "resume"
 
+    def unmoved(self, tp: Hashable, position: int) -> bool:
+        """Whether the latest check of ``tp`` saw this position already."""
+        last = self._seen.get(tp)
+        return last is not None and last.position == position
+
     def stalled_s(self, tp: Hashable, now: float) -> float:
         """How long ``tp``'s position has not moved."""
         last = self._seen.get(tp)

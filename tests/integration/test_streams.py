@@ -135,6 +135,49 @@ def test_kill_9_mid_stream_loses_no_transition(settings: Settings, workers: list
         assert_same_except_emission_time(copies)
 
 
+def test_inputs_written_in_transactions_leave_holes_the_worker_passes(settings: Settings, workers: list[Worker],
+                                                                     tmp_path: Path) -> None:
+    """Transaction markers take offsets no consumer sees: to the worker's delivery-order guard
+    they look like messages Faust left out. It must read them from the broker, find nothing
+    there, go on, let Faust commit past the holes (streams/sequence.py), and not take a marker
+    at a partition's end for unread input that holds its watermark back."""
+    import msgspec
+    from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    worker = start(workers, settings, tmp_path)
+    worker.wait_owning(settings.partitions)
+    traffic = synthetic_traffic(users=10, requests_per_user=2, slate_size=3, seed=17, gap_s=0.2, tag="txn")
+    producer = Producer(settings.confluent_config(**{"transactional.id": f"txn-{uuid.uuid4().hex[:8]}"}))
+    producer.init_transactions(30)
+    shift = time.time()
+    for start_at in range(0, len(traffic.events), 10):  # a marker in every partition each chunk wrote to
+        producer.begin_transaction()
+        for topic, key, event in traffic.events[start_at:start_at + 10]:
+            producer.produce(settings.topic(topic), encode(msgspec.structs.replace(event, ts=event.ts + shift)), key)
+        producer.commit_transaction(30)
+
+    values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(traffic.expected), timeout=90)
+    assert set(transitions_of(values)) == set(traffic.expected)
+    assert worker.metric("shelfq_streams_out_of_order_total", 'verdict="hole"') > 0
+
+    admin = AdminClient(settings.confluent_config())
+    inputs = [TopicPartition(settings.topic(t), p) for t in ("slates", "impressions", "feedback")
+              for p in range(settings.partitions)]
+    # Each partition ends with its last transaction's marker, which no consumer reads past.
+    ends = {(tp.topic, tp.partition): f.result().offset - 1
+            for tp, f in admin.list_offsets({tp: OffsetSpec.latest() for tp in inputs}).items()}
+    group = f"{settings.topic_prefix}streams"
+    deadline = time.monotonic() + 30
+    while True:  # Faust commits every second; past every hole, the group reaches the last marker
+        committed = {(tp.topic, tp.partition): tp.offset for tp in admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)])[group].result().topic_partitions}
+        if all(committed.get(key, -1) == end for key, end in ends.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {k: committed.get(k) for k in ends} == ends
+
+
 def test_two_workers_split_the_load(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
     a = start(workers, settings, tmp_path)
     b = start(workers, settings, tmp_path)

@@ -1,0 +1,163 @@
+"""The streams worker's delivery guards (stalls, messages out of offset order, offset reads
+racing a rebalance): what they ask of Faust's consumer, and what they forget.
+
+Faust's consumer is replaced by a recorder: what is tested is the worker's decision and the
+calls it makes, not Kafka's behaviour (tests/integration/test_streams.py runs real workers)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from faust.types import TP
+
+from contracts.settings import Settings
+from streams.app import STALL_AFTER_S, create_app
+from streams.config import StreamsConfig
+
+
+class RecordingConsumer:
+    def __init__(self, fail_seek: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail_seek = fail_seek
+        self._paused_partitions: set = set()
+        self._buffered_partitions: set = set()
+        self._committed_offset: dict = {}
+
+    def resume_partitions(self, tps: list) -> None:
+        self.calls.append(("resume", tuple(tps)))
+
+    async def seek_wait(self, offsets: dict) -> None:
+        if self.fail_seek:
+            raise RuntimeError("partition not assigned")
+        self.calls.append(("seek", dict(offsets)))
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        self.calls.append(("gap", tp, offset_from, offset_to))
+
+
+def worker_with(consumer: RecordingConsumer):
+    app, worker = create_app(Settings.from_env(topic_prefix="stalls."), StreamsConfig())
+    app.consumer = consumer
+    return worker
+
+
+def test_a_stalled_partition_is_resumed_then_sought_back_to_its_first_unprocessed_offset() -> None:
+    consumer = RecordingConsumer()
+    worker = worker_with(consumer)
+    tp = TP("stalls.impressions", 2)
+
+    async def checks() -> None:
+        for now in (0.0, STALL_AFTER_S, 2 * STALL_AFTER_S):
+            await worker._unstall(tp, 7, worker._stalls.check(tp, 7, now), now)
+
+    asyncio.run(checks())
+    assert consumer.calls == [("resume", (tp,)), ("seek", {tp: 7})]
+    assert worker.metrics.stalls.labels("seek")._value.get() == 1
+
+
+def test_a_failed_seek_is_logged_and_the_worker_goes_on(caplog) -> None:
+    worker = worker_with(RecordingConsumer(fail_seek=True))
+    asyncio.run(worker._unstall(TP("stalls.feedback", 0), 3, "seek", 30.0))
+    assert "could not seek stalls.feedback:0 to 3" in caplog.text
+
+
+def test_a_revoked_partition_forgets_its_read_position() -> None:
+    worker = worker_with(RecordingConsumer())
+    worker.partitions = {0, 1}
+    kept, revoked = TP("stalls.slates", 0), TP("stalls.slates", 1)
+    worker._order.check(kept, 4, start=4)
+    worker._order.check(revoked, 8, start=8)
+    worker._stalls.check(revoked, 9, 0.0)
+    worker.on_revoked({1})
+    assert worker._order.next_offset(kept) == 5 and worker._order.next_offset(revoked) is None
+    assert worker._stalls.stalled_s(revoked, 100.0) == 0.0
+
+
+def message(tp: TP, offset: int, value: bytes = b"not json") -> SimpleNamespace:
+    return SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=offset, value=value, key=b"u",
+                           time_in=None)
+
+
+class BrokerMessage:
+    """What confluent-kafka's consumer returns, for the reader standing in for the broker."""
+
+    def __init__(self, tp: TP, offset: int) -> None:
+        self._tp, self._offset = tp, offset
+
+    def topic(self) -> str:
+        return self._tp.topic
+
+    def partition(self) -> int:
+        return self._tp.partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"u"
+
+    def value(self) -> bytes:
+        return b"not json"
+
+
+class RecordingReader:
+    def __init__(self, holds: set[int]) -> None:
+        self.holds, self.reads = holds, []
+
+    def read(self, topic: str, partition: int, begin: int, end: int) -> list:
+        self.reads.append((topic, partition, begin, end))
+        return [BrokerMessage(TP(topic, partition), o) for o in range(begin, end) if o in self.holds]
+
+
+def deliver(worker, *messages: SimpleNamespace) -> None:
+    worker.on_batch([SimpleNamespace(message=m) for m in messages])
+
+
+def test_offsets_faust_left_out_are_read_from_the_broker_and_processed_first() -> None:
+    consumer = RecordingConsumer()
+    worker = worker_with(consumer)
+    worker.partitions = {0}
+    tp = TP("stalls.impressions", 0)
+    consumer._committed_offset[tp] = 10
+    worker._holes = reader = RecordingReader(holds={10, 12, 13})  # 11: a transaction marker, say
+    seen: list[int] = []
+    worker._dead_letter = lambda reason, detail, topic, value, key, partition, offset: seen.append(offset)
+
+    deliver(worker, message(tp, 14), message(tp, 15), message(tp, 13), message(tp, 16))
+    assert reader.reads == [("stalls.impressions", 0, 10, 14)]
+    assert seen == [10, 12, 13, 14, 15, 16], "in offset order, and the repeat of 13 skipped"
+    assert worker.metrics.out_of_order.labels("hole")._value.get() == 1
+    assert worker.metrics.out_of_order.labels("repeat")._value.get() == 1
+    # Only once what they caused went to the producer is Faust told the hole is done.
+    assert consumer.calls == []
+    asyncio.run(worker.after_flush())
+    assert consumer.calls == [("gap", tp, 10, 13)]
+
+
+def test_in_order_offsets_read_nothing_from_the_broker() -> None:
+    consumer = RecordingConsumer()
+    worker = worker_with(consumer)
+    worker._holes = reader = RecordingReader(holds=set())
+    tp = TP("stalls.slates", 1)  # never committed: Faust starts at the beginning
+    deliver(worker, message(tp, 0), message(tp, 1), message(tp, 2))
+    asyncio.run(worker.after_flush())
+    assert reader.reads == [] and consumer.calls == []
+    assert worker._order.next_offset(tp) == 3
+
+
+def test_an_offset_read_that_a_rebalance_overtakes_is_dropped_not_a_crash() -> None:
+    worker = worker_with(RecordingConsumer())
+    worker.partitions = {0}
+
+    def committed() -> dict:
+        worker.on_recovered({0, 1})  # the assignment changes while the broker answers
+        return {}
+
+    worker._committed_offsets = committed
+    worker._end_offsets = lambda: {TP("stalls.slates", 0): 5}
+    asyncio.run(worker.refresh_backlog())
+    assert worker._start_offsets is None, "offsets read for the old assignment must not be kept"
+    worker._committed_offsets = lambda: {TP("stalls.slates", 0): 2}
+    asyncio.run(worker.refresh_backlog())
+    assert worker.join._backlog[0] == frozenset({"slates"})
