@@ -36,7 +36,7 @@ from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from streams.config import StreamsConfig
 from streams.join import INPUTS, Join, Output, Record
 from streams.metrics import StreamsMetrics
-from streams.sequence import DeliveryOrder, HoleReader
+from streams.sequence import DeliveryOrder, HoleReader, HoleUnreadable
 from streams.stalls import StallWatch
 
 log = logging.getLogger("shelfq.streams")
@@ -163,37 +163,59 @@ class JoinWorker:
                 self._order.forget(tp)
                 self._stalls.forget(tp)
                 self._probed.pop(tp, None)
+        self._filled = [f for f in self._filled if f[0].partition not in partitions]
 
     def on_batch(self, events: list[faust.EventT]) -> None:
         now = time.time()
         order = self._order
-        for event in events:
+        for i, event in enumerate(events):
             msg = event.message
             # Emit latency counts from the moment Faust handed the message to the stream, so
             # the time it waited in the batch buffer is included.
             started = msg.time_in if msg.time_in is not None else time.monotonic()
             expected = order.next_offset(msg.tp)
             if expected is None:  # the first since the assignment: Faust starts at the committed offset
-                expected = self.app.consumer._committed_offset.get(msg.tp) or 0
+                expected = self._start_offset(msg.tp)
             verdict = order.check(msg.tp, msg.offset, expected)
             if verdict == "repeat":
                 self.metrics.out_of_order.labels("repeat").inc()
                 continue
             if verdict == "hole":
-                self._fill(msg, expected, started, now)
+                try:
+                    self._fill(msg, expected, started, now)  # type: ignore[arg-type]
+                except HoleUnreadable:
+                    for rest in events[i:]:
+                        # Faust must record no ack for these: its commit could then pass the hole.
+                        rest.message.acked = True
+                    raise
             self._process(msg.topic, msg.partition, msg.offset, msg.key, msg.value, started, now)
+
+    def _start_offset(self, tp: TP) -> int | None:
+        """Where Faust starts delivering ``tp`` after the assignment: the group's committed
+        offset, as the broker has it (Faust's own copy is not filled in yet when the first
+        messages arrive). Read once per assignment; ``None`` if the broker cannot say."""
+        if self._start_offsets is None:
+            try:
+                self._start_offsets = self._committed_offsets()
+            except Exception as exc:  # noqa: BLE001 - then take the first delivered as the start
+                log.warning("could not read the committed offsets: %s", exc)
+                return None
+        return self._start_offsets.get(tp, 0)
 
     def _fill(self, msg: Any, begin: int, started: float, now: float) -> None:
         """Faust left out the offsets before ``msg`` (``streams.sequence``): read them from the
-        broker and process them first. This blocks the event loop for a fetch; it happens
-        around rebalances, rarely."""
+        broker and process them first. This blocks the event loop for a fetch: rare, except
+        with inputs written in transactions, whose every marker is such a hole."""
         missing = self._holes.read(msg.topic, msg.partition, begin, msg.offset)
+        self.metrics.out_of_order.labels("hole").inc()
+        if not missing:  # markers, or deleted records: Faust's commit passes them unaided
+            log.debug("%s:%d: offsets %d to %d hold no messages", msg.topic, msg.partition, begin, msg.offset - 1)
+            return
         log.warning("%s:%d: Faust left out offsets %d to %d; read %d messages of them from the broker",
                     msg.topic, msg.partition, begin, msg.offset - 1, len(missing))
-        self.metrics.out_of_order.labels("hole").inc()
         for m in missing:
             self._process(m.topic(), m.partition(), m.offset(), m.key(), m.value(), started, now)
-        self._filled.append((msg.tp, begin, msg.offset))
+        self._filled.append((msg.tp, missing[0].offset(), msg.offset))
 
     def _process(self, full_topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                  started: float, now: float) -> None:
@@ -215,9 +237,14 @@ class JoinWorker:
         """Tell Faust the holes processed are done, so its commit passes them; only now that
         what they caused is with the producer (Faust flushes it before committing)."""
         consumer = self.app.consumer
-        while self._filled:
-            tp, begin, end = self._filled.pop()
-            await consumer._add_gap(tp, begin, end - 1)
+        filled, self._filled = self._filled, []
+        for tp, begin, end in filled:
+            if tp.partition in self.partitions:  # a partition revoked meanwhile starts afresh
+                await consumer._add_gap(tp, begin, end - 1)
+
+    def close(self) -> None:
+        self._holes.close()
+        self._probe.close()
 
     def on_tick(self) -> None:
         started, now = time.monotonic(), time.time()
@@ -261,7 +288,11 @@ class JoinWorker:
                 lags[(full, partition)] = max(0, end - position)
                 if end <= position:
                     self._stalls.forget(tp)
-                elif await self._holds_messages(tp, position, end):
+                    continue
+                holds = await self._holds_messages(tp, position, end)
+                if assignment != self._assignments:
+                    return  # partitions changed hands while the broker answered
+                if holds:
                     lagging.add(topic)
                     await self._unstall(tp, position, self._stalls.check(tp, position, now), now)
             self.join.note_backlog(partition, lagging)
@@ -279,9 +310,9 @@ class JoinWorker:
             loop = asyncio.get_running_loop()
             try:
                 found = await loop.run_in_executor(None, self._probe.read, tp.topic, tp.partition, position, end)
-            except Exception as exc:  # noqa: BLE001 - assume there are: the stall guard looks on
+            except Exception as exc:  # noqa: BLE001 - assume there are, until position or end move
                 log.warning("could not look at %s:%d from offset %d: %s", tp.topic, tp.partition, position, exc)
-                return True
+                found = True
             known = self._probed[tp] = (position, end, bool(found))
         return known[2]
 
@@ -473,9 +504,18 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         # Faust acks a batch's events only when the next batch is asked for, i.e. after the
         # flush: offsets never run ahead of what the batch caused.
         async for batch in stream.take_events(config.batch_size, within=config.batch_wait_s):
-            worker.on_batch(batch)
+            try:
+                worker.on_batch(batch)
+            except HoleUnreadable as exc:
+                log.error("%s; stopping the worker", exc)
+                await app.crash(exc)
+                return
             await worker.flush()
             await worker.after_flush()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: faust.App, **_: Any) -> None:
+        worker.close()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set, **_: Any) -> None:

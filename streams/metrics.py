@@ -41,7 +41,7 @@ class StreamsMetrics:
                               "by what was done (resume: fetched again; seek: read again from the first unprocessed offset).",
                               ["action"], registry=r)
         self.out_of_order = Counter("shelfq_streams_out_of_order", "Input messages Faust delivered out of offset order, by "
-                                    "what was done (streams/sequence.py: repeat, rewind, skip, past_hole).", ["verdict"], registry=r)
+                                    "what was done (streams/sequence.py: hole: offsets left out before it read from the broker; repeat: skipped).", ["verdict"], registry=r)
         self.user_states = Counter("shelfq_streams_user_states", "user-state records published.", registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

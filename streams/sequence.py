@@ -1,11 +1,11 @@
 """Processing each input partition's messages once and in offset order, whatever Faust delivers.
 
 Our input topics are not compacted, so a message delivered at offset 12 when 10 is the next to
-process means Faust left out 10 and 11. It does: its stream drops a message stamped with an
-older consumer generation (seen on a restarted worker right after its first assignment), a
-rebalance can cancel a message's hand-over to the stream after it was marked read, and records
-fetched for a partition paused meanwhile are dropped while the fetch position moves past them.
-Processing on from 12 would lose 10 and 11, and Faust's commit can pass a single missing offset.
+process means Faust left out 10 and 11. It can: its stream drops a message stamped with an
+older consumer generation or delivered while flow control is off, and a rebalance can cancel a
+message's hand-over to the stream after it was marked read. A restarted worker was seen to leave
+out an offset right after its first assignment. Processing on from 12 would lose 10 and 11, and
+Faust's commit can pass a missing offset at the head of what it acked.
 
 ``DeliveryOrder.check`` says what to do with each delivered offset:
 
@@ -62,8 +62,8 @@ class DeliveryOrder:
 
 
 class HoleUnreadable(ShelfqError):
-    """The broker did not give the offsets of a hole in time; the worker stops rather than
-    pass them (a restart replays from the committed offsets)."""
+    """The broker did not give the offsets of a hole in time: the worker stops rather than pass
+    them (its restart replays from the committed offsets)."""
 
 
 class HoleReader:
@@ -71,18 +71,26 @@ class HoleReader:
     subscribed, so it joins no group and commits nothing."""
 
     def __init__(self, config: dict[str, Any], timeout_s: float = 10.0) -> None:
+        # Faust's consumer reads uncommitted records too: so must this one, or it would leave
+        # out what Faust delivers.
         self._config = {**config, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                        "fetch.wait.max.ms": 10}
+                        "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 10}
         self.timeout_s = timeout_s
         self._consumer: Any = None
 
     def read(self, topic: str, partition: int, begin: int, end: int) -> list[Any]:
-        """The messages at offsets ``begin`` to ``end`` - 1 (fewer where the log holds none)."""
-        from confluent_kafka import Consumer, TopicPartition
+        """The messages at offsets ``begin`` to ``end`` - 1 (fewer where the log holds none:
+        markers, or records deleted by retention)."""
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-        if self._consumer is None:
-            self._consumer = Consumer(self._config)
-        consumer = self._consumer
+        try:
+            if self._consumer is None:
+                self._consumer = Consumer(self._config)
+            return self._read(self._consumer, TopicPartition, topic, partition, begin, end)
+        except KafkaException as exc:
+            raise HoleUnreadable(f"{topic}:{partition}: reading offsets {begin} to {end - 1} failed: {exc}") from exc
+
+    def _read(self, consumer: Any, TopicPartition: Any, topic: str, partition: int, begin: int, end: int) -> list[Any]:
         consumer.assign([TopicPartition(topic, partition, begin)])
         found: list[Any] = []
         deadline = time.monotonic() + self.timeout_s
@@ -98,8 +106,8 @@ class HoleReader:
                 if position >= end:
                     return found
                 if time.monotonic() > deadline:
-                    raise HoleUnreadable(f"{topic}:{partition}: offsets {begin} to {end - 1} were left out by Faust "
-                                         f"and not readable within {self.timeout_s:g}s (position {position})")
+                    raise HoleUnreadable(f"{topic}:{partition}: offsets {begin} to {end - 1} not readable "
+                                         f"within {self.timeout_s:g}s (position {position})")
         finally:
             consumer.unassign()
 

@@ -7,6 +7,8 @@ calls it makes, not Kafka's behaviour (tests/integration/test_streams.py runs re
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 from types import SimpleNamespace
 
 from faust.types import TP
@@ -14,6 +16,7 @@ from faust.types import TP
 from contracts.settings import Settings
 from streams.app import STALL_AFTER_S, create_app
 from streams.config import StreamsConfig
+from streams.sequence import HoleUnreadable
 
 
 class RecordingConsumer:
@@ -22,7 +25,6 @@ class RecordingConsumer:
         self.fail_seek = fail_seek
         self._paused_partitions: set = set()
         self._buffered_partitions: set = set()
-        self._committed_offset: dict = {}
 
     def resume_partitions(self, tps: list) -> None:
         self.calls.append(("resume", tuple(tps)))
@@ -102,11 +104,13 @@ class BrokerMessage:
 
 
 class RecordingReader:
-    def __init__(self, holds: set[int]) -> None:
-        self.holds, self.reads = holds, []
+    def __init__(self, holds: set[int], fail: bool = False) -> None:
+        self.holds, self.reads, self.fail = holds, [], fail
 
     def read(self, topic: str, partition: int, begin: int, end: int) -> list:
         self.reads.append((topic, partition, begin, end))
+        if self.fail:
+            raise HoleUnreadable("broker gone")
         return [BrokerMessage(TP(topic, partition), o) for o in range(begin, end) if o in self.holds]
 
 
@@ -119,7 +123,7 @@ def test_offsets_faust_left_out_are_read_from_the_broker_and_processed_first() -
     worker = worker_with(consumer)
     worker.partitions = {0}
     tp = TP("stalls.impressions", 0)
-    consumer._committed_offset[tp] = 10
+    worker._start_offsets = {tp: 10}  # the group's committed offset
     worker._holes = reader = RecordingReader(holds={10, 12, 13})  # 11: a transaction marker, say
     seen: list[int] = []
     worker._dead_letter = lambda reason, detail, topic, value, key, partition, offset: seen.append(offset)
@@ -139,11 +143,49 @@ def test_in_order_offsets_read_nothing_from_the_broker() -> None:
     consumer = RecordingConsumer()
     worker = worker_with(consumer)
     worker._holes = reader = RecordingReader(holds=set())
-    tp = TP("stalls.slates", 1)  # never committed: Faust starts at the beginning
+    tp = TP("stalls.slates", 1)
+    worker._start_offsets = {}  # never committed: Faust starts at the beginning
     deliver(worker, message(tp, 0), message(tp, 1), message(tp, 2))
     asyncio.run(worker.after_flush())
     assert reader.reads == [] and consumer.calls == []
     assert worker._order.next_offset(tp) == 3
+
+
+def test_a_hole_of_markers_only_is_passed_without_telling_faust() -> None:
+    consumer = RecordingConsumer()
+    worker = worker_with(consumer)
+    worker.partitions = {0}
+    tp = TP("stalls.feedback", 0)
+    worker._start_offsets = {tp: 4}
+    worker._holes = RecordingReader(holds=set())
+    deliver(worker, message(tp, 4), message(tp, 6))  # 5: a transaction's marker
+    asyncio.run(worker.after_flush())
+    assert consumer.calls == [] and worker._order.next_offset(tp) == 7
+
+
+def test_a_hole_the_broker_cannot_give_stops_the_batch_and_withholds_faust_acks() -> None:
+    worker = worker_with(RecordingConsumer())
+    worker.partitions = {0}
+    tp = TP("stalls.impressions", 0)
+    worker._start_offsets = {tp: 10}
+    worker._holes = RecordingReader(holds=set(), fail=True)
+    before, at_hole, after = message(tp, 10), message(tp, 12), message(tp, 13)
+    with pytest.raises(HoleUnreadable):
+        deliver(worker, before, at_hole, after)
+    assert not hasattr(before, "acked") and at_hole.acked and after.acked
+
+
+def test_a_hole_filled_on_a_partition_revoked_before_the_flush_is_not_reported() -> None:
+    consumer = RecordingConsumer()
+    worker = worker_with(consumer)
+    worker.partitions = {0, 1}
+    tp = TP("stalls.slates", 1)
+    worker._start_offsets = {tp: 0}
+    worker._holes = RecordingReader(holds={0})
+    deliver(worker, message(tp, 1))
+    worker.on_revoked({1})
+    asyncio.run(worker.after_flush())
+    assert consumer.calls == []
 
 
 def test_an_offset_read_that_a_rebalance_overtakes_is_dropped_not_a_crash() -> None:
