@@ -91,8 +91,8 @@ class JoinTable(faust.Table):
 
     async def on_recovery_completed(self, active_tps: set, standby_tps: set) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
-        if self.on_recovered is not None:
-            self.on_recovered({tp.partition for tp in active_tps})
+        if self.on_recovered is not None:  # Faust awaits this before it delivers again
+            await self.on_recovered({tp.partition for tp in active_tps})
 
 
 @dataclass
@@ -137,7 +137,20 @@ class JoinWorker:
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in INPUTS}
         self._stalls = StallWatch(STALL_AFTER_S)
 
-    def on_recovered(self, partitions: set[int]) -> None:
+    async def on_recovered(self, partitions: set[int]) -> None:
+        """Take up ``partitions``, and learn where Faust starts delivering each of them."""
+        self.assign(partitions)
+        assignment = self._assignments
+        try:
+            starts = await asyncio.get_running_loop().run_in_executor(None, self._committed_offsets)
+        except Exception as exc:  # noqa: BLE001 - then Faust's own copy, or the first delivered
+            log.warning("could not read the committed offsets: %s", exc)
+            return
+        if assignment == self._assignments:
+            self._start_offsets = starts
+
+    def assign(self, partitions: set[int]) -> None:
+        """Own exactly ``partitions`` from now on; their records are restored."""
         self._forget(set(range(self.settings.partitions)) - partitions)
         self._assignments += 1
         self.partitions = partitions
@@ -150,6 +163,7 @@ class JoinWorker:
         """Stop acting for partitions another worker is about to own."""
         self._forget(partitions)
         self._assignments += 1
+        self._start_offsets = None
         self.partitions -= partitions
         self.join.rebuild(self.partitions, time.time())
         self.metrics.partitions.set(len(self.partitions))
@@ -168,7 +182,7 @@ class JoinWorker:
     def on_batch(self, events: list[faust.EventT]) -> None:
         now = time.time()
         order = self._order
-        for i, event in enumerate(events):
+        for event in events:
             msg = event.message
             # Emit latency counts from the moment Faust handed the message to the stream, so
             # the time it waited in the batch buffer is included.
@@ -184,23 +198,21 @@ class JoinWorker:
                 try:
                     self._fill(msg, expected, started, now)  # type: ignore[arg-type]
                 except HoleUnreadable:
-                    for rest in events[i:]:
-                        # Faust must record no ack for these: its commit could then pass the hole.
-                        rest.message.acked = True
+                    # Faust must record no ack for this batch: what it caused is not flushed,
+                    # and its commit could pass the hole. The restart replays from the last
+                    # batch flushed.
+                    for each in events:
+                        each.message.acked = True
                     raise
             self._process(msg.topic, msg.partition, msg.offset, msg.key, msg.value, started, now)
 
     def _start_offset(self, tp: TP) -> int | None:
         """Where Faust starts delivering ``tp`` after the assignment: the group's committed
-        offset, as the broker has it (Faust's own copy is not filled in yet when the first
-        messages arrive). Read once per assignment; ``None`` if the broker cannot say."""
-        if self._start_offsets is None:
-            try:
-                self._start_offsets = self._committed_offsets()
-            except Exception as exc:  # noqa: BLE001 - then take the first delivered as the start
-                log.warning("could not read the committed offsets: %s", exc)
-                return None
-        return self._start_offsets.get(tp, 0)
+        offset as the broker had it at the assignment (Faust's own copy can still be empty when
+        the first messages arrive); ``None`` (take the first delivered) if neither knows."""
+        if self._start_offsets is not None:
+            return self._start_offsets.get(tp, 0)
+        return self.app.consumer._committed_offset.get(tp)
 
     def _fill(self, msg: Any, begin: int, started: float, now: float) -> None:
         """Faust left out the offsets before ``msg`` (``streams.sequence``): read them from the

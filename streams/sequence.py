@@ -27,6 +27,7 @@ Faust's commit can pass a missing offset at the head of what it acked.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Hashable
 from typing import Any, Literal
@@ -77,6 +78,7 @@ class HoleReader:
                         "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 10}
         self.timeout_s = timeout_s
         self._consumer: Any = None
+        self._lock = threading.Lock()  # reads may run in executor threads; close comes from the loop
 
     def read(self, topic: str, partition: int, begin: int, end: int) -> list[Any]:
         """The messages at offsets ``begin`` to ``end`` - 1 (fewer where the log holds none:
@@ -84,9 +86,10 @@ class HoleReader:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         try:
-            if self._consumer is None:
-                self._consumer = Consumer(self._config)
-            return self._read(self._consumer, TopicPartition, topic, partition, begin, end)
+            with self._lock:
+                if self._consumer is None:
+                    self._consumer = Consumer(self._config)
+                return self._read(self._consumer, TopicPartition, topic, partition, begin, end)
         except KafkaException as exc:
             raise HoleUnreadable(f"{topic}:{partition}: reading offsets {begin} to {end - 1} failed: {exc}") from exc
 
@@ -112,6 +115,7 @@ class HoleReader:
             consumer.unassign()
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None

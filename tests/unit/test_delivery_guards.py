@@ -7,10 +7,9 @@ calls it makes, not Kafka's behaviour (tests/integration/test_streams.py runs re
 from __future__ import annotations
 
 import asyncio
-
-import pytest
 from types import SimpleNamespace
 
+import pytest
 from faust.types import TP
 
 from contracts.settings import Settings
@@ -163,7 +162,7 @@ def test_a_hole_of_markers_only_is_passed_without_telling_faust() -> None:
     assert consumer.calls == [] and worker._order.next_offset(tp) == 7
 
 
-def test_a_hole_the_broker_cannot_give_stops_the_batch_and_withholds_faust_acks() -> None:
+def test_a_hole_the_broker_cannot_give_stops_the_batch_and_withholds_its_acks() -> None:
     worker = worker_with(RecordingConsumer())
     worker.partitions = {0}
     tp = TP("stalls.impressions", 0)
@@ -172,7 +171,8 @@ def test_a_hole_the_broker_cannot_give_stops_the_batch_and_withholds_faust_acks(
     before, at_hole, after = message(tp, 10), message(tp, 12), message(tp, 13)
     with pytest.raises(HoleUnreadable):
         deliver(worker, before, at_hole, after)
-    assert not hasattr(before, "acked") and at_hole.acked and after.acked
+    assert before.acked and at_hole.acked and after.acked, "all unflushed: Faust must record no ack"
+
 
 
 def test_a_hole_filled_on_a_partition_revoked_before_the_flush_is_not_reported() -> None:
@@ -193,7 +193,7 @@ def test_an_offset_read_that_a_rebalance_overtakes_is_dropped_not_a_crash() -> N
     worker.partitions = {0}
 
     def committed() -> dict:
-        worker.on_recovered({0, 1})  # the assignment changes while the broker answers
+        worker.assign({0, 1})  # the assignment changes while the broker answers
         return {}
 
     worker._committed_offsets = committed
@@ -203,3 +203,19 @@ def test_an_offset_read_that_a_rebalance_overtakes_is_dropped_not_a_crash() -> N
     worker._committed_offsets = lambda: {TP("stalls.slates", 0): 2}
     asyncio.run(worker.refresh_backlog())
     assert worker.join._backlog[0] == frozenset({"slates"})
+
+
+def test_the_start_offsets_are_read_at_the_assignment_and_dropped_if_it_changed_meanwhile() -> None:
+    worker = worker_with(RecordingConsumer())
+    tp = TP("stalls.slates", 0)
+    worker._committed_offsets = lambda: {tp: 7}
+    asyncio.run(worker.on_recovered({0}))
+    assert worker._start_offset(tp) == 7
+
+    def overtaken() -> dict:
+        worker.assign({0, 1})
+        return {tp: 8}
+
+    worker._committed_offsets = overtaken
+    asyncio.run(worker.on_recovered({0}))
+    assert worker._start_offsets is None
