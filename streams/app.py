@@ -91,8 +91,8 @@ class JoinTable(faust.Table):
 
     async def on_recovery_completed(self, active_tps: set, standby_tps: set) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
-        if self.on_recovered is not None:  # Faust awaits this before it delivers again
-            await self.on_recovered({tp.partition for tp in active_tps})
+        if self.on_recovered is not None:
+            self.on_recovered({tp.partition for tp in active_tps})
 
 
 @dataclass
@@ -137,17 +137,23 @@ class JoinWorker:
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in INPUTS}
         self._stalls = StallWatch(STALL_AFTER_S)
 
-    async def on_recovered(self, partitions: set[int]) -> None:
-        """Take up ``partitions``, and learn where Faust starts delivering each of them."""
+    def on_recovered(self, partitions: set[int]) -> None:
+        """Take up ``partitions``, and learn where Faust starts delivering each of them (in the
+        background: awaiting the broker here, inside Faust's recovery, left partitions without
+        a committed offset undelivered until a seek)."""
         self.assign(partitions)
-        assignment = self._assignments
+        asyncio.ensure_future(self._read_start_offsets(self._assignments))
+
+    async def _read_start_offsets(self, assignment: int) -> None:
         try:
             starts = await asyncio.get_running_loop().run_in_executor(None, self._committed_offsets)
         except Exception as exc:  # noqa: BLE001 - then Faust's own copy, or the first delivered
             log.warning("could not read the committed offsets: %s", exc)
             return
-        if assignment == self._assignments:
+        if assignment == self._assignments and self._start_offsets is None:
             self._start_offsets = starts
+            log.info("committed offsets at the assignment: %s",
+                     {f"{tp.topic}:{tp.partition}": offset for tp, offset in sorted(starts.items())})
 
     def assign(self, partitions: set[int]) -> None:
         """Own exactly ``partitions`` from now on; their records are restored."""

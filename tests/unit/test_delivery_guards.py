@@ -205,17 +205,23 @@ def test_an_offset_read_that_a_rebalance_overtakes_is_dropped_not_a_crash() -> N
     assert worker.join._backlog[0] == frozenset({"slates"})
 
 
-def test_the_start_offsets_are_read_at_the_assignment_and_dropped_if_it_changed_meanwhile() -> None:
+def test_the_start_offsets_are_read_after_the_assignment_and_dropped_if_it_changed_meanwhile() -> None:
     worker = worker_with(RecordingConsumer())
     tp = TP("stalls.slates", 0)
     worker._committed_offsets = lambda: {tp: 7}
-    asyncio.run(worker.on_recovered({0}))
+
+    async def recover() -> None:
+        worker.on_recovered({0})
+        await asyncio.sleep(0.1)  # the read runs in the background
+
+    asyncio.run(recover())
     assert worker._start_offset(tp) == 7
 
     def overtaken() -> dict:
         worker.assign({0, 1})
         return {tp: 8}
 
+    worker.assign({0})
     worker._committed_offsets = overtaken
-    asyncio.run(worker.on_recovered({0}))
+    asyncio.run(worker._read_start_offsets(worker._assignments))
     assert worker._start_offsets is None
