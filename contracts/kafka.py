@@ -7,6 +7,7 @@ dead letter (and the caller for its own output) to be acknowledged, then commits
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -212,6 +213,22 @@ class EventConsumer:
         self.close()
 
 
+def topic_partitions(client: Any, topic: str, timeout: float = 10.0) -> list[int]:
+    """The partitions of ``topic``, asked of the broker through ``client`` (a consumer or an
+    admin client). A topic created a moment ago may be unknown to the broker's metadata or
+    leaderless for a while (UNKNOWN_TOPIC_OR_PART, LEADER_NOT_AVAILABLE): ask again for up to
+    ``timeout`` seconds before saying it is not there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = client.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions:
+            return sorted(meta.partitions)
+        if time.monotonic() >= deadline:
+            raise ShelfqError(f"topic {topic} is not available: {getattr(meta, 'error', None) or 'missing'} "
+                              "(run `shelfq topics create`)")
+        time.sleep(0.2)
+
+
 class CompactedReader:
     """Reads every partition of a compacted topic (``items``, ``user-state``) from the
     beginning, as a cache loader does: no consumer group, nothing committed. Invalid values
@@ -232,11 +249,8 @@ class CompactedReader:
         self._consumer = Consumer(settings.confluent_config(**{
             "group.id": f"{settings.topic_prefix}{component}-cache",  # required; never committed
             "enable.auto.commit": False, "enable.partition.eof": False}))
-        meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if meta is None or meta.error is not None:
-            raise ShelfqError(f"topic {self.topic} is not available: {getattr(meta, 'error', 'missing')} "
-                              "(run `shelfq topics create`)")
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        partitions = topic_partitions(self._consumer, self.topic)
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
 
     def poll(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Received]:
         out: list[Received] = []

@@ -39,6 +39,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from contracts.errors import EventError, ShelfqError
 from contracts.events import Item, State, Transition, decode
+from contracts.kafka import topic_partitions
 from contracts.settings import Settings
 from contracts.topics import ITEMS, MODELS, TRANSITIONS
 from evaluation.estimators import mean_ci
@@ -209,12 +210,8 @@ def read_to_end(settings: Settings, logical: str, limit: int | None = None, **co
         "group.id": f"{settings.topic_prefix}evaluate-{uuid.uuid4().hex[:8]}",  # required; never joined
         "enable.auto.commit": False, "enable.partition.eof": False, **config}))
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise ShelfqError(f"topic {topic} is not available: {getattr(meta, 'error', 'missing')} "
-                              "(run `shelfq topics create`)")
         ends = {}
-        for p in meta.partitions:
+        for p in topic_partitions(consumer, topic):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if high > low:
                 ends[p] = high

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from contracts.errors import EventError, ShelfqError
 from contracts.events import Event, Feedback, Impression, Item, Request, Slate, decode, encode
-from contracts.kafka import ReliableProducer
+from contracts.kafka import ReliableProducer, topic_partitions
 from contracts.settings import Settings
 from contracts.topics import FEEDBACK, IMPRESSIONS, ITEMS, REQUESTS, SLATES
 
@@ -126,17 +126,12 @@ class ShopClient:
         consumer = Consumer(self.settings.confluent_config(**{
             "group.id": f"{self.settings.topic_prefix}frontend-slates",  # required; never committed
             "enable.auto.commit": False, "enable.partition.eof": False, "fetch.wait.max.ms": 5}))
-        # A topic created a moment ago may be unknown to the broker's metadata or leaderless for
-        # a while (UNKNOWN_TOPIC_OR_PART, LEADER_NOT_AVAILABLE): ask again for up to 10 s.
-        deadline = time.monotonic() + 10
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        while (meta is None or meta.error is not None) and time.monotonic() < deadline:
-            time.sleep(0.2)
-            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
+        try:
+            partitions = topic_partitions(consumer, topic)
+        except ShelfqError:
             consumer.close()
-            raise ShelfqError(f"topic {topic} is not available: {getattr(meta, 'error', 'missing')} (run `shelfq topics create`)")
-        parts = [TopicPartition(topic, p, _end_offset(consumer, topic, p)) for p in meta.partitions]
+            raise
+        parts = [TopicPartition(topic, p, _end_offset(consumer, topic, p)) for p in partitions]
         consumer.assign(parts)
         return consumer
 

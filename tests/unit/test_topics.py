@@ -38,3 +38,39 @@ def test_drift_lists_every_difference() -> None:
         f"shelfq.models: max.message.bytes is 1048588, want {64 << 20}",
     ]
     assert topic_drift(spec, ActualTopic(1, 1, dict(spec.config))) == []
+
+
+class MetadataAfter:
+    """A client whose metadata knows a new topic only from the ``known_after``-th request on
+    (what a broker does for a moment after the topic is created)."""
+
+    def __init__(self, known_after: int) -> None:
+        self.known_after, self.requests = known_after, 0
+
+    def list_topics(self, topic: str, timeout: float):
+        from types import SimpleNamespace
+
+        self.requests += 1
+        if self.requests < self.known_after:
+            meta = SimpleNamespace(error="UNKNOWN_TOPIC_OR_PART", partitions={})
+        else:
+            meta = SimpleNamespace(error=None, partitions={1: None, 0: None})
+        return SimpleNamespace(topics={topic: meta})
+
+
+def test_a_topic_just_created_is_asked_for_again_until_its_metadata_shows_it() -> None:
+    from contracts.kafka import topic_partitions
+
+    client = MetadataAfter(known_after=3)
+    assert topic_partitions(client, "t", timeout=5) == [0, 1]
+    assert client.requests == 3
+
+
+def test_a_topic_that_stays_unknown_is_a_precise_error() -> None:
+    import pytest
+
+    from contracts.errors import ShelfqError
+    from contracts.kafka import topic_partitions
+
+    with pytest.raises(ShelfqError, match=r"topic t is not available: UNKNOWN_TOPIC_OR_PART \(run `shelfq topics create`\)"):
+        topic_partitions(MetadataAfter(known_after=10**6), "t", timeout=0.3)
