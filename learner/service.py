@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from contracts.errors import ConfigError, EventError
 from contracts.events import Item
-from contracts.kafka import CompactedReader, ReliableProducer
+from contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
 from contracts.models import ModelHeaders, read_safetensors_index
 from contracts.settings import Settings
 from contracts.topics import ITEMS, MODELS, TRANSITIONS
@@ -267,11 +267,8 @@ def latest_published_version(settings: Settings, policy: str, timeout: float = 1
         "max.partition.fetch.bytes": settings.model_max_bytes + (1 << 16)}))
     topic = settings.topic(MODELS)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise ConfigError(f"topic {topic} is not available (run `shelfq topics create`)")
         best = 0
-        for partition in meta.partitions:
+        for partition in topic_partitions(consumer, topic, timeout):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
             back = 16
             end = high

@@ -125,9 +125,12 @@ class JoinWorker:
         self._user_writes: dict[str, tuple[int, UserState]] = {}
         self._flush_lock = asyncio.Lock()
         self._order = DeliveryOrder()
-        self._holes = HoleReader(s.confluent_config(**{"group.id": f"{self.app.conf.id}-holes"}))
+        # Two readers of offsets Faust did not deliver: one for holes (on the event loop), one
+        # for probes of a partition's unread tail (in executor threads). Neither joins a group.
+        reader_config = s.confluent_config(**{"group.id": f"{self.app.conf.id}-holes"})
+        self._holes = HoleReader(reader_config)
         self._filled: list[tuple[TP, int, int]] = []  # holes processed, to tell Faust about
-        self._probe = HoleReader(s.confluent_config(**{"group.id": f"{self.app.conf.id}-holes"}), timeout_s=5.0)
+        self._probe = HoleReader(reader_config, timeout_s=5.0)
         self._probed: dict[TP, tuple[int, int, bool]] = {}  # position, end: whether messages lie between
         self._assignments = 0  # counts assignment changes, so a refresh can tell it is stale
         self._last_report = 0.0

@@ -32,6 +32,8 @@ import time
 from collections.abc import Hashable
 from typing import Any, Literal
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
 from contracts.errors import ShelfqError
 
 Verdict = Literal["process", "repeat", "hole"]
@@ -83,17 +85,15 @@ class HoleReader:
     def read(self, topic: str, partition: int, begin: int, end: int) -> list[Any]:
         """The messages at offsets ``begin`` to ``end`` - 1 (fewer where the log holds none:
         markers, or records deleted by retention)."""
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
-
         try:
             with self._lock:
                 if self._consumer is None:
                     self._consumer = Consumer(self._config)
-                return self._read(self._consumer, TopicPartition, topic, partition, begin, end)
+                return self._read(self._consumer, topic, partition, begin, end)
         except KafkaException as exc:
             raise HoleUnreadable(f"{topic}:{partition}: reading offsets {begin} to {end - 1} failed: {exc}") from exc
 
-    def _read(self, consumer: Any, TopicPartition: Any, topic: str, partition: int, begin: int, end: int) -> list[Any]:
+    def _read(self, consumer: Consumer, topic: str, partition: int, begin: int, end: int) -> list[Any]:
         consumer.assign([TopicPartition(topic, partition, begin)])
         found: list[Any] = []
         deadline = time.monotonic() + self.timeout_s
