@@ -99,7 +99,19 @@ class State(_Struct):
 
 
 class Request(Event, tag="shelfq.request.v1"):
-    """A frontend asks for a slate. Keyed by user_id on the ``requests`` topic."""
+    """A frontend asks for a slate. Keyed by user_id on the ``requests`` topic.
+
+    ``exclude`` names items the slate must not hold (the frontend will not show them: in the
+    cart, out of stock, on the page already); it may name items that are not candidates. Left
+    out, it is not encoded.
+
+    >>> encode(Request(request_id="r1", user_id="u1", ts=1.0, exclude=["a"]))
+    b'{"schema":"shelfq.request.v1","request_id":"r1","user_id":"u1","ts":1.0,"exclude":["a"]}'
+    >>> decode(b'{"schema":"shelfq.request.v1","request_id":"r1","user_id":"u1","ts":1,"exclude":["a","a"]}', Request)
+    Traceback (most recent call last):
+    ...
+    contracts.errors.EventError: exclude: item id 'a' appears twice
+    """
 
     request_id: Id
     user_id: Id
@@ -107,12 +119,15 @@ class Request(Event, tag="shelfq.request.v1"):
     session_id: Id | None = None
     slate_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_SLATE_SIZE)] = 10
     candidates: Annotated[list[Id], msgspec.Meta(max_length=MAX_CANDIDATES)] | None = None
+    exclude: Annotated[list[Id], msgspec.Meta(max_length=MAX_CANDIDATES)] | None = None
     context: Context | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.candidates is not None:
             _require_distinct("candidates", self.candidates)
+        if self.exclude is not None:
+            _require_distinct("exclude", self.exclude)
 
 
 class Slate(Event, tag="shelfq.slate.v1"):
