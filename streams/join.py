@@ -4,7 +4,9 @@ transitions and dead letters out. No Kafka, no Faust, no clocks of its own.
 One ``Record`` per request_id gathers the slate (decision log), the impression (what was shown)
 and the feedback on it. An item's attribution window opens at the impression and closes
 ``window_s`` later in event time; its transition is emitted when the partition's watermark
-passes the close, or early on a purchase of that item or the session's exit.
+passes the close, or early on a purchase of that item or the session's exit. An exit names one
+request, but ends its whole session: every open item of the session's impressions up to the
+exit closes with it (``done`` only on the named request's, the session's last impression).
 
 Records live in a mapping the caller provides (a Faust table's store in production), so the
 caller persists exactly the keys in ``Output.writes``. Emission is two-phase for at-least-once
@@ -23,6 +25,7 @@ with the same ``transition_id``; nothing is lost.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import Counter
@@ -38,6 +41,7 @@ from contracts.events import (DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS, Ev
 
 SLATES, IMPRESSIONS, FEEDBACK = "slates", "impressions", "feedback"
 INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
+Session = tuple[str, str]  # (user_id, session_id)
 RESTORED = "restored"  # the event time a partition's restored records had reached
 DEFAULT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
 
@@ -86,6 +90,13 @@ class Record(msgspec.Struct, array_like=True):
     """Positions whose transitions the broker has acknowledged."""
     closed_at: float | None = None
     """Event time when every item was emitted; the record then only marks late feedback."""
+    session_exit_ts: float | None = None
+    """Event time of the exit of another request of the same session that closed this record's
+    open items (done False). On a closed marker: the exit that closed it, its own or another
+    request's, kept with ``exited_session`` so that a restarted join still knows the session
+    ended. Trailing fields with defaults: records stored before them still decode."""
+    exited_session: Session | None = None
+    """On a closed marker that an exit closed: (user_id, session_id) of that exit."""
 
     def state(self) -> State | None:
         """The state the policy saw: inline on the impression if it came so, else the slate's."""
@@ -129,6 +140,14 @@ class Join:
         self._first_seen: dict[int, float] = {}
         self._backlog: dict[int, frozenset[str]] = {}
         self._inflight: dict[str, set[int]] = {}
+        # partition -> session -> request_ids of its joined records not closed yet, so an exit
+        # finds the rest of its session without a scan
+        self._sessions: dict[int, dict[Session, set[str]]] = {}
+        # partition -> session -> event times of its exits, for records of the session that join
+        # after its exit arrived (topics are not ordered with each other); each one is forgotten
+        # a window after its exit, when any impression before it has closed on its own.
+        self._exits: dict[int, dict[Session, list[float]]] = {}
+        self._exit_expiry: dict[int, list[tuple[float, Session, float]]] = {}
         self._now = 0.0  # wall time of the step in progress
         self.inputs: Counter[str] = Counter()
         self.outcomes: Counter[tuple[str, str]] = Counter()
@@ -194,8 +213,14 @@ class Join:
         rec.emitted.append(transition.position)
         assert rec.impression is not None
         if len(rec.emitted) == len(rec.impression.items):
-            # Every item is out: keep only a marker, so feedback still to come counts as late.
+            # Every item is out: keep only a marker, so feedback still to come counts as late,
+            # and the session's exit, if one closed it, so that a restart still knows it.
+            session = _session(rec)
+            self._unindex(rec, session)
+            exit_close = self._exit_close(rec)
             rec.closed_at = self._watermark.get(rec.partition, transition.ts_impression)
+            if exit_close is not None:
+                rec.session_exit_ts, rec.exited_session = exit_close[0], session
             rec.slate, rec.impression, rec.feedback = None, None, []
             self._schedule(rec)
         out.writes[rec.request_id] = (rec.partition, rec)
@@ -226,7 +251,7 @@ class Join:
             self.outcomes[(SLATES, "joined")] += 1
             if rec.impression.state is None:  # the impression was waiting for its slate
                 self.outcomes[(IMPRESSIONS, "joined")] += 1
-                self._attribute_held(rec, out)
+                self._joined(rec, out)
 
     def _on_impression(self, rec: Record, imp: Impression, out: Output) -> None:
         if rec.impression is not None or rec.closed_at is not None:
@@ -238,7 +263,7 @@ class Join:
             self.outcomes[(SLATES, "joined")] += 1
         if rec.joined():
             self.outcomes[(IMPRESSIONS, "joined")] += 1
-            self._attribute_held(rec, out)
+            self._joined(rec, out)
 
     def _on_feedback(self, rec: Record, fb: Feedback, out: Output, now: float) -> None:
         if any(_same(fb, seen) for seen in rec.feedback):
@@ -252,11 +277,25 @@ class Join:
         if rec.joined():
             self._attribute(rec, fb, out)  # otherwise held until the impression joins
 
-    def _attribute_held(self, rec: Record, out: Output) -> None:
+    def _joined(self, rec: Record, out: Output) -> None:
+        """The record just met its slate (or its state): index it by session, attribute the
+        feedback it held in event-time order, and if its session's exit came after its
+        impression but arrived before it joined, close it at that exit in its place among the
+        held feedback (what comes after the exit is late, as for a record joined in time)."""
+        imp = rec.impression
+        assert imp is not None
+        session = _session(rec)
+        self._sessions.setdefault(rec.partition, {}).setdefault(session, set()).add(rec.request_id)
+        exit_ts = self._remembered_exit(rec.partition, session, imp.ts)
         held, rec.feedback = rec.feedback, []
         for fb in sorted(held, key=lambda f: f.ts):
+            if exit_ts is not None and fb.ts > exit_ts:
+                self._close_at_session_exit(rec, exit_ts, out)
+                exit_ts = None
             rec.feedback.append(fb)
             self._attribute(rec, fb, out)
+        if exit_ts is not None:
+            self._close_at_session_exit(rec, exit_ts, out)
 
     def _attribute(self, rec: Record, fb: Feedback, out: Output) -> None:
         """Classify one accepted feedback of a joined record; close early on purchase or exit."""
@@ -267,29 +306,102 @@ class Join:
             self._dead(out, "late", f"feedback at ts {fb.ts} is after its window closed at {imp.ts + self.config.window_s}", fb)
             return
         if fb.event == "exit":
-            open_items = [p for p in range(len(imp.items))
-                          if p not in rec.emitted and p not in self._inflight.get(rec.request_id, ())]
+            open_items = [] if rec.session_exit_ts is not None else self._open_items(rec)
             if not open_items:
                 rec.feedback.remove(fb)
-                self._dead(out, "late", f"exit on request {fb.request_id} after every item was emitted", fb)
+                self._dead(out, "late", f"exit on request {fb.request_id} after every item was closed", fb)
                 return
             self.outcomes[(FEEDBACK, "attributed")] += 1
             out.attributed.append(fb)
             self._emit(rec, open_items, out)
+            self._end_session(rec, fb.ts, out)
             return
         if fb.item_id not in imp.items:
             rec.feedback.remove(fb)
             self._dead(out, "orphan", f"item {fb.item_id!r} was not shown in impression {imp.request_id}", fb)
             return
         position = imp.items.index(fb.item_id)
-        if position in rec.emitted or position in self._inflight.get(rec.request_id, ()):
+        if position not in self._open_items(rec) or self._exit_close(rec) is not None:
+            # An exit closed every item; checked on the record too, because after a restart
+            # nothing is in flight until the re-emission, which must not see this feedback.
             rec.feedback.remove(fb)
-            self._dead(out, "late", f"feedback on {fb.item_id!r} after its transition was emitted", fb)
+            self._dead(out, "late", f"feedback on {fb.item_id!r} after its item closed", fb)
             return
         self.outcomes[(FEEDBACK, "attributed")] += 1
         out.attributed.append(fb)
         if fb.event == "purchase":
             self._emit(rec, [position], out)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _end_session(self, rec: Record, exit_ts: float, out: Output) -> None:
+        """``rec``'s exit was attributed: remember it for the session's records still to join,
+        and close the open items of every other joined record of the session shown up to the
+        exit. An impression after the exit belongs to what follows it and stays open."""
+        session = _session(rec)
+        self._remember_exit(rec.partition, session, exit_ts)
+        for key in sorted(self._sessions.get(rec.partition, {}).get(session, ())):
+            other = self.records.get(key)
+            if key == rec.request_id or other is None or other.impression is None or other.impression.ts > exit_ts:
+                continue
+            self._close_at_session_exit(other, exit_ts, out)
+
+    def _close_at_session_exit(self, rec: Record, exit_ts: float, out: Output) -> None:
+        """Emit the open items of ``rec`` at its session's exit (done False), and persist what
+        closed them, so a re-emission after a crash closes them the same way."""
+        if self._exit_close(rec) is not None:
+            return  # an exit closed it already
+        open_items = self._open_items(rec)
+        if not open_items:
+            return
+        rec.session_exit_ts = exit_ts
+        out.writes[rec.request_id] = (rec.partition, rec)
+        self._emit(rec, open_items, out)
+        self._schedule(rec)  # due at the exit now: a re-emission need not wait for the window
+
+    def _remember_exit(self, partition: int, session: Session, exit_ts: float) -> None:
+        times = self._exits.setdefault(partition, {}).setdefault(session, [])
+        if exit_ts not in times:
+            bisect.insort(times, exit_ts)
+            heapq.heappush(self._exit_expiry.setdefault(partition, []), (exit_ts + self.config.window_s, session, exit_ts))
+
+    def _remembered_exit(self, partition: int, session: Session, impression_ts: float) -> float | None:
+        """The session's first exit at or after ``impression_ts``, if one is remembered."""
+        times = self._exits.get(partition, {}).get(session, [])
+        i = bisect.bisect_left(times, impression_ts)
+        return times[i] if i < len(times) else None
+
+    def _forget_exits(self, partition: int, mark: float) -> None:
+        expiry = self._exit_expiry.get(partition, [])
+        while expiry and expiry[0][0] <= mark:
+            _expiry, session, exit_ts = heapq.heappop(expiry)
+            times = self._exits.get(partition, {}).get(session)
+            if times is not None and exit_ts in times:
+                times.remove(exit_ts)
+                if not times:
+                    del self._exits[partition][session]
+
+    def _unindex(self, rec: Record, session: Session) -> None:
+        keys = self._sessions.get(rec.partition, {}).get(session)
+        if keys is not None:
+            keys.discard(rec.request_id)
+            if not keys:
+                del self._sessions[rec.partition][session]
+
+    def _open_items(self, rec: Record) -> list[int]:
+        """Positions of a joined record neither acknowledged nor in flight."""
+        assert rec.impression is not None
+        inflight = self._inflight.get(rec.request_id, ())
+        return [p for p in range(len(rec.impression.items)) if p not in rec.emitted and p not in inflight]
+
+    def _exit_close(self, rec: Record) -> tuple[float, bool] | None:
+        """When an exit closes a joined record's items, and whether it is the record's own exit
+        (done True): its own exit or its session's, the earlier. Read from the record alone."""
+        own = min((f.ts for f in rec.feedback if f.event == "exit"), default=None)
+        session = rec.session_exit_ts
+        if own is not None and (session is None or own <= session):
+            return own, True
+        return (session, False) if session is not None else None
 
     # -- time --------------------------------------------------------------------------------
 
@@ -328,6 +440,7 @@ class Join:
         """Move the watermark to ``mark`` and settle every record whose deadline passed."""
         self._watermark[partition] = max(mark, self._watermark.get(partition, -math.inf))
         mark = self._watermark[partition]
+        self._forget_exits(partition, mark)
         heap = self._deadlines.get(partition, [])
         while heap and heap[0][0] <= mark:
             _deadline, key = heapq.heappop(heap)
@@ -345,9 +458,12 @@ class Join:
     def _deadline(self, rec: Record) -> float | None:
         w = self.config.window_s
         if rec.closed_at is not None:
-            return rec.closed_at + w
+            # A marker lasts as long as its session's exit is remembered, so a restart knows it.
+            return max(rec.closed_at, rec.session_exit_ts if rec.session_exit_ts is not None else -math.inf) + w
         if rec.impression is not None:
-            return rec.impression.ts + w
+            exit_close = self._exit_close(rec) if rec.joined() else None
+            # Every item of a record an exit closed is due by the exit (a purchase closes earlier).
+            return rec.impression.ts + w if exit_close is None else min(exit_close[0], rec.impression.ts + w)
         if rec.slate is not None:
             return rec.slate.ts + w
         return min((f.ts for f in rec.feedback), default=0.0) + w
@@ -382,8 +498,10 @@ class Join:
 
         What a transition holds depends only on the record, never on when it is emitted, so a
         re-emission after a crash is identical: an item closes at its first purchase (done
-        False), else at the session's exit (done True), else at its window's end; its reward
-        and next_state count the feedback up to that close, in event time."""
+        False), else at the exit that closed the record (done True if it is the record's own,
+        False if another request's of its session, kept in ``session_exit_ts``), else at its
+        window's end; its reward and next_state count the feedback up to that close, in event
+        time."""
         imp, state = rec.impression, rec.state()
         assert imp is not None and state is not None
         inflight = self._inflight.setdefault(rec.request_id, set())
@@ -391,7 +509,8 @@ class Join:
         if not due:
             return
         feedback = sorted(rec.feedback, key=lambda f: f.ts)
-        exit_ts = next((f.ts for f in feedback if f.event == "exit"), None)
+        exit_close = self._exit_close(rec)
+        exit_ts = exit_close[0] if exit_close is not None else None
         slate = rec.slate
         # Who chose the slate: an impression that carries its own state (a frontend's fallback,
         # a replayed log) speaks for itself, even if the agent's slate arrived as well (late).
@@ -401,8 +520,8 @@ class Join:
             purchase_ts = next((f.ts for f in feedback if f.item_id == item and f.event == "purchase"), None)
             if purchase_ts is not None and (exit_ts is None or purchase_ts < exit_ts):
                 close, done = purchase_ts, False
-            elif exit_ts is not None:
-                close, done = exit_ts, True
+            elif exit_close is not None:
+                close, done = exit_close
             else:
                 close, done = imp.ts + self.config.window_s, False
             seen = [f for f in feedback if f.ts <= close and f.item_id is not None]
@@ -470,10 +589,22 @@ class Join:
             if p not in partitions:
                 self._watermark.pop(p)
                 self._seen.pop(p, None)
+        self._sessions = {p: {} for p in partitions}
+        self._exits = {p: {} for p in partitions}
+        self._exit_expiry = {p: [] for p in partitions}
         newest: dict[int, float] = {}
         for rec in self.records.values():
             self._schedule(rec)
             newest[rec.partition] = max(newest.get(rec.partition, -math.inf), _newest_ts(rec))
+            if rec.closed_at is not None:
+                if rec.session_exit_ts is not None and rec.exited_session is not None:
+                    self._remember_exit(rec.partition, rec.exited_session, rec.session_exit_ts)
+            elif rec.joined():
+                session = _session(rec)
+                self._sessions[rec.partition].setdefault(session, set()).add(rec.request_id)
+                exit_close = self._exit_close(rec)
+                if exit_close is not None:  # an exit on a joined record was attributed
+                    self._remember_exit(rec.partition, session, exit_close[0])
         for p, ts in newest.items():
             if p not in self._seen:
                 self._seen[p], self._first_seen[p] = {RESTORED: (ts, now)}, now
@@ -487,6 +618,11 @@ def _newest_ts(rec: Record) -> float:
     if rec.closed_at is not None:
         times.append(rec.closed_at)
     return max(times, default=-math.inf)
+
+
+def _session(rec: Record) -> Session:
+    assert rec.impression is not None
+    return rec.impression.user_id, rec.impression.session_id
 
 
 def _same(a: Feedback, b: Feedback) -> bool:

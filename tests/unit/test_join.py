@@ -17,26 +17,27 @@ CONFIG = JoinConfig(window_s=WINDOW, allowed_lateness_s=0.0, idle_advance_s=1.0)
 STATE = State(history=[Interaction(item_id="old", event="click", ts=1.0)], context={"page": "home"})
 
 
-def slate(req: str = "r1", items=("a", "b", "c"), ts: float = 100.0) -> tuple[str, Event]:
+def slate(req: str = "r1", items=("a", "b", "c"), ts: float = 100.0, session: str = "s1") -> tuple[str, Event]:
     n = len(items)
-    return "slates", Slate(request_id=req, user_id="u1", session_id="s1", ts=ts, items=list(items),
+    return "slates", Slate(request_id=req, user_id="u1", session_id=session, ts=ts, items=list(items),
                            scores=[float(n - i) for i in range(n)], propensities=[0.5] * n,
                            policy="dqn", model_version=3, state=STATE)
 
 
-def imp(req: str = "r1", items=("a", "b", "c"), ts: float = 101.0, **inline) -> tuple[str, Event]:
-    return "impressions", Impression(request_id=req, user_id="u1", session_id="s1", ts=ts, items=list(items), **inline)
+def imp(req: str = "r1", items=("a", "b", "c"), ts: float = 101.0, session: str = "s1", **inline) -> tuple[str, Event]:
+    return "impressions", Impression(request_id=req, user_id="u1", session_id=session, ts=ts, items=list(items), **inline)
 
 
-def fb(event: str, item: str | None = None, ts: float = 110.0, req: str = "r1") -> tuple[str, Event]:
-    return "feedback", Feedback(request_id=req, user_id="u1", session_id="s1", ts=ts, event=event, item_id=item)
+def fb(event: str, item: str | None = None, ts: float = 110.0, req: str = "r1", session: str = "s1") -> tuple[str, Event]:
+    return "feedback", Feedback(request_id=req, user_id="u1", session_id=session, ts=ts, event=event, item_id=item)
 
 
 def later(ts: float) -> list[tuple[str, Event]]:
     """An unrelated request whose slate, impression and feedback move the watermark to ``ts``
     (the watermark follows the input topic that is furthest behind)."""
     req = f"clock-{ts}"
-    return [slate(req=req, items=("z",), ts=ts), imp(req=req, items=("z",), ts=ts), fb("click", "z", ts=ts, req=req)]
+    return [slate(req=req, items=("z",), ts=ts, session=req), imp(req=req, items=("z",), ts=ts, session=req),
+            fb("click", "z", ts=ts, req=req, session=req)]
 
 
 @dataclass
@@ -366,3 +367,204 @@ def test_a_transition_the_broker_refused_is_emitted_again_identically() -> None:
     assert msgspec.structs.replace(again[0], ts_emitted=0.0) == msgspec.structs.replace(refused, ts_emitted=0.0)
     join.acked(again[0])
     assert not [t for t in join.tick(0, now=700.0).transitions if t.request_id == "r1"]
+
+
+# -- a session's exit closes the session ----------------------------------------------------
+
+
+def session_of_three() -> list[tuple[str, Event]]:
+    """Requests r1, r2, r3 of session s1 shown 20 s apart, a click on each, an add to cart on
+    r1's "b" after the exit (so it must not count), and the exit naming the last one."""
+    return [slate("r1", ts=100), imp("r1", ts=101), fb("click", "a", ts=105, req="r1"),
+            slate("r2", ts=120), imp("r2", ts=121), fb("click", "b", ts=125, req="r2"),
+            slate("r3", ts=140), imp("r3", ts=141), fb("click", "c", ts=145, req="r3"),
+            fb("exit", ts=150, req="r3"), fb("add_to_cart", "b", ts=152, req="r1")]
+
+
+def strip(transitions) -> dict[str, Transition]:
+    return {t.transition_id: msgspec.structs.replace(t, ts_emitted=0.0) for t in transitions}
+
+
+def test_a_session_exit_emits_every_request_of_the_session_at_once_done_only_on_the_last() -> None:
+    join = Join(CONFIG)
+    events = session_of_three()
+    outs = [join.process(0, topic, event, now=event.ts) for topic, event in events]
+    at_exit = {t.transition_id: t for t in outs[-2].transitions}
+    assert sorted(at_exit) == [f"{r}:{p}" for r in ("r1", "r2", "r3") for p in range(3)]
+    assert all(t.done == (t.request_id == "r3") for t in at_exit.values())
+    assert [(at_exit[k].reward, at_exit[k].reward_parts) for k in ("r1:0", "r2:1", "r3:2")] == [(1.0, {"click": 1})] * 3
+    # r1 closed at the exit: its next_state has what happened up to it, and the later cart is late.
+    assert [i.item_id for i in at_exit["r1:1"].next_state.history] == ["old", "a"]
+    assert [(d.reason, d.event.request_id) for d in outs[-1].dead_letters] == [("late", "r1")]
+    assert set(outs[-2].writes) == {"r1", "r2", "r3"}, "what closed each record is persisted"
+    assert [f.event for f in outs[-2].attributed] == ["exit"]
+    assert join.outcomes[("feedback", "attributed")] == 4 and join.outcomes[("feedback", "late")] == 1
+    for t in at_exit.values():
+        join.acked(t)
+    assert join.pending_items() == 0
+    assert_conservation(join)
+
+
+def test_a_session_exit_leaves_other_sessions_and_later_impressions_open() -> None:
+    join = Join(CONFIG)
+    events = [slate("r1", ts=100), imp("r1", ts=101),
+              slate("other", ts=102, session="s2"), imp("other", ts=103, session="s2"),
+              slate("r2", ts=120), imp("r2", ts=121),
+              slate("after", ts=155), imp("after", ts=156),  # shown after the exit: what follows it
+              fb("exit", ts=150, req="r2")]
+    out = Counter()
+    for topic, event in events:
+        out.update(t.request_id for t in join.process(0, topic, event, now=event.ts).transitions)
+    assert out == Counter({"r1": 3, "r2": 3})
+    later_on = {t.transition_id: t for t in join.tick(0, now=10_000.0).transitions}
+    assert {t.request_id for t in later_on.values()} == {"other", "after"}
+    assert not any(t.done for t in later_on.values())
+    assert_conservation(join)
+
+
+def test_an_impression_arriving_after_the_exit_of_its_session_stays_open_if_shown_later() -> None:
+    join = Join(CONFIG)
+    for topic, event in [slate("r1", ts=100), imp("r1", ts=101), fb("exit", ts=150, req="r1"), slate("r2", ts=159)]:
+        for t in join.process(0, topic, event, now=event.ts).transitions:
+            join.acked(t)
+    out = join.process(0, *imp("r2", ts=160), now=160.0)
+    assert out.transitions == []
+    assert join.pending_items() == 3, "r2's items wait for their window"
+    assert sorted(t.transition_id for t in join.tick(0, now=10_000.0).transitions) == ["r2:0", "r2:1", "r2:2"]
+
+
+def test_a_purchased_item_keeps_its_purchase_close_when_the_session_exits() -> None:
+    join = Join(CONFIG)
+    events = [slate("r1"), imp("r1"), fb("click", "b", ts=104), fb("purchase", "b", ts=105), fb("click", "c", ts=106),
+              slate("r2", ts=120), imp("r2", ts=121), fb("exit", ts=150, req="r2")]
+    emitted = [t for topic, event in events for t in join.process(0, topic, event, now=event.ts).transitions]
+    r1 = {t.position: t for t in emitted if t.request_id == "r1"}
+    assert [t.transition_id for t in emitted].count("r1:1") == 1, "the purchased item is not emitted again"
+    b, c = r1[1], r1[2]
+    assert (b.done, b.reward_parts, [i.item_id for i in b.next_state.history]) == (False, {"click": 1, "purchase": 1},
+                                                                                  ["old", "b", "b"])
+    assert (c.done, c.reward, [i.item_id for i in c.next_state.history]) == (False, 1.0, ["old", "b", "b", "c"])
+
+
+def test_an_earlier_request_joined_after_its_sessions_exit_closes_at_once() -> None:
+    """Topics are not ordered with each other: r1's impression (and another time r1's slate)
+    arrives after the exit that r2 named. It closes at the exit: what came before the exit
+    counts, what came after is late."""
+    for last_to_arrive in ("impressions", "slates"):
+        join = Join(CONFIG)
+        held = [slate("r1"), imp("r1")]
+        first = [e for e in held if e[0] != last_to_arrive]
+        missing = next(e for e in held if e[0] == last_to_arrive)
+        events = [*first, fb("click", "a", ts=110, req="r1"), fb("click", "b", ts=155, req="r1"),
+                  slate("r2", ts=120), imp("r2", ts=121), fb("exit", ts=150, req="r2")]
+        for topic, event in events:
+            join.process(0, topic, event, now=event.ts)
+        out = join.process(0, *missing, now=160.0)
+        got = {t.position: t for t in out.transitions}
+        assert sorted(got) == [0, 1, 2], last_to_arrive
+        assert [(got[p].reward, got[p].done) for p in range(3)] == [(1.0, False), (0.0, False), (0.0, False)]
+        assert [(d.reason, d.event.item_id) for d in out.dead_letters] == [("late", "b")]
+        assert out.writes["r1"][1].session_exit_ts == 150.0
+        for t in out.transitions:
+            join.acked(t)
+        assert_conservation(join)
+
+
+class Changelog:
+    """The join table as the worker keeps it: only ``Output.writes`` reach it, as msgpack."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, bytes] = {}
+
+    def apply(self, out) -> None:
+        for key, (_partition, record) in out.writes.items():
+            if record is None:
+                self.store.pop(key, None)
+            else:
+                self.store[key] = msgspec.msgpack.encode(record)
+
+    def restore(self) -> Join:
+        from streams.join import Record
+
+        decoder = msgspec.msgpack.Decoder(Record)
+        return Join(CONFIG, records={k: decoder.decode(v) for k, v in self.store.items()})
+
+
+def test_a_crash_between_a_session_exit_and_its_acks_re_emits_identical_transitions_soon() -> None:
+    events = [*session_of_three()[:-1], fb("purchase", "c", ts=107, req="r1")]
+    events.insert(-2, events.pop())  # the purchase arrives before the exit
+    join, log = Join(CONFIG), Changelog()
+    first: list[Transition] = []
+    for topic, event in events:
+        out = join.process(0, topic, event, now=event.ts)
+        log.apply(out)
+        first += out.transitions
+    assert len(first) == 9
+    for t in first:
+        if t.request_id == "r3":  # r3's acks made it, the others' did not
+            log.apply(join.acked(t))
+    restored = log.restore()
+    restored.rebuild({0}, now=1000.0)
+    # Soon, not a window later: the exit already decided when every item closes.
+    again = strip(t for t in restored.tick(0, now=1002.0).transitions)
+    assert again == {k: v for k, v in strip(first).items() if not k.startswith("r3")}
+    assert (again["r1:2"].reward_parts, again["r1:2"].done) == ({"purchase": 1}, False)
+
+
+def test_a_restarted_join_remembers_the_sessions_exit() -> None:
+    join, log = Join(CONFIG), Changelog()
+    for topic, event in [slate("r1"), slate("r2", ts=120), imp("r2", ts=121), fb("exit", ts=150, req="r2")]:
+        out = join.process(0, topic, event, now=event.ts)
+        log.apply(out)
+        for t in out.transitions:
+            log.apply(join.acked(t))
+    assert msgspec.msgpack.Decoder().decode(log.store["r2"])[-2:] == [150.0, ["u1", "s1"]], "r2 is a closed marker"
+    restored = log.restore()
+    restored.rebuild({0}, now=1000.0)
+    out = restored.process(0, *imp("r1"), now=1000.0)
+    assert sorted(t.transition_id for t in out.transitions) == ["r1:0", "r1:1", "r1:2"]
+    assert not any(t.done for t in out.transitions)
+
+
+def test_session_bookkeeping_is_forgotten_once_the_windows_pass() -> None:
+    join = Join(CONFIG)
+    for topic, event in session_of_three():
+        for t in join.process(0, topic, event, now=event.ts).transitions:
+            join.acked(t)
+    assert join._sessions[0] == {} and join._exits[0] == {("u1", "s1"): [150.0]}
+    join.tick(0, now=10_000.0)
+    assert join._exits[0] == {} and join.records == {}
+
+
+def test_records_stored_before_the_session_fields_still_decode() -> None:
+    from streams.join import Record
+
+    class OldRecord(msgspec.Struct, array_like=True):
+        request_id: str
+        partition: int
+        slate: Slate | None = None
+        impression: Impression | None = None
+        feedback: list[Feedback] = []
+        emitted: list[int] = []
+        closed_at: float | None = None
+
+    old = OldRecord("r1", 0, impression=imp()[1], emitted=[1], closed_at=None)  # type: ignore[arg-type]
+    rec = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=Record)
+    assert (rec.request_id, rec.emitted, rec.session_exit_ts, rec.exited_session) == ("r1", [1], None, None)
+
+
+def test_sessions_through_the_join_conserve_every_event() -> None:
+    from streams.synthetic import synthetic_traffic
+
+    # Five requests per session, each session ending with an exit on its last, delivered in a
+    # shuffled order, all well inside one window (so only exits and purchases emit early).
+    import random
+
+    traffic = synthetic_traffic(users=30, requests_per_user=5, slate_size=3, t0=1000.0, seed=5, gap_s=5.0, exit_p=1.0)
+    events = [(topic, event) for topic, _key, event in traffic.events]
+    random.Random(1).shuffle(events)
+    r = run(events, wall=2000.0)
+    assert_conservation(r.join)
+    assert sum(r.join.pending().values()) == 0 and r.join.pending_items() == 0
+    assert r.emitted_before_drain == set(traffic.expected), "every session's exit closed all of it"
+    assert all(t.request_id.endswith("-4") for t in r.transitions.values() if t.done), "done only on the last"
