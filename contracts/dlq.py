@@ -50,19 +50,29 @@ def dead_letter(
     if isinstance(key, bytes):
         key = key.decode("utf-8", errors="replace")
     return DeadLetter(
-        component=component,
-        reason=reason,
-        detail=detail,
-        topic=topic,
+        component=_text(component),
+        reason=_text(reason),
+        detail=_text(detail),
+        topic=_text(topic),
         partition=partition,
         offset=offset,
-        key=key,
+        key=None if key is None else _text(key),
         value=text,
         value_encoding=encoding,  # type: ignore[arg-type]
         value_bytes=size,
         truncated=size > max_value_bytes,
         ts=time.time() if ts is None else ts,
     )
+
+
+def _text(text: str) -> str:
+    r"""``text`` as UTF-8 can carry it: a lone surrogate (from a parser that keeps them, such as
+    Python's json, in a key or an error message) would make the record itself unencodable.
+
+    >>> _text("ok \ud800")
+    'ok \\ud800'
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class DeadLetterWriter:

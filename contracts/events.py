@@ -40,11 +40,34 @@ DEFAULT_REWARD_WEIGHTS: Mapping[str, float] = MappingProxyType({"click": 1.0, "a
 #: Interactions a state and a user-state carry by default (SHELFQ_JOIN_HISTORY_LENGTH).
 DEFAULT_HISTORY_LENGTH = 50
 
+# Bounds on every number an event carries. JSON numbers are unbounded and Python's ints too,
+# but consumers hold them as float32 (featurizer, replay buffer: at most ~3.4e38), float64
+# (float() of a 400-digit int raises) or int64: a value must survive all of them.
+#: Latest event time, epoch seconds: 3000-01-01T00:00:00Z (milliseconds by mistake are refused).
+MAX_TS = 32_503_680_000.0
+#: Largest reward magnitude of a transition (the join's weighted sum of a few feedback kinds).
+MAX_REWARD = 1e6
+#: Largest price or purchase value.
+MAX_MONEY = 1e9
+#: Largest magnitude of a number in a context (exact as float64 well below 2**53).
+MAX_CONTEXT_NUMBER = 10**15
+#: Largest magnitude of a float32 (slate scores are the Q-network's float32 outputs).
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MAX = 2**63 - 1
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Ts = Annotated[float, msgspec.Meta(ge=0)]
+Ts = Annotated[float, msgspec.Meta(ge=0, le=MAX_TS)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-Context = dict[str, Union[str, int, float]]
+Money = Annotated[float, msgspec.Meta(ge=0, le=MAX_MONEY)]
+Reward = Annotated[float, msgspec.Meta(ge=-MAX_REWARD, le=MAX_REWARD)]
+Score = Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Int64 = Annotated[int, msgspec.Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
+ContextNumber = Union[
+    Annotated[int, msgspec.Meta(ge=-MAX_CONTEXT_NUMBER, le=MAX_CONTEXT_NUMBER)],
+    Annotated[float, msgspec.Meta(ge=-MAX_CONTEXT_NUMBER, le=MAX_CONTEXT_NUMBER)],
+]
+Context = dict[str, Union[str, ContextNumber]]
 FeedbackKind = Literal["click", "add_to_cart", "purchase", "exit"]
 InteractionKind = Literal["click", "add_to_cart", "purchase"]
 ShownItems = Annotated[list[Id], msgspec.Meta(min_length=1, max_length=MAX_SLATE_SIZE)]
@@ -138,10 +161,10 @@ class Slate(Event, tag="shelfq.slate.v1"):
     session_id: Id
     ts: Ts
     items: ShownItems
-    scores: list[float]
+    scores: list[Score]
     propensities: list[Probability]
     policy: Id
-    model_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    model_version: Count | None = None
     state: State = State()
 
     def __post_init__(self) -> None:
@@ -169,7 +192,7 @@ class Impression(Event, tag="shelfq.impression.v1"):
     state: State | None = None
     propensities: list[Probability] | None = None
     policy: Id | None = None
-    model_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    model_version: Count | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -186,7 +209,7 @@ class Feedback(Event, tag="shelfq.feedback.v1"):
     ts: Ts
     event: FeedbackKind
     item_id: Id | None = None
-    value: NonNegative | None = None
+    value: Money | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -207,7 +230,7 @@ class Item(Event, tag="shelfq.item.v1"):
     ts: Ts
     title: Annotated[str, msgspec.Meta(max_length=1_000)] | None = None
     category: Id | None = None
-    price: NonNegative | None = None
+    price: Money | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -225,15 +248,15 @@ class Transition(Event, tag="shelfq.transition.v1"):
     action: Id
     position: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SLATE_SIZE)]
     slate: ShownItems
-    reward: float
-    reward_parts: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+    reward: Reward
+    reward_parts: dict[str, Count]
     next_state: State
     done: bool
     ts_impression: Ts
     ts_emitted: Ts
     propensity: Probability | None = None
     policy: Id | None = None
-    model_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    model_version: Count | None = None
 
     def __post_init__(self) -> None:
         _require_finite("reward", self.reward)
@@ -269,12 +292,12 @@ class DeadLetter(Event, tag="shelfq.dlq.v1"):
     topic: str
     ts: Ts
     detail: str = ""
-    partition: int | None = None
-    offset: int | None = None
+    partition: Int64 | None = None
+    offset: Int64 | None = None
     key: str | None = None
     value: str | None = None
     value_encoding: Literal["utf-8", "base64"] = "utf-8"
-    value_bytes: int = 0
+    value_bytes: Count = 0
     truncated: bool = False
 
 
@@ -306,12 +329,7 @@ def decode(data: bytes | None, kind: type[E], *, max_bytes: int = MAX_EVENT_BYTE
         raise EventError("", "missing", "value is empty (null)")
     if len(data) > max_bytes:
         raise EventError("", "too_large", f"payload is {len(data)} bytes, the limit is {max_bytes}")
-    try:
-        event = _DECODER.decode(data)
-    except msgspec.ValidationError as exc:
-        raise _event_error(str(exc), data) from None
-    except msgspec.DecodeError as exc:
-        raise _malformed(str(exc), data) from None
+    event = _parse(_DECODER, data)
     if not isinstance(event, kind):
         raise EventError(
             "schema", "wrong_kind", f"expected {schema_of(kind)!r}, got {schema_of(type(event))!r}"
@@ -338,12 +356,25 @@ def decode_view(data: bytes | None, view: type[V], *, max_bytes: int = MAX_EVENT
     decoder = _VIEW_DECODERS.get(view)
     if decoder is None:
         decoder = _VIEW_DECODERS[view] = msgspec.json.Decoder(view)
+    return _parse(decoder, data)
+
+
+def _parse(decoder: msgspec.json.Decoder, data: bytes) -> object:
+    """Run one decoder; whatever the bytes, the result is a value or an ``EventError``.
+
+    msgspec skips fields an event does not declare by recursing into them, and stops with
+    ``RecursionError`` at the interpreter's limit (about 1,000 levels); events nest 4 deep, so a
+    message that deep is hostile or broken. Catching it costs nothing per message, where a
+    depth scan before decoding would cost ten times the learner's decode.
+    """
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise _event_error(str(exc), data) from None
     except msgspec.DecodeError as exc:
         raise _malformed(str(exc), data) from None
+    except RecursionError:
+        raise EventError("", "malformed", "malformed JSON: nested too deeply") from None
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -380,11 +411,11 @@ def _malformed(message: str, data: bytes) -> EventError:
     # Python's json writes NaN/Infinity for non-finite floats; they are not JSON, so msgspec
     # stops there. Find the field that holds one so the error can name it.
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        path = _non_finite_path(json.loads(data))
+    except (ValueError, RecursionError):  # not JSON to Python either, or too deep to walk
         return EventError("", "malformed", problem)
-    path = _non_finite_path(doc)
-    if path is not None:
+    if path is not None:  # Python's json keeps lone surrogates, which UTF-8 cannot carry to dlq
+        path = path.encode("utf-8", "backslashreplace").decode("utf-8")
         return EventError(path, "non_finite", "must be a finite number, got NaN or Infinity")
     return EventError("", "malformed", problem)
 

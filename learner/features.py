@@ -88,7 +88,7 @@ class Featurizer:
             if isinstance(value, str):
                 rows[j], weights[j] = self._context_row(f"{key}={value}"), 1.0
             else:
-                rows[j], weights[j] = self._context_row(key), max(-10.0, min(10.0, float(value)))
+                rows[j], weights[j] = self._context_row(key), float(max(-10.0, min(10.0, value)))
         return rows, weights
 
     def _context_row(self, text: str) -> int:

@@ -1,9 +1,11 @@
 """What the learner reads of a transition: a view decoded in one pass, without the parts it
 never uses (event times, ids of request and session, propensity, ...).
 
-Validation of what it does read is the contract's (``contracts.events.decode_view``), plus the
-two checks that matter for training: a finite reward and an action that is the slate's item
-at ``position``. A transition failing them goes to ``dlq`` like any invalid event.
+Validation of what it does read is the contract's (``contracts.events.decode_view``, the same
+field types and bounds as ``Transition``: a reward within +-``MAX_REWARD``, so that it stays
+finite as the replay buffer's float32; bounded context numbers), plus the two checks that
+matter for training: a finite reward and an action that is the slate's item at ``position``.
+A transition failing them goes to ``dlq`` like any invalid event.
 
 >>> from contracts.examples import EXAMPLES
 >>> from contracts.events import encode
@@ -14,6 +16,10 @@ at ``position``. A transition failing them goes to ``dlq`` like any invalid even
 Traceback (most recent call last):
 ...
 contracts.errors.EventError: action: is not the slate's item at position 0
+>>> decode_transition(encode(EXAMPLES["transitions"][1]).replace(b'"reward":8.0', b'"reward":1e300'))
+Traceback (most recent call last):
+...
+contracts.errors.EventError: reward: out of range: expected `float` <= 1000000.0
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from contracts.events import (
     MAX_HISTORY,
     MAX_SLATE_SIZE,
     Context,
+    Count,
     Id,
     InteractionKind,
+    Reward,
     ShownItems,
     Transition,
     decode_view,
@@ -56,8 +64,8 @@ class TransitionView(msgspec.Struct, tag_field="schema", tag=schema_of(Transitio
     action: Id
     position: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SLATE_SIZE)]
     slate: ShownItems
-    reward: float
-    reward_parts: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+    reward: Reward
+    reward_parts: dict[str, Count]
     next_state: StateView
     done: bool
 
