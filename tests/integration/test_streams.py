@@ -30,8 +30,8 @@ JOIN_ENV = {
 class Worker(ShelfqProcess):
     """A `shelfq streams` worker."""
 
-    def __init__(self, settings: Settings, log: Path) -> None:
-        super().__init__(["streams", "--max-seconds", "300", "--log-level", "info"], settings, log, JOIN_ENV)
+    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
+        super().__init__(["streams", "--max-seconds", "300", "--log-level", "info"], settings, log, {**JOIN_ENV, **env})
 
     def wait_owning(self, at_least: int = 1, timeout: float = 60.0) -> None:
         self.wait(lambda: self.metric("shelfq_streams_partitions") >= at_least, f"owning {at_least} partitions", timeout)
@@ -45,8 +45,8 @@ def workers(tmp_path: Path) -> Iterator[list[Worker]]:
         w.stop()
 
 
-def start(workers: list[Worker], settings: Settings, tmp_path: Path) -> Worker:
-    w = Worker(settings, tmp_path / f"worker-{len(workers)}.log")
+def start(workers: list[Worker], settings: Settings, tmp_path: Path, **env: str) -> Worker:
+    w = Worker(settings, tmp_path / f"worker-{len(workers)}.log", **env)
     workers.append(w)
     return w
 
@@ -110,6 +110,23 @@ def test_events_in_transitions_out_with_expected_rewards(settings: Settings, wor
     assert orphan.topic == settings.topic("feedback") and "never-shown" in orphan.detail
     assert worker.metric("shelfq_streams_emit_latency_seconds_count") >= len(traffic.expected)
     assert worker.metric("shelfq_streams_user_states_total") > 0
+
+
+def test_a_sessions_exit_emits_its_earlier_requests_at_once_with_the_default_window(
+        settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
+    """With the default 30-minute window only the exits can close these sessions within the
+    test: every request of each session, not just the one the exit names, comes out now."""
+    worker = start(workers, settings, tmp_path, SHELFQ_JOIN_WINDOW_S="1800")
+    worker.wait_owning(settings.partitions)
+    traffic = synthetic_traffic(users=6, requests_per_user=3, slate_size=3, seed=21, gap_s=0.2, exit_p=1.0, tag="exit")
+    produce(settings, traffic, shift=time.time())
+    values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(traffic.expected), timeout=60)
+    got = transitions_of(values)
+    assert set(got) == set(traffic.expected)
+    assert {tid: (ts[0].reward, ts[0].done) for tid, ts in got.items()} == {
+        tid: (e.reward, e.done) for tid, e in traffic.expected.items()}
+    assert any(e.done for e in traffic.expected.values()) and not any(
+        got[tid][0].done for tid in got if not tid.split(":")[0].endswith("-2")), "done only on each session's last"
 
 
 def test_kill_9_mid_stream_loses_no_transition(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
