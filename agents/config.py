@@ -6,6 +6,12 @@
 Traceback (most recent call last):
 ...
 contracts.errors.ConfigError: agent: exploration must be greedy, epsilon or boltzmann; got 'softmax'
+>>> AgentConfig.from_env({"SHELFQ_AGENT_EXCLUDE_SEEN": "clicked"}).exclude_seen, AgentConfig().exclude_seen
+('clicked', 'purchased')
+>>> AgentConfig(exclude_seen="viewed")
+Traceback (most recent call last):
+...
+contracts.errors.ConfigError: agent: exclude_seen must be none, purchased or clicked; got 'viewed'
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agents.exclusion import SEEN_EVENTS
 from contracts.errors import ConfigError
 from contracts.settings import fields_from_env
 
 ENV_PREFIX = "SHELFQ_AGENT_"
 EXPLORATIONS = ("greedy", "epsilon", "boltzmann")
+EXCLUDE_SEEN = tuple(SEEN_EVENTS)  # none, purchased, clicked
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,12 @@ class AgentConfig:
     """Softmax temperature of the Boltzmann draws (lower is greedier)."""
     diversity: float = 0.0
     """Weight of the MMR penalty for repeating a category already in the slate (0 = off)."""
+    exclude_seen: str = "purchased"
+    """Leave out of a user's slates the items the request's state (user-state: the last N
+    interactions) shows they already bought (purchased), or clicked, added to cart or bought
+    (clicked), or none. Purchased is the default because it is what shops expect: an item just
+    bought is a wasted slot and looks careless; a clicked item is often one the user is still
+    deciding on, and showing it again is a deliberate choice a shop makes (``clicked``)."""
     max_candidates: int = 1000
     """Above this many candidates, the top ones by score are shortlisted before exploring."""
     deadline_s: float = 2.0
@@ -59,6 +73,9 @@ class AgentConfig:
         if self.exploration not in EXPLORATIONS:
             raise ConfigError(f"agent: exploration must be {', '.join(EXPLORATIONS[:-1])} or {EXPLORATIONS[-1]}; "
                               f"got {self.exploration!r}")
+        if self.exclude_seen not in EXCLUDE_SEEN:
+            raise ConfigError(f"agent: exclude_seen must be {', '.join(EXCLUDE_SEEN[:-1])} or {EXCLUDE_SEEN[-1]}; "
+                              f"got {self.exclude_seen!r}")
         if not 0 <= self.epsilon <= 1:
             raise ConfigError(f"agent: epsilon must be in [0, 1], got {self.epsilon}")
         for name in ("temperature", "deadline_s", "commit_interval_s", "popularity_half_life_s"):

@@ -16,6 +16,12 @@ Scores are one request's, shape (n,), or a micro-batch's, shape (B, n): a batch 
 slates at once, one array operation per position rather than one per request and position
 (the agent's hot path). Results have the scores' leading shape: (k,) or (B, k).
 
+An optional ``allowed`` mask of the scores' shape leaves items out (the request's ``exclude``,
+what the user already bought): they start closed, as if placed above the first position, so
+every draw is over the allowed items only and the propensities are those of the allowed
+candidates alone. Masking rather than a shorter candidate list lets one list object (the
+catalog, whose item vectors the DQN policy caches) serve every request.
+
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> order, p = greedy(np.array([0.1, 3.0, 2.0]), 2)
@@ -27,6 +33,9 @@ slates at once, one array operation per position rather than one per request and
 >>> order, p = greedy(np.array([[0.1, 3.0, 2.0], [5.0, 0.0, 1.0]]), 2)   # a batch of two
 >>> order.tolist()
 [[1, 2], [0, 2]]
+>>> order, p = uniform(np.zeros(3), 2, rng=rng, allowed=np.array([True, False, True]))
+>>> sorted(order.tolist()), p.tolist()   # item 1 is left out: draws among two, then one
+([0, 2], [0.5, 1.0])
 """
 
 from __future__ import annotations
@@ -40,26 +49,36 @@ from learner.slateq import ChoiceModel, assortment_gains
 #: similarity(chosen item index, candidate indices) -> similarities in [0, 1]
 Similarity = Callable[[int, np.ndarray], np.ndarray]
 
-#: draw(adjusted scores (B, n) with placed items at -inf, open mask (B, n), the best open index
-#: per row (B,), open items per row) -> each row's pick (B,) and how likely that pick was (B,)
-Draw = Callable[[np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+#: draw(adjusted scores (B, n) with placed and excluded items at -inf, open mask (B, n), the best
+#: open index per row (B,), open items per row: an int, or (B,) with an ``allowed`` mask)
+#: -> each row's pick (B,) and how likely that pick was (B,)
+Draw = Callable[[np.ndarray, np.ndarray, np.ndarray, "int | np.ndarray"], tuple[np.ndarray, np.ndarray]]
 
 
 def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
           similarity: Similarity | Sequence[Similarity] | None,
-          choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fill k positions of every row; placed items are masked out (-inf), not removed."""
+          choice: ChoiceModel | None = None, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill k positions of every row; placed and excluded items are masked out (-inf), not
+    removed."""
     single = scores.ndim == 1
     scores = np.atleast_2d(scores).astype(np.float64)
     rows, n = scores.shape
     if not 1 <= k <= n:
         raise ValueError(f"slate of {k} from {n} candidates")
+    excluded: np.ndarray | None = None
+    if allowed is not None:
+        open_ = np.array(np.broadcast_to(allowed, scores.shape), dtype=bool)  # a copy: placed items close in it
+        open_count = open_.sum(axis=1)
+        if open_count.min() < k:
+            raise ValueError(f"slate of {k} from {int(open_count.min())} allowed candidates")
+        excluded = ~open_
+    else:
+        open_ = np.ones((rows, n), dtype=bool)
     sims: Sequence[Similarity] | None = None
     if diversity > 0 and similarity is not None:
         sims = [similarity] if callable(similarity) else similarity
         if len(sims) != rows:
             raise ValueError(f"{len(sims)} similarity functions for {rows} score rows")
-    open_ = np.ones((rows, n), dtype=bool)
     every_row, everyone = np.arange(rows), np.arange(n)
     penalty = np.zeros((rows, n)) if sims is not None else None
     # The slate so far under the click model: the no-click value + the sum of v * score, 1 + the sum of v.
@@ -79,12 +98,14 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
         if penalty is not None:
             gains -= diversity * penalty
         gains[every_row[:, None], chosen[:, :j]] = -np.inf
+        if excluded is not None:
+            gains[excluded] = -np.inf
         return gains
 
     adjusted = adjust(0)
     for j in range(k):
         best = _best_open(adjusted, open_)
-        at, p = draw(adjusted, open_, best, n - j)
+        at, p = draw(adjusted, open_, best, n - j if excluded is None else open_count - j)
         chosen[:, j], probs[:, j] = at, p
         open_[every_row, at] = False
         if choice is not None:  # the click model: the next position has its own odds
@@ -116,15 +137,16 @@ def _best_open(adjusted: np.ndarray, open_: np.ndarray) -> np.ndarray:
     return best
 
 
-def _uniform_open(open_: np.ndarray, rng: np.random.Generator, remaining: int) -> np.ndarray:
-    """One uniform draw among each row's ``remaining`` open items.
+def _uniform_open(open_: np.ndarray, rng: np.random.Generator, remaining: int | np.ndarray) -> np.ndarray:
+    """One uniform draw among each row's ``remaining`` open items (one count for all rows, or
+    one per row).
 
-    While at least half the items are open (the agent's slates are far shorter than its
-    candidate lists), a draw among all items is redrawn where it hit a placed one: rejection
-    sampling, exact, and it rarely needs a second draw. Otherwise the draw picks the r-th open
-    item, which counts them."""
+    While at least half the items of every row are open (the agent's slates are far shorter
+    than its candidate lists), a draw among all items is redrawn where it hit a closed one:
+    rejection sampling, exact, and it rarely needs a second draw. Otherwise the draw picks the
+    r-th open item, which counts them."""
     rows, n = open_.shape
-    if 2 * remaining < n:
+    if 2 * np.min(remaining) < n:
         nth = rng.integers(remaining, size=rows)
         return np.argmax(np.cumsum(open_, axis=1) > nth[:, None], axis=1)
     at = rng.integers(n, size=rows)
@@ -137,32 +159,35 @@ def _uniform_open(open_: np.ndarray, rng: np.random.Generator, remaining: int) -
 
 def greedy(scores: np.ndarray, k: int, *, diversity: float = 0.0,
            similarity: Similarity | Sequence[Similarity] | None = None,
-           choice: ChoiceModel | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+           choice: ChoiceModel | None = None, rng: np.random.Generator | None = None,
+           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best remaining item at every position (ties to the lower index); propensity 1."""
-    return _fill(scores, k, lambda _s, _o, best, _n: (best, np.ones(len(best))), diversity, similarity, choice)
+    return _fill(scores, k, lambda _s, _o, best, _n: (best, np.ones(len(best))), diversity, similarity, choice,
+                 allowed)
 
 
 def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random.Generator,
                    diversity: float = 0.0, similarity: Similarity | Sequence[Similarity] | None = None,
-                   choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   choice: ChoiceModel | None = None, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """At each position: the best remaining item with probability 1 - epsilon, else a uniform
     draw among the remaining ones (which may be the best one too)."""
     if not 0 <= epsilon <= 1:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
 
-    def draw(_s: np.ndarray, open_: np.ndarray, best: np.ndarray, remaining: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(_s: np.ndarray, open_: np.ndarray, best: np.ndarray,
+             remaining: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         at = best.copy()
         explore = (rng.random(len(best)) < epsilon).nonzero()[0]
         if len(explore):
-            at[explore] = _uniform_open(open_[explore], rng, remaining)
+            at[explore] = _uniform_open(open_[explore], rng, remaining if np.isscalar(remaining) else remaining[explore])
         return at, (1 - epsilon) * (at == best) + epsilon / remaining
 
-    return _fill(scores, k, draw, diversity, similarity, choice)
+    return _fill(scores, k, draw, diversity, similarity, choice, allowed)
 
 
 def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.Generator,
               diversity: float = 0.0, similarity: Similarity | Sequence[Similarity] | None = None,
-              choice: ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+              choice: ChoiceModel | None = None, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Plackett-Luce: at each position, a draw from softmax(score / temperature) over the
     remaining items (sampling without replacement). Open items that are all -inf are drawn
     uniformly.
@@ -175,7 +200,7 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
-    def draw(s: np.ndarray, open_: np.ndarray, best: np.ndarray, _n: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(s: np.ndarray, open_: np.ndarray, best: np.ndarray, _n: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         every_row = np.arange(len(best))
         top = s[every_row, best]
         with np.errstate(invalid="ignore"):
@@ -190,12 +215,14 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
                 at[b] -= 1
         return at, w[every_row, at]
 
-    return _fill(scores, k, draw, diversity, similarity, choice)
+    return _fill(scores, k, draw, diversity, similarity, choice, allowed)
 
 
-def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator,
+            allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A uniformly random ordered slate (the random policy)."""
-    def draw(_s: np.ndarray, open_: np.ndarray, best: np.ndarray, remaining: int) -> tuple[np.ndarray, np.ndarray]:
-        return _uniform_open(open_, rng, remaining), np.full(len(best), 1.0 / remaining)
+    def draw(_s: np.ndarray, open_: np.ndarray, best: np.ndarray,
+             remaining: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _uniform_open(open_, rng, remaining), np.ones(len(best)) / remaining
 
-    return _fill(scores, k, draw, 0.0, None)
+    return _fill(scores, k, draw, 0.0, None, allowed=allowed)

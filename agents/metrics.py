@@ -14,7 +14,7 @@ class AgentMetrics:
         self.registry = r = CollectorRegistry()
         self.consumer = ConsumerSeries(r)  # shelfq_consumer_lag{topic, partition}, shelfq_dead_letters_total{reason}
         self.requests = Counter("shelfq_agent_requests", "Requests by outcome: answered, skipped (past the deadline), "
-                                "invalid (dead-lettered), unanswerable (no candidates, dead-lettered).", ["outcome"], registry=r)
+                                "invalid (dead-lettered), unanswerable (no candidates, or all excluded; dead-lettered).", ["outcome"], registry=r)
         self.slates = Counter("shelfq_agent_slates", "Slates produced, by the policy that chose them.", ["policy"], registry=r)
         self.latency = Histogram("shelfq_agent_latency_seconds", "From the request's event time to its slate handed to "
                                  "the producer.", buckets=LATENCY_BUCKETS, registry=r)

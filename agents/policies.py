@@ -9,7 +9,10 @@
 - ``RandomPolicy`` ranks uniformly at random: the fallback of the fallback, and a baseline.
 
 Each returns, per request, a ``SlateChoice`` whose propensities are exact. The same seed gives
-the same slates.
+the same slates. An ask's ``allowed`` mask (``agents.exclusion``) leaves candidates out of
+every policy's slate: they are masked, not removed, so the catalog stays one list object and
+its cached item vectors serve; retrieval (the shortlist above ``limit``) takes only allowed
+ones, and the draws are over the allowed items alone.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ class SlateChoice(NamedTuple):
 
 
 class Ask(NamedTuple):
-    """One request as a policy sees it: the logged state, its candidates, the slate size."""
+    """One request as a policy sees it: the logged state, its candidates, the slate size, and
+    which candidates the slate may hold (a bool mask aligned with them; None: all). The slate
+    size is at most the number of allowed candidates."""
 
     state: State
     candidates: Sequence[str]
     slate_size: int
+    allowed: np.ndarray | None = None
 
 
 class Policy(Protocol):
@@ -67,10 +73,11 @@ class Explorer(NamedTuple):
 
     def slate(self, scores: np.ndarray, k: int, rng: np.random.Generator,
               similarity: exploration.Similarity | Sequence[exploration.Similarity] | None,
-              choice: slateq.ChoiceModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+              choice: slateq.ChoiceModel | None = None,
+              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One request's slate from scores of shape (n,), or a micro-batch's from (B, n) (then
-        one similarity per row); see ``agents.exploration``."""
-        common = {"diversity": self.diversity, "similarity": similarity, "choice": choice}
+        one similarity per row); ``allowed`` masks candidates out; see ``agents.exploration``."""
+        common = {"diversity": self.diversity, "similarity": similarity, "choice": choice, "allowed": allowed}
         if self.kind == "greedy":
             return exploration.greedy(scores, k, **common)
         if self.kind == "boltzmann":
@@ -86,16 +93,30 @@ def category_similarity(categories: Sequence[str | None]) -> exploration.Similar
     return lambda chosen, others: (labels[others] == labels[chosen]).astype(float)
 
 
-def _shortlist(candidates: Sequence[str], scores: np.ndarray, limit: int | None) -> tuple[Sequence[str], np.ndarray]:
-    top = _top(scores, limit)
-    return (candidates, scores) if top is None else ([candidates[i] for i in top], scores[top])
-
-
 def _top(scores: np.ndarray, limit: int | None) -> np.ndarray | None:
     """Indices of the best ``limit`` scores in their original order, or None if all fit."""
     if limit is None or len(scores) <= limit:
         return None
     return np.sort(np.argpartition(-scores, limit - 1)[:limit])  # keep the request's order among them
+
+
+def _top_allowed(scores: np.ndarray, allowed: np.ndarray | None, limit: int | None) -> np.ndarray | None:
+    """Indices of the best ``limit`` allowed scores in their original order, or None if all
+    candidates fit (the mask then stays with them). A shortlist holds allowed items only.
+
+    >>> _top_allowed(np.array([5.0, 4.0, 3.0, 2.0]), np.array([False, True, True, True]), 2).tolist()
+    [1, 2]
+    """
+    if allowed is None or limit is None or len(scores) <= limit:
+        return _top(scores, limit)
+    among = np.flatnonzero(allowed)
+    top = _top(scores[among], limit)
+    return among if top is None else among[top]
+
+
+def _shortlisted(ask: Ask, top: np.ndarray | None) -> Ask:
+    """The ask narrowed to ``top`` (from ``_top_allowed``): all of them are allowed."""
+    return ask if top is None else ask._replace(candidates=[ask.candidates[i] for i in top], allowed=None)
 
 
 class Scored(NamedTuple):
@@ -180,9 +201,9 @@ class DQNPolicy:
         version = self.model.headers.version
         shortlisted = []
         for ask, scored in zip(asks, self.evaluate(asks)):
-            top = _top(scored.score, limit)
+            top = _top_allowed(scored.score, ask.allowed, limit)
             if top is not None:
-                ask = ask._replace(candidates=[ask.candidates[i] for i in top])
+                ask = _shortlisted(ask, top)
                 choice = scored.choice._replace(attraction=scored.choice.attraction[top]) if scored.choice else None
                 scored = Scored(scored.score[top], scored.qbar[top] if scored.qbar is not None else None, choice)
             shortlisted.append((ask, scored))
@@ -206,14 +227,17 @@ def _explore(explorer: Explorer, shortlisted: Sequence[tuple[Ask, Scored]], rng:
         asks, scored = [shortlisted[b][0] for b in members], [shortlisted[b][1] for b in members]
         sims = [similarity(a) for a in asks] if similarity is not None else None
         score = np.stack([s.score for s in scored])
+        allowed = None
+        if any(a.allowed is not None for a in asks):  # rows without a mask allow everything
+            allowed = np.stack([a.allowed if a.allowed is not None else np.ones(len(a.candidates), bool) for a in asks])
         first = scored[0]
         if first.qbar is None or first.choice is None:
-            order, probs = explorer.slate(score, k, rng, sims)
+            order, probs = explorer.slate(score, k, rng, sims, allowed=allowed)
         else:  # SlateQ: values given a click, and each row's click model
             choice = slateq.ChoiceModel(np.stack([s.choice.attraction for s in scored]),  # type: ignore[union-attr]
                                         first.choice.position_odds,
                                         np.array([s.choice.no_click_value for s in scored]))  # type: ignore[union-attr]
-            order, probs = explorer.slate(np.stack([s.qbar for s in scored]), k, rng, sims, choice)
+            order, probs = explorer.slate(np.stack([s.qbar for s in scored]), k, rng, sims, choice, allowed)
         for row, b in enumerate(members):
             out[b] = _choice(asks[row].candidates, score[row], order[row], probs[row], policy, version)
     return out
@@ -273,9 +297,10 @@ class PopularityPolicy:
         shortlisted = []
         for ask in asks:
             raw = self.popularity.score(ask.candidates)
-            candidates, raw = _shortlist(ask.candidates, raw, limit)
+            top = _top_allowed(raw, ask.allowed, limit)
+            ask, raw = _shortlisted(ask, top), raw if top is None else raw[top]
             scores = np.log1p(raw / max(raw.max(), 1e-12)) if raw.max() > 0 else raw
-            shortlisted.append((ask._replace(candidates=candidates), Scored(scores)))
+            shortlisted.append((ask, Scored(scores)))
         return _explore(self.explorer, shortlisted, rng, self.name, None)
 
 
@@ -285,13 +310,14 @@ class RandomPolicy:
     def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         out = []
         for ask in asks:
-            n = len(ask.candidates)
+            n = len(ask.candidates) if ask.allowed is None else int(ask.allowed.sum())
             if limit is not None and n > limit:
-                ask = ask._replace(candidates=[ask.candidates[i] for i in np.sort(rng.choice(n, limit, replace=False))])
+                picked = np.sort(rng.choice(n, limit, replace=False))
+                ask = _shortlisted(ask, picked if ask.allowed is None else np.flatnonzero(ask.allowed)[picked])
             scores = np.zeros(len(ask.candidates))
-            order, _probs = exploration.uniform(scores, ask.slate_size, rng=rng)
+            order, _probs = exploration.uniform(scores, ask.slate_size, rng=rng, allowed=ask.allowed)
             # A uniform subset, then a uniform order: each position is uniform over the items
-            # of all n candidates not placed above it.
+            # of all n allowed candidates not placed above it.
             probs = np.array([1.0 / (n - j) for j in range(len(order))])
             out.append(_choice(ask.candidates, scores, order, probs, self.name, None))
         return out

@@ -5,6 +5,12 @@ request its logged state and its candidates; models arrive on ``models`` in a ba
 thread and replace the serving one atomically; a rejected model goes to ``dlq`` with its
 reason and the old one keeps serving. Until a model arrives, popularity answers, then random.
 
+Every policy leaves out the request's ``exclude`` and what ``exclude_seen`` takes from the
+user's history: a mask over the candidates, formed here once per request
+(``agents.exclusion``). With fewer allowed candidates than the slate size, the slate is
+shorter; with none, the request is dead-lettered as ``unanswerable`` (a slate holds at least
+one item).
+
 Requests are read in micro-batches that never wait to fill: one blocking poll for the first,
 then whatever else is already fetched. Slates are flushed before the requests' offsets are
 committed, so a crash re-answers requests rather than losing them. Replicas in one consumer
@@ -17,7 +23,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,6 +31,7 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from agents.config import AgentConfig
+from agents.exclusion import allowed_mask, excluded_items
 from agents.metrics import AgentMetrics
 from agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, SlateChoice
 from contracts.errors import EventError
@@ -43,6 +50,31 @@ def build_state(request: Request, user: UserState | None) -> State:
     """The state the slate logs, and the one the model scores: the user's recent history as
     user-state has it, plus the request context."""
     return State(history=list(user.history) if user is not None else [], context=dict(request.context or {}))
+
+
+def form_ask(request: Request, user: UserState | None, candidates: Sequence[str], exclude_seen: str,
+             max_candidates: int, positions: Callable[[], Mapping[str, int]] | None = None) -> Ask | None:
+    """What the policies answer for ``request``: its state, its candidates with the excluded
+    ones masked (the request's ``exclude``, and the user's history as ``exclude_seen`` says),
+    and a slate size of at most the allowed candidates; None when none is allowed.
+
+    ``positions`` gives the candidates' indices (the catalog's, built on first use), so that a
+    mask over a long catalog costs the excluded items only.
+
+    >>> req = Request(request_id="r", user_id="u", ts=1.0, slate_size=3, exclude=["a"])
+    >>> ask = form_ask(req, None, ["a", "b", "c"], "purchased", 1000)
+    >>> ask.slate_size, ask.allowed.tolist()   # two allowed: a shorter slate, never an excluded item
+    (2, [False, True, True])
+    >>> form_ask(req, None, ["a"], "purchased", 1000) is None
+    True
+    """
+    state = build_state(request, user)
+    excluded = excluded_items(request.exclude, state.history, exclude_seen)
+    allowed = allowed_mask(candidates, excluded, positions() if excluded and positions is not None else None)
+    n = len(candidates) if allowed is None else int(allowed.sum())
+    if n == 0:
+        return None
+    return Ask(state, candidates, min(request.slate_size, n, max_candidates), allowed)
 
 
 class RunStats(NamedTuple):
@@ -69,6 +101,7 @@ class Agent:
         self.users: dict[str, UserState] = {}
         self.items: dict[str, Item] = {}
         self._catalog_ids: list[str] | None = None
+        self._catalog_positions: dict[str, int] | None = None
         self.popularity = Popularity(config.popularity_half_life_s)
         explorer = Explorer(config.exploration, config.epsilon, config.temperature, config.diversity)
         self.explorer = explorer
@@ -141,13 +174,16 @@ class Agent:
                 continue
             candidates = req.candidates if req.candidates is not None else self._catalog()
             if not candidates:
-                self.consumer.dlq.send("unanswerable", self.settings.topic(REQUESTS), encode(req), key=req.user_id,
-                                       detail="no candidates: the request lists none and the items cache is empty")
-                self.metrics.requests.labels("unanswerable").inc()
+                self._unanswerable(req, "no candidates: the request lists none and the items cache is empty")
                 continue
-            k = min(req.slate_size, len(candidates), self.config.max_candidates)
+            ask = form_ask(req, self.users.get(req.user_id), candidates, self.config.exclude_seen,
+                           self.config.max_candidates, self._positions if candidates is self._catalog_ids else None)
+            if ask is None:
+                self._unanswerable(req, f"no candidates: all {len(candidates)} are excluded (the request's exclude, "
+                                        f"or exclude_seen={self.config.exclude_seen} over the user's history)")
+                continue
             fresh.append(req)
-            asks.append(Ask(build_state(req, self.users.get(req.user_id)), candidates, k))
+            asks.append(ask)
         if not asks:
             return 0, len(requests) - len(fresh)
         policy = self.dqn or (self.fallback_popular if len(self.popularity) else self.fallback_random)
@@ -165,6 +201,11 @@ class Agent:
             self._send(req, ask.state, choice, sent)
         return len(fresh), len(requests) - len(fresh)
 
+    def _unanswerable(self, req: Request, detail: str) -> None:
+        self.consumer.dlq.send("unanswerable", self.settings.topic(REQUESTS), encode(req), key=req.user_id,
+                               detail=detail)
+        self.metrics.requests.labels("unanswerable").inc()
+
     def _send(self, req: Request, state: State, choice: SlateChoice, now: float) -> None:
         slate = Slate(request_id=req.request_id, user_id=req.user_id, session_id=req.session_id or req.user_id,
                       ts=now, items=choice.items, scores=choice.scores, propensities=choice.propensities,
@@ -180,8 +221,14 @@ class Agent:
         """The items cache's ids as one list object, rebuilt only when the cache changed (the
         DQN policy keeps the catalog's item vectors while the object stays the same)."""
         if self._catalog_ids is None:
-            self._catalog_ids = list(self.items)
+            self._catalog_ids, self._catalog_positions = list(self.items), None
         return self._catalog_ids
+
+    def _positions(self) -> dict[str, int]:
+        """Each catalog id's index in ``_catalog()``: masks cost the excluded items, not the catalog."""
+        if self._catalog_positions is None:
+            self._catalog_positions = {item: i for i, item in enumerate(self._catalog())}
+        return self._catalog_positions
 
     def _refresh_caches(self) -> None:
         now = time.monotonic()

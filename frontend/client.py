@@ -86,7 +86,13 @@ class ShopClient:
 
     def ask(self, request: Request) -> asyncio.Future[Slate]:
         """Send ``request`` and return a future for its slate (await it with a timeout:
-        ``asyncio.wait_for(client.ask(r), 0.5)``; a timed-out wait forgets the request)."""
+        ``asyncio.wait_for(client.ask(r), 0.5)``; a timed-out wait forgets the request).
+
+        Items the page will not show (in the cart, out of stock, already on the page) go in
+        ``Request(exclude=[...])``: the slate never holds them, and is shorter when too few
+        candidates remain. The agent also leaves out what the user already bought
+        (``SHELFQ_AGENT_EXCLUDE_SEEN``). With nothing left to show, no slate comes (the
+        request is dead-lettered as ``unanswerable``) and the wait times out."""
         if self._reader is None:
             raise ShelfqError("this client was created with read_slates=False")
         if self.failure is not None:

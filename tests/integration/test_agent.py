@@ -1,17 +1,20 @@
 """The scoring agent against the real broker: requests in, slates out; a new model is served
-without a restart and a corrupt one is refused; replicas share the load; bad requests go to dlq."""
+without a restart and a corrupt one is refused; replicas share the load; bad requests go to dlq;
+excluded and already bought items stay out of slates."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from contracts.events import DeadLetter, Item, Request, Slate, decode, encode
+from contracts.events import DeadLetter, Interaction, Item, Request, Slate, UserState, decode, encode
 from contracts.kafka import ReliableProducer
 from contracts.settings import Settings
+from frontend.client import ShopClient
 from learner.artifact import model_message
 from learner.config import LearnerConfig
 from learner.network import QNetwork
@@ -22,8 +25,8 @@ SMALL = LearnerConfig(hash_buckets=256, context_buckets=16, embedding_dim=8, hid
 
 
 class AgentProcess(ShelfqProcess):
-    def __init__(self, settings: Settings, log: Path, replica: int = 0) -> None:
-        super().__init__(["agent", "--replica", str(replica), "--max-seconds", "150"], settings, log)
+    def __init__(self, settings: Settings, log: Path, replica: int = 0, env: dict[str, str] | None = None) -> None:
+        super().__init__(["agent", "--replica", str(replica), "--max-seconds", "150"], settings, log, env)
 
 
 @pytest.fixture
@@ -139,3 +142,58 @@ def test_two_replicas_split_the_load_and_bad_requests_go_to_dlq(settings: Settin
     letters = [decode(v, DeadLetter) for v in read(settings, "dlq", lambda v: len(v) >= 1, timeout=30)]
     bad = [d for d in letters if d.topic == settings.topic("requests")]
     assert bad and bad[0].reason == "invalid" and bad[0].component == "agent"
+
+
+def test_excluded_and_already_bought_items_never_reach_a_slate(settings: Settings, agents, tmp_path: Path) -> None:
+    produce_catalog(settings)
+    # The buyer bought 17 of the 20 items: popularity (the fallback) ranks exactly those first.
+    bought = [item.item_id for item in CATALOG[:17]]
+    buyer = UserState(user_id="u-buyer", ts=time.time(),
+                      history=[Interaction(item_id=i, event="purchase", ts=time.time() - 60 + n) for n, i in enumerate(bought)])
+    producer = ReliableProducer(settings)
+    producer.produce(settings.topic("user-state"), encode(buyer), buyer.user_id)
+    producer.flush()
+    agent = AgentProcess(settings, tmp_path / "agent.log", env={"SHELFQ_AGENT_EXCLUDE_SEEN": "purchased"})
+    agents.append(agent)
+    agent.wait(lambda: agent.metric("shelfq_agent_cache_entries", 'cache="items"') >= len(CATALOG)
+               and agent.metric("shelfq_agent_cache_entries", 'cache="users"') >= 1, "the items and users caches")
+
+    def ask_buyer(tag: str) -> list[Slate]:
+        ids = []
+        for i in range(10):
+            req = Request(request_id=f"{tag}-{i}", user_id=buyer.user_id, ts=time.time(), slate_size=5)
+            producer.produce(settings.topic("requests"), encode(req), req.user_id)
+            ids.append(req.request_id)
+        producer.flush()
+        return list(slates_for(settings, ids).values())
+
+    unbought = {item.item_id for item in CATALOG[17:]}
+    for slate in ask_buyer("buyer"):
+        assert slate.policy == "popularity"
+        assert set(slate.items) == unbought, "the three items not bought, in a shorter slate, never a bought one"
+        assert len(slate.propensities) == 3 and all(0 < p <= 1 for p in slate.propensities)
+
+    # The frontend's exclude, through the shop client: the slate is what is left, shorter than asked.
+    async def ask_with_exclude() -> Slate | None:
+        with ShopClient(settings) as client:
+            return await client.slate(Request(request_id="excl", user_id="u-other", ts=time.time(), slate_size=5,
+                                              candidates=["sku-1", "sku-2", "sku-3", "sku-4", "sku-5"],
+                                              exclude=["sku-1", "sku-4", "sku-19"]), timeout=30)
+
+    slate = asyncio.run(ask_with_exclude())
+    assert slate is not None and set(slate.items) == {"sku-2", "sku-3", "sku-5"}
+
+    # Everything excluded: no slate, a counted and dead-lettered request.
+    nothing = Request(request_id="nothing", user_id="u-other", ts=time.time(), candidates=["sku-1"], exclude=["sku-1"])
+    producer.produce(settings.topic("requests"), encode(nothing), nothing.user_id)
+    producer.flush()
+    agent.wait(lambda: agent.metric("shelfq_agent_requests_total", 'outcome="unanswerable"') >= 1, "the unanswerable request")
+    letters = [decode(v, DeadLetter) for v in read(settings, "dlq", lambda v: len(v) >= 1, timeout=20)]
+    assert any(d.reason == "unanswerable" and "excluded" in d.detail for d in letters)
+
+    # A model serves now; the purchases still stay out.
+    publish_model(settings, version=1)
+    agent.wait(lambda: agent.metric("shelfq_agent_model_version") == 1, "model version 1")
+    for slate in ask_buyer("buyer-dqn"):
+        assert slate.policy == "dqn" and set(slate.items) == unbought
+    assert "nothing" not in slates_for(settings, ["nothing"], timeout=3)

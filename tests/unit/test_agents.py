@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from agents import exploration
-from agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, category_similarity
-from contracts.events import Interaction, State, UserState
+from agents.exclusion import allowed_mask, excluded_items
+from agents.policies import (CACHE_FROM, Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy,
+                             category_similarity)
+from agents.service import form_ask
+from contracts.events import Interaction, Request, State, UserState
 from learner.artifact import load_model, model_message
 from learner.config import LearnerConfig
 from learner.dqn import DQN
@@ -202,3 +205,146 @@ def test_popularity_counts_each_interaction_once_and_weighs_purchases() -> None:
                                                          Interaction(item_id="a", event="click", ts=10.0)]))
     assert np.allclose(pop.score(["a", "c"]), before)  # the same state again adds nothing
     assert before[1] > before[0]
+
+
+# -- exclusions: what a slate must not hold ------------------------------------------------------
+
+ALLOW = np.array([True, False, True, True])  # item 1 is excluded
+SUBSET = np.flatnonzero(ALLOW)  # the allowed items, as a candidate list of their own would hold them
+
+
+@pytest.mark.parametrize("name,masked,alone", [
+    ("epsilon", lambda rng: exploration.epsilon_greedy(SCORES, 2, epsilon=0.4, rng=rng, allowed=ALLOW),
+     lambda rng: exploration.epsilon_greedy(SCORES[SUBSET], 2, epsilon=0.4, rng=rng)),
+    ("epsilon, all allowed items", lambda rng: exploration.epsilon_greedy(SCORES, 3, epsilon=0.5, rng=rng, allowed=ALLOW),
+     lambda rng: exploration.epsilon_greedy(SCORES[SUBSET], 3, epsilon=0.5, rng=rng)),
+    ("boltzmann", lambda rng: exploration.boltzmann(SCORES, 2, temperature=0.7, rng=rng, allowed=ALLOW),
+     lambda rng: exploration.boltzmann(SCORES[SUBSET], 2, temperature=0.7, rng=rng)),
+    ("boltzmann+diversity", lambda rng: exploration.boltzmann(SCORES, 3, temperature=1.0, rng=rng, diversity=2.0,
+                                                              similarity=SIMILAR, allowed=ALLOW),
+     lambda rng: exploration.boltzmann(SCORES[SUBSET], 3, temperature=1.0, rng=rng, diversity=2.0,
+                                       similarity=category_similarity(["shoes", "hats", None]))),
+    ("epsilon+choice", lambda rng: exploration.epsilon_greedy(QBAR, 2, epsilon=0.3, rng=rng, choice=CHOICE, allowed=ALLOW),
+     lambda rng: exploration.epsilon_greedy(QBAR[SUBSET], 2, epsilon=0.3, rng=rng,
+                                            choice=CHOICE._replace(attraction=CHOICE.attraction[SUBSET]))),
+    ("uniform", lambda rng: exploration.uniform(SCORES, 2, rng=rng, allowed=ALLOW),
+     lambda rng: exploration.uniform(SCORES[SUBSET], 2, rng=rng)),
+])
+def test_a_masked_draw_is_the_draw_over_the_allowed_items_alone(name: str, masked, alone) -> None:
+    n = 20_000
+    counts, logged = sampled(masked, n)
+    assert all(1 not in slate for slate in counts), "an excluded item was drawn"
+    _, expected = sampled(alone, 2_000)
+    expected = {tuple(int(SUBSET[i]) for i in slate): p for slate, p in expected.items()}
+    assert set(logged) <= set(expected)
+    for slate, p in logged.items():  # the same slate logs the propensity it has without the excluded item
+        assert p == pytest.approx(expected[slate]), (name, slate)
+        assert abs(counts[slate] / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3, (name, slate, counts[slate] / n, p)
+    assert sum(logged.values()) == pytest.approx(1.0, abs=0.02)
+
+
+def test_each_row_of_a_micro_batch_has_its_own_mask() -> None:
+    allowed = np.array([[True, False, True, True], [False, False, True, True]])
+    n = 20_000
+    for row, k in ((0, 2), (1, 2)):
+        counts, logged = sampled(lambda rng: tuple(x[row] for x in exploration.epsilon_greedy(
+            np.stack([SCORES, SCORES]), k, epsilon=0.5, rng=rng, allowed=allowed)), n)
+        assert all(allowed[row, list(slate)].all() for slate in counts)
+        for slate, p in logged.items():
+            assert abs(counts[slate] / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3, (row, slate)
+    with pytest.raises(ValueError, match="slate of 3 from 2 allowed candidates"):
+        exploration.greedy(np.stack([SCORES, SCORES]), 3, allowed=allowed)
+
+
+def test_the_history_and_the_request_say_what_is_excluded() -> None:
+    history = [Interaction(item_id="bought", event="purchase", ts=1.0), Interaction(item_id="carted", event="add_to_cart", ts=2.0),
+               Interaction(item_id="clicked", event="click", ts=3.0)]
+    assert excluded_items(None, history, "none") == set()
+    assert excluded_items(["hidden"], history, "none") == {"hidden"}
+    assert excluded_items(None, history, "purchased") == {"bought"}
+    assert excluded_items(["hidden"], history, "clicked") == {"hidden", "bought", "carted", "clicked"}
+    catalog = ["a", "bought", "c", "hidden"]
+    positions = {c: i for i, c in enumerate(catalog)}
+    for pos in (None, positions):
+        assert allowed_mask(catalog, {"hidden", "bought", "elsewhere"}, pos).tolist() == [True, False, True, False]
+        assert allowed_mask(catalog, {"elsewhere"}, pos) is None
+        assert allowed_mask(catalog, set(), pos) is None
+
+
+def test_an_ask_leaves_out_what_the_request_and_the_history_exclude() -> None:
+    user = UserState(user_id="u", ts=5.0, history=[Interaction(item_id="b", event="purchase", ts=4.0),
+                                                   Interaction(item_id="c", event="click", ts=5.0)])
+    req = Request(request_id="r", user_id="u", ts=6.0, slate_size=4, exclude=["d"])
+    catalog = ["a", "b", "c", "d", "e"]
+    ask = form_ask(req, user, catalog, "purchased", 1000)
+    assert ask.allowed.tolist() == [True, False, True, False, True] and ask.slate_size == 3  # shorter, not padded
+    assert ask.candidates is catalog, "the catalog list object is kept (its item vectors are cached)"
+    assert ask.state.history == user.history
+    calls = []
+    positions = lambda: calls.append(1) or {c: i for i, c in enumerate(catalog)}  # noqa: E731
+    assert form_ask(req, user, catalog, "clicked", 1000, positions).allowed.tolist() == [True, False, False, False, True]
+    assert form_ask(Request(request_id="r", user_id="u", ts=6.0), None, catalog, "purchased", 1000, positions).allowed is None
+    assert len(calls) == 1, "the positions are only looked up when something is excluded"
+    assert form_ask(Request(request_id="r", user_id="u", ts=6.0, exclude=catalog), None, catalog, "none", 1000) is None
+    assert form_ask(Request(request_id="r", user_id="u", ts=6.0, slate_size=9), None, catalog, "none", 2).slate_size == 2
+
+
+MASKED_ASKS = [Ask(ASKS[0].state, ASKS[0].candidates, 3, np.array([False, True, False, True, True, True])),
+               Ask(State(), ["x", "y", "a"], 2, np.array([True, False, True])),
+               Ask(State(), ["a", "b", "c", "d"], 1, np.array([False, False, False, True])),
+               ASKS[3]]  # no mask, filled in one batch with the first
+
+
+@pytest.mark.parametrize("limit", [None, 3], ids=["all", "shortlisted"])
+@pytest.mark.parametrize("name", POLICIES)
+def test_no_policy_puts_an_excluded_item_in_a_slate(name: str, limit: int | None) -> None:
+    policy = POLICIES[name]()
+    for seed in range(30):
+        choices = policy.rank(MASKED_ASKS, np.random.default_rng(seed), limit=limit)
+        assert choices == policy.rank(MASKED_ASKS, np.random.default_rng(seed), limit=limit)
+        for ask, choice in zip(MASKED_ASKS, choices):
+            allowed = set(ask.candidates) if ask.allowed is None else {c for c, ok in zip(ask.candidates, ask.allowed) if ok}
+            assert len(choice.items) == ask.slate_size == len(set(choice.items)) == len(choice.propensities)
+            assert set(choice.items) <= allowed, (name, seed, choice.items)
+            assert all(0 < p <= 1 for p in choice.propensities) and all(np.isfinite(choice.scores))
+    assert policy.rank(MASKED_ASKS[2:3], np.random.default_rng(0), limit=limit)[0].items == ["d"]
+
+
+@pytest.mark.parametrize("name,limit", [("popularity", None), ("popularity", 2), ("random", None), ("random", 2)])
+def test_masked_fallback_slates_log_exact_propensities(name: str, limit: int | None) -> None:
+    # Five candidates, two excluded, maybe a shortlist of two: the logged probability of each
+    # slate matches its frequency.
+    policy = POLICIES[name]()
+    ask = Ask(State(), ["a", "b", "c", "d", "e"], 2, np.array([True, False, True, False, True]))
+    n = 6_000
+
+    def draw(rng):
+        choice = policy.rank([ask], rng, limit=limit)[0]
+        return np.array(choice.items), np.array(choice.propensities)
+
+    counts, logged = sampled(draw, n)
+    assert {x for slate in counts for x in slate} <= {"a", "c", "e"}
+    if name == "random":
+        assert len(counts) == 6, "every ordered pair of the three allowed items"
+    for slate, p in logged.items():
+        assert abs(counts[slate] / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 2e-3, (slate, counts[slate] / n, p)
+    assert sum(logged.values()) == pytest.approx(1.0, abs=0.02)
+
+
+def test_masks_keep_the_catalogs_item_vectors_cached() -> None:
+    policy = POLICIES["dqn"]()
+    catalog = [f"sku-{i}" for i in range(CACHE_FROM)]
+    computed = []
+    network = policy.model.network
+    item_vectors = network.item_vectors
+    network.item_vectors = lambda buckets: computed.append(len(buckets)) or item_vectors(buckets)
+    try:
+        for seed in range(3):
+            masked = np.ones(len(catalog), bool)
+            masked[seed * 7: seed * 7 + 5] = False
+            asks = [Ask(State(), catalog, 4, masked), Ask(State(), catalog, 4)]
+            choices = policy.rank(asks, np.random.default_rng(seed))
+            assert not set(choices[0].items) & set(catalog[seed * 7: seed * 7 + 5])
+    finally:
+        network.item_vectors = item_vectors
+    assert computed == [CACHE_FROM], "one pass over the catalog for all batches, masked or not"
