@@ -499,6 +499,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         broker_session_timeout=config.session_timeout_s,
         broker_heartbeat_interval=3.0,
         broker_max_poll_records=config.batch_size,
+        stream_processing_timeout=config.stall_timeout_s,
+        broker_commit_livelock_soft_timeout=config.stall_timeout_s,
         stream_buffer_maxsize=4 * config.batch_size,
         # Metadata every 10 s instead of 5 min: a worker that joined while its topics were not yet
         # in its metadata snapshot (seen on loaded machines right after the topics were created)
@@ -506,9 +508,13 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         consumer_metadata_max_age_ms=10_000,
     )
     records = JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon, partitions=settings.partitions)
+    # A changelog, declared as Faust declares its own (acks=False): only recovery reads it, and
+    # no offset of it is ever committed. With acks on, Faust's stall detector took its assigned
+    # partitions, which grow with every write but feed no stream, for stalled input and logged
+    # an ERROR for each every 2.5 s once stall_timeout_s had passed.
     user_state_topic = app.topic(settings.topic(USER_STATE), key_serializer="shelfq-utf8",
                                  value_serializer="shelfq-user-state", partitions=settings.partitions,
-                                 compacting=True, internal=False)
+                                 compacting=True, internal=False, acks=False)
     histories = app.Table("user-history", default=None, partitions=settings.partitions,
                           changelog_topic=user_state_topic)
     # Faust derives a table's serializers from its key/value types (JSON by default); ours are

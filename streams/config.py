@@ -32,6 +32,11 @@ class StreamsConfig:
     session_timeout_s: float = 10.0
     """How long the group waits for a silent worker before handing its partitions to the others
     (Kafka's classic default); lower means faster takeover after a crash."""
+    stall_timeout_s: float = 300.0
+    """How long an assigned input partition may go without a fetch, a delivery to the agent or
+    a commit, while it has unread messages, before Faust's stall detector logs an ERROR
+    (Faust's ``stream_processing_timeout`` and ``broker_commit_livelock_soft_timeout``; its
+    default, 5 minutes). The worker's own guard (``streams.stalls``) acts after 15 s."""
     metrics_port: int = 9101
     """Port of /metrics (0 turns the endpoint off)."""
     metrics_addr: str = "0.0.0.0"
@@ -62,6 +67,7 @@ class StreamsConfig:
             "tick_s": num("SHELFQ_STREAMS_TICK_S"),
             "commit_interval_s": num("SHELFQ_STREAMS_COMMIT_INTERVAL_S"),
             "session_timeout_s": num("SHELFQ_STREAMS_SESSION_TIMEOUT_S"),
+            "stall_timeout_s": num("SHELFQ_STREAMS_STALL_TIMEOUT_S"),
             "metrics_port": num("SHELFQ_STREAMS_METRICS_PORT", int),
             "metrics_addr": env.get("SHELFQ_STREAMS_METRICS_ADDR"),
         }.items() if v is not None}
@@ -73,6 +79,8 @@ class StreamsConfig:
             raise ConfigError("streams: tick_s and commit_interval_s must be > 0")
         if self.session_timeout_s < 6:
             raise ConfigError("streams: session_timeout_s must be >= 6 (heartbeats go every 3 s)")
+        if self.stall_timeout_s <= 0:
+            raise ConfigError(f"streams: stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"streams: metrics_port must be a TCP port or 0, got {self.metrics_port}")
 

@@ -227,3 +227,28 @@ def test_a_worker_started_before_its_topics_exist_reads_them_once_they_do(worker
         for w in workers:
             w.stop()
         delete_topics(settings, [spec.name for spec in topic_specs(settings).values()])
+
+
+def test_a_worker_running_past_the_stall_timeout_logs_no_error(settings: Settings, workers: list[Worker],
+                                                               tmp_path: Path) -> None:
+    """Faust's stall detector (every 2.5 commit intervals) logs an ERROR for every assigned
+    partition with unread messages that no stream reads once the stall timeout has passed. The
+    user-state table's changelog partitions are assigned to the worker and grow with every
+    history it writes, but only recovery reads them: they must not count as stalled."""
+    timeout_s = 6.0
+    worker = start(workers, settings, tmp_path, SHELFQ_STREAMS_STALL_TIMEOUT_S=str(timeout_s))
+    worker.wait_owning(settings.partitions)
+    traffic = synthetic_traffic(users=20, requests_per_user=2, slate_size=4, seed=23, gap_s=0.2, click_p=0.5,
+                                tag="quiet")
+    produce(settings, traffic, shift=time.time())
+    values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(traffic.expected), timeout=60)
+    assert set(transitions_of(values)) == set(traffic.expected)
+    # user-state has grown past where the worker's recovery left it: a changelog partition
+    # with "unread" messages.
+    assert worker.metric("shelfq_streams_user_states_total") > 0
+    time.sleep(4 * timeout_s)  # well past the timeout, through several of the detector's rounds
+    assert worker.proc.poll() is None
+    text = worker.log.read_text()
+    assert "has not started processing" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if "ERROR" in line]
+    assert not errors, "\n".join(errors[:20])
