@@ -73,13 +73,23 @@ class SeedFigures:
 
 def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = WorldConfig(), slate_size: int = 10,
              concurrent: int = 64, observe: Callable[[UserState], None] | None = None,
-             on_transitions: Callable[[list[Transition]], None] | None = None) -> dict[str, float]:
+             on_transitions: Callable[[list[Transition]], None] | None = None, world: World | None = None,
+             users: Sequence[int] | None = None) -> dict[str, float]:
     """Run ``sessions`` sessions of the world of ``seed`` under ``policy``; its metrics.
 
     ``observe`` sees each user's history after every slate (feeds a popularity policy);
-    ``on_transitions`` gets each slate's transitions labelled as the join would (training)."""
-    world = World(config, seed=seed)
+    ``on_transitions`` gets each slate's transitions labelled as the join would (training).
+    ``world`` runs the sessions in a world the caller prepared (its shoppers' histories and
+    interests as they are; it is changed in place) instead of a fresh one of ``seed``;
+    ``users`` draws each session's shopper from these users (default: the whole population)."""
+    world = World(config, seed=seed) if world is None else world
+    config = world.config
     rng = np.random.default_rng([seed, 10])  # sessions: the same sequence whatever the policy does
+
+    def start(env: ShopperEnv) -> dict:
+        options = None if users is None else {"user": int(users[int(rng.integers(len(users)))])}
+        return env.reset(seed=int(rng.integers(2**31)), options=options)[1]
+
     policy_rng = np.random.default_rng([seed, 11])  # the policy's own draws
     envs = [ShopperEnv(config, slate_size, world=world) for _ in range(min(concurrent, sessions))]
     candidates = list(world.catalog.ids)  # one list object: the catalog's vectors are cached per model
@@ -88,8 +98,7 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
     live: list[tuple[ShopperEnv, dict, bool]] = []  # env, info, converted
     for env in envs:
         if started < sessions:
-            _obs, info = env.reset(seed=int(rng.integers(2**31)))
-            live.append((env, info, False))
+            live.append((env, start(env), False))
             started += 1
     request = 0
     while live:
@@ -119,8 +128,7 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
                 fig.sessions += 1
                 fig.converted_sessions += converted
                 if started < sessions:
-                    _obs, fresh = env.reset(seed=int(rng.integers(2**31)))
-                    nxt.append((env, fresh, False))
+                    nxt.append((env, start(env), False))
                     started += 1
             else:
                 nxt.append((env, step, converted))

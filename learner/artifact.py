@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
+from torch.overrides import TorchFunctionMode
 
 from contracts.errors import ConfigError, EventError
 from contracts.models import DTYPE_BYTES, ModelHeaders, read_safetensors_index
@@ -43,6 +45,27 @@ class LoadedModel(NamedTuple):
     config: LearnerConfig
 
 
+class _SkipInit(TorchFunctionMode):
+    """Leaves ``torch.nn.init`` undone: on the meta device it would only cost the import of
+    torch's meta kernels (seconds, once per process), and the values are not looked at."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def _expected_tensors(config: LearnerConfig) -> dict[str, torch.Tensor]:
+    """The state dict ``config`` builds, on the meta device: shapes and dtypes, no memory. A
+    config from a message is not trusted yet; 10**12 hash buckets must not be allocated.
+
+    >>> _expected_tensors(LearnerConfig(hash_buckets=10**12))["item_ids.weight"].shape[0]
+    1000000000000
+    """
+    with torch.device("meta"), _SkipInit():
+        return QNetwork(config).state_dict()
+
+
 def model_message(network: QNetwork, config: LearnerConfig, version: int, created_ts: float | None = None,
                   extra: dict[str, Any] | None = None) -> tuple[bytes, ModelHeaders]:
     """The value (safetensors bytes) and headers of one model version."""
@@ -59,6 +82,8 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
     Checked, in order: the headers; the policy (when ``policy`` is given); that the
     safetensors table describes the buffer exactly; that the config builds a network; that
     tensor names, shapes and dtypes are exactly that network's; that every weight is finite.
+    Whatever the bytes, the answer is a model or an ``EventError`` (a reader that stopped on
+    another exception would stop taking models).
     """
     meta = ModelHeaders.from_headers(headers)
     if policy is not None and meta.policy != policy:
@@ -67,15 +92,15 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
     known = {f.name for f in dataclasses.fields(LearnerConfig)}
     shape_fields = {k: v for k, v in meta.config.items() if k in known and k in NETWORK_FIELDS}
     shape_fields.setdefault("objective", "item")  # models from before SlateQ are item-wise
+    shape_fields.setdefault("item_features", False)  # and from before item features, ids alone
     missing = [k for k in NETWORK_FIELDS if k not in shape_fields]
     if missing:
         raise EventError("headers.config", "missing", f"network settings missing: {', '.join(missing)}")
     try:
         config = LearnerConfig(policy=meta.policy, **shape_fields)
-    except (ConfigError, TypeError) as exc:
-        raise EventError("headers.config", "invalid", str(exc)) from None
-    network = QNetwork(config)
-    expected = network.state_dict()
+        expected = _expected_tensors(config)
+    except (ConfigError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise EventError("headers.config", "invalid", str(exc)[:300]) from None
     problems = [f"missing {name}" for name in expected if name not in index]
     problems += [f"unexpected {name}" for name in index if name not in expected]
     for name, info in index.items():
@@ -88,10 +113,18 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
             problems.append(f"{name} has dtype {info.dtype}, want {_TORCH_DTYPES.get(want.dtype)}")
     if problems:
         raise EventError("value", "invalid", "tensors do not match the network: " + "; ".join(problems[:5]))
-    tensors = load_tensors(value)  # type: ignore[arg-type]
+    # The table matched the network, so both fit the buffer; safetensors and torch check again.
+    try:
+        tensors = load_tensors(value)  # type: ignore[arg-type]
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise EventError("value", "invalid", f"tensors do not load: {str(exc)[:300]}") from None
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise EventError(f"value.{name}", "non_finite", "weights contain NaN or infinity")
-    network.load_state_dict(tensors, strict=True)
+    try:
+        network = QNetwork(config)
+        network.load_state_dict(tensors, strict=True)
+    except (ValueError, RuntimeError) as exc:
+        raise EventError("value", "invalid", f"tensors do not load: {str(exc)[:300]}") from None
     network.eval()
     return LoadedModel(network, meta, config)

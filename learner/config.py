@@ -30,7 +30,7 @@ ENV_PREFIX = "SHELFQ_LEARNER_"
 
 #: Fields that shape the network: a model message carries them, and a loader needs them.
 NETWORK_FIELDS = ("encoder", "embedding_dim", "hidden_dim", "hash_buckets", "history_length",
-                  "context_buckets", "content_dim", "position_bias", "objective")
+                  "context_buckets", "content_dim", "position_bias", "objective", "item_features")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class LearnerConfig:
     step time grows linearly with it."""
     context_buckets: int = 1024
     """Rows of the hashed request-context table (``key=value`` strings, numeric keys)."""
+    item_features: bool = True
+    """Items are their id plus their category and price band from ``items`` (``learner.item_features``):
+    what one item teaches carries to the others of its kind, and an item never shown is
+    scored as its kind instead of as an average item."""
     content_dim: int = 0
     """Width of item content vectors (384 with the MiniLM title embedder); 0 turns content off."""
     position_bias: bool = True

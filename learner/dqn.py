@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from contracts.events import State, Transition
+from contracts.events import Item, State, Transition
 from learner.candidates import Catalog
 from learner.config import LearnerConfig
 from learner.device import autocast, pick_device
 from learner.features import Featurizer
+from learner.item_features import attribute_rows
 from learner.network import QNetwork, UserVectors
 from learner.replay import ReplayBuffer, Sample
 from learner.slateq import item_scores, slate_value
@@ -259,6 +260,14 @@ class DQN:
         value_loss = nn.functional.smooth_l1_loss(q[clicked], y[clicked]) if clicked.any() else q.sum() * 0
         none_loss = nn.functional.smooth_l1_loss(q_none[quiet], y[quiet]) if quiet.any() else q_none.sum() * 0
         return click_loss + value_loss + none_loss, (q - y)[clicked], q[clicked]
+
+    def set_items(self, items: Sequence[Item]) -> None:
+        """Install the category and price band of these catalog items in both networks."""
+        if self.config.item_features and len(items):
+            rows = self._rows([i.item_id for i in items])
+            attributes = torch.from_numpy(attribute_rows((i.category, i.price) for i in items))
+            self.online.set_item_features(rows, attributes)
+            self.target.set_item_features(rows, attributes)
 
     def set_content(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Install title vectors (content features) for these items in both networks."""

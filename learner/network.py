@@ -1,7 +1,8 @@
 """The Q-network: Q(s, a) for a user state s and a candidate item a.
 
     user side   history (item + event embeddings) -> GRU | LSTM | 1-D CNN -> h, plus context
-    item side   phi(a) = hashed id embedding (+ projected title embedding when content is on)
+    item side   phi(a) = hashed id embedding + category and price-band embeddings (item features,
+                from ``items``) (+ projected title embedding when content is on)
     dueling     Q(s, a) = V(s) + A(s, a) - mean over the candidate set C of A(s, c),
                 A(s, a) = u(s) . phi(a)
 
@@ -16,7 +17,10 @@ clicked*, and a click head on the same user state gives the click logit of every
     no click    Q(s, none): the value of a slate's no-click option
 
 Item ids hash into ``hash_buckets`` rows, initialised at zero: an id never trained on (cold
-start) is scored from its content alone, or as an average item without content.
+start) is scored from its category, price band and content, as an item of its kind; without
+any of these, as an average item. The table of each item row's category and price band
+(``learner.item_features``) travels with the model's weights, so an agent scores with what the
+learner knew; an agent fills in rows of items that arrived since (``set_item_features``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import nn
 from contracts.events import MAX_SLATE_SIZE
 from learner.config import LearnerConfig
 from learner.features import EVENT_KINDS
+from learner.item_features import CATEGORY_BUCKETS, COLUMNS, PRICE_BANDS
 
 
 class UserVectors(NamedTuple):
@@ -69,6 +74,12 @@ class QNetwork(nn.Module):
             self.encoder = nn.LSTM(d, h, batch_first=True)
         else:
             self.encoder = nn.Conv1d(d, h, kernel_size=3, padding=1)
+        self.item_features = config.item_features
+        if config.item_features:
+            self.categories = nn.Embedding(CATEGORY_BUCKETS, d, padding_idx=0)
+            self.price_bands = nn.Embedding(PRICE_BANDS, d, padding_idx=0)
+            # Each item row's (category row, price band); 0 = unknown. Part of the weights.
+            self.register_buffer("item_attributes", torch.zeros(config.hash_buckets, COLUMNS, dtype=torch.long))
         self.content_dim = config.content_dim
         if config.content_dim:
             self.content_proj = nn.Linear(config.content_dim, d, bias=False)
@@ -91,8 +102,11 @@ class QNetwork(nn.Module):
     # -- pieces ------------------------------------------------------------------------------
 
     def _embed(self, rows: torch.Tensor) -> torch.Tensor:
-        """Item rows of any shape [...] -> [..., embedding_dim] (id row plus title vector)."""
+        """Item rows of any shape [...] -> [..., embedding_dim] (id row, item features, title vector)."""
         e = self.item_ids(rows)
+        if self.item_features:
+            attributes = self.item_attributes[rows]
+            e = e + self.categories(attributes[..., 0]) + self.price_bands(attributes[..., 1])
         if self.content_dim:
             e = e + self.content_proj(self.content[rows])
         return e
@@ -183,6 +197,19 @@ class QNetwork(nn.Module):
         if self.position is None:
             return torch.zeros(k)
         return self.position.weight[:k, 0].detach()
+
+    @torch.no_grad()
+    def set_item_features(self, buckets: torch.Tensor, attributes: torch.Tensor, only_unknown: bool = False) -> None:
+        """Install item rows' (category row, price band) [n, 2] (no-op without item features);
+        ``only_unknown`` leaves rows that already have some, as an agent does with a model's."""
+        if not self.item_features:
+            return
+        buckets = buckets.to(self.item_attributes.device)
+        attributes = attributes.to(self.item_attributes.device, torch.long)
+        if only_unknown:
+            unknown = (self.item_attributes[buckets] == 0).all(dim=1)
+            buckets, attributes = buckets[unknown], attributes[unknown]
+        self.item_attributes[buckets] = attributes
 
     @torch.no_grad()
     def set_content(self, buckets: torch.Tensor, vectors: torch.Tensor) -> None:

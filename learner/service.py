@@ -218,8 +218,9 @@ class Learner:
         ck = load_checkpoint(self.config.checkpoint_dir)
         if ck is None:
             return
-        # Checkpoints from before SlateQ were item-wise and did not name an objective.
-        if {"objective": "item", **ck.state["network"]} != self.config.network():
+        # Checkpoints from before SlateQ were item-wise and did not name an objective, and those
+        # from before item features knew items by their ids alone.
+        if {"objective": "item", "item_features": False, **ck.state["network"]} != self.config.network():
             raise ConfigError(f"checkpoint {ck.path} was written for network settings {ck.state['network']}, "
                               f"not {self.config.network()}; use those settings or another checkpoint_dir")
         d = self.dqn
@@ -245,6 +246,7 @@ class Learner:
             item: Item = r.event  # type: ignore[assignment]
             self.dqn.catalog.add(item.item_id)
             items.append(item)
+        self.dqn.set_items(items)
         if items and self.content is not None:
             ids, vectors = self.content.vectors(items)
             self.dqn.set_content(ids, vectors)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contracts.errors import ConfigError
-from contracts.events import Feedback, Impression, Interaction, Item, Request, State
+from contracts.events import Feedback, Impression, Interaction, Request, State
 from contracts.settings import Settings
 from frontend.client import ShopClient
 from simulator.env import EVENT_WEIGHTS, HISTORY, feedback_of
@@ -109,11 +109,11 @@ class Simulation:
         self._next = 0
 
     def publish_catalog(self, client: ShopClient) -> int:
-        c, now = self.world.catalog, time.time()
-        for j, item_id in enumerate(c.ids):
-            client.send(Item(item_id=item_id, ts=now, title=c.titles[j], category=c.category_name(j), price=float(c.price[j])))
+        items = self.world.catalog_items(time.time())
+        for item in items:
+            client.send(item)
         client.flush()
-        return len(c.ids)
+        return len(items)
 
     async def run(self) -> SimulationStats:
         cfg = self.config

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from contracts.errors import ConfigError
+from contracts.events import Item
 
 ADJECTIVES = ("classic", "compact", "deluxe", "eco", "everyday", "premium", "pro", "smart", "travel", "vintage")
 CATEGORIES = ("books", "kitchen", "garden", "toys", "audio", "shoes", "sports", "beauty", "games", "office",
@@ -250,3 +251,9 @@ class World:
 
     def user_id(self, user: int) -> str:
         return f"shopper-{user:05d}"
+
+    def catalog_items(self, ts: float) -> list[Item]:
+        """The catalog as the ``items`` topic carries it, stamped ``ts``."""
+        c = self.catalog
+        return [Item(item_id=item_id, ts=ts, title=c.titles[j], category=c.category_name(j), price=float(c.price[j]))
+                for j, item_id in enumerate(c.ids)]

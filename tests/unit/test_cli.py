@@ -9,7 +9,7 @@ from shelfq.cli import build_parser, main
 COMMANDS = [
     ["broker", "start"], ["broker", "stop"], ["broker", "status"], ["broker", "run"],
     ["topics", "create"], ["streams"], ["learner"], ["agent"], ["bench", "join"], ["bench", "learner"],
-    ["bench", "agent"], ["bench"], ["settings"], ["demo"], ["simulate"], ["replay"], ["evaluate"], ["broker"], ["topics"], [],
+    ["bench", "agent"], ["bench", "policy"], ["bench"], ["settings"], ["demo"], ["simulate"], ["replay"], ["evaluate"], ["broker"], ["topics"], [],
 ]
 
 
@@ -20,7 +20,7 @@ def test_help_exits_zero_and_explains(argv: list[str], capsys: pytest.CaptureFix
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: shelfq")
-    if len(argv) == 2 or argv in (["settings"], ["demo"], ["simulate"], ["replay"], ["evaluate"], ["streams"], ["learner"], ["agent"]):
+    if (len(argv) == 2 and argv != ["bench", "policy"]) or argv in (["settings"], ["demo"], ["simulate"], ["replay"], ["evaluate"], ["streams"], ["learner"], ["agent"]):
         assert "--bootstrap-servers" in out and "-X NAME=VALUE" in out
 
 

@@ -1,0 +1,59 @@
+"""The learning benchmark (``shelfq bench policy``) end to end with tiny budgets: the same
+pipeline as the full run, its figures in the shape the README and the issue name."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from agents.policies import RandomPolicy
+from evaluation.bench_config import PolicyBenchConfig
+from evaluation.benchmark import GROUPS, POLICIES, paired_ratio
+from evaluation.offline import run_seed
+from shelfq.cli import main
+from simulator.world import World, WorldConfig
+
+
+def test_quick_run_prints_the_figures_as_one_json_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "policy", "--quick", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    quick = PolicyBenchConfig.quick()
+    assert figures["training_seeds"] == quick.training_seeds and figures["eval_seeds"] == quick.eval_seeds
+    for group in GROUPS:
+        for name in ("longterm_vs_myopic", "longterm_vs_popularity"):
+            ratio = figures[group][name]
+            assert ratio["pairs"] == (quick.training_seeds * quick.eval_seeds)
+            assert ratio["ci95"][0] <= ratio["ratio"] <= ratio["ci95"][1] and ratio["ratio"] > 0
+        assert set(figures[group]["policies"]) == set(POLICIES)
+        for row in figures[group]["policies"].values():
+            assert row["reward_per_session"] >= 0 and 0 <= row["ctr"] <= 1
+            lo, hi = row["ci95"]["reward_per_session"]
+            assert lo <= row["reward_per_session"] <= hi
+    # Random slates cover the catalog; the greedy learners and popularity show fewer items.
+    assert figures["returning"]["policies"]["random"]["catalog_coverage"] > figures["returning"]["policies"]["popularity"]["catalog_coverage"]
+
+
+def test_paired_ratio_pairs_each_training_seed_with_its_own_evaluation() -> None:
+    same = paired_ratio([[2.0, 4.0]], [[2.0, 4.0]])
+    assert same == {"ratio": 1.0, "ci95": [1.0, 1.0], "pairs": 2}
+    # A single row of baselines (popularity: no training seeds) is paired with every seed's row.
+    assert paired_ratio([[2.0, 4.0], [4.0, 8.0]], [[2.0, 4.0]])["ratio"] == 1.5
+
+
+def test_returning_shoppers_carry_their_logged_histories_and_new_ones_start_empty() -> None:
+    config = WorldConfig(items=40, users=20)
+    world = World(config, seed=0)
+    run_seed(RandomPolicy(), 5, 60, slate_size=5, world=world, users=range(10))
+    assert set(world.histories) <= set(range(10)) and world.histories
+    before = copy.deepcopy(world.histories)
+    run_seed(RandomPolicy(), 6, 10, slate_size=5, world=copy.deepcopy(world), users=range(10, 20))
+    assert world.histories == before  # evaluation runs in a copy: every policy meets the same world
+
+
+def test_impossible_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="returning_users"):
+        PolicyBenchConfig(returning_users=2000)
+    with pytest.raises(ValueError, match="gamma"):
+        PolicyBenchConfig(gamma=0.0)
