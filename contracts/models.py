@@ -29,7 +29,8 @@ DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
-MAX_HEADER_BYTES = 100 << 20
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+_U64_MAX = 2**64 - 1  # safetensors sizes are usize
 
 
 class ModelHeaders(NamedTuple):
@@ -170,11 +171,15 @@ def read_safetensors_index(value: bytes | None) -> dict[str, TensorInfo]:
             if str(exc).startswith("Object missing required field"):
                 raise EventError(f"value.{name}", "malformed", "tensor entry lacks dtype, shape or data_offsets") from None
             raise EventError(f"value.{name}", "invalid", f"bad tensor entry: {_lower(str(exc))}") from None
+        except (msgspec.DecodeError, RecursionError):  # skipped unparsed above: invalid UTF-8, say
+            raise EventError(f"value.{name}", "malformed", "tensor entry is not JSON") from None
         dtype, shape, (start, end) = spec.dtype, tuple(spec.shape), spec.data_offsets
         if dtype not in DTYPE_BYTES:
             raise EventError(f"value.{name}", "invalid", f"unknown dtype {dtype!r}")
         if not 0 <= start <= end <= data_len:
             raise EventError(f"value.{name}", "out_of_range", f"data offsets {start}..{end} outside the {data_len}-byte buffer")
+        if not _fits_usize(shape, DTYPE_BYTES[dtype]):
+            raise EventError(f"value.{name}", "invalid", f"shape {list(shape)} overflows a 64-bit size")
         if end - start != math.prod(shape) * DTYPE_BYTES[dtype]:
             raise EventError(f"value.{name}", "invalid", f"{end - start} bytes do not hold {dtype}{list(shape)}")
         index[name] = TensorInfo(dtype, shape, start, end)
@@ -187,3 +192,19 @@ def read_safetensors_index(value: bytes | None) -> dict[str, TensorInfo]:
     if covered != data_len:
         raise EventError("value", "malformed", f"tensors cover {covered} of {data_len} data bytes")
     return index
+
+
+def _fits_usize(shape: tuple[int, ...], itemsize: int) -> bool:
+    """Whether safetensors reads ``shape`` and computes its size without overflow: each
+    dimension is a 64-bit size, multiplied in order, then by the bits per element, all in 64
+    bits (so ``[2**63, 2**63, 0]`` overflows where ``[0, 2**63, 2**63]`` does not).
+
+    >>> _fits_usize((2**62, 0, 8), 4), _fits_usize((2**63, 2**63, 0), 4), _fits_usize((2**61,), 4)
+    (True, False, False)
+    """
+    n = 1
+    for d in shape:
+        n *= d
+        if d > _U64_MAX or n > _U64_MAX:
+            return False
+    return n * itemsize * 8 <= _U64_MAX

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file as load_tensors
@@ -34,6 +36,7 @@ from contracts.errors import ShelfqError
 
 LATEST = "LATEST"
 KEEP = 2  # complete checkpoints kept on disk
+_CKPT_NAME = re.compile(r"ckpt-[0-9]{1,20}")
 
 
 class Checkpoint(NamedTuple):
@@ -69,17 +72,38 @@ def save_checkpoint(root: Path, tensors: dict[str, torch.Tensor], arrays: dict[s
 
 
 def load_checkpoint(root: Path) -> Checkpoint | None:
-    """The latest complete checkpoint under ``root``, or None when there is none."""
+    """The latest complete checkpoint under ``root``, or None when there is none.
+
+    Whatever the files hold, the answer is a checkpoint, None or a ``ShelfqError`` saying
+    which one is unreadable:
+
+    >>> import tempfile; bad = Path(tempfile.mkdtemp())
+    >>> (bad / LATEST).write_text("../../etc")
+    9
+    >>> load_checkpoint(bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    contracts.errors.ShelfqError: checkpoint pointer .../LATEST names '../../etc', not a ckpt-<step> directory; ...
+    """
     pointer = root / LATEST
     if not pointer.exists():
         return None
-    path = root / pointer.read_text().strip()
+    advice = "move it away to start fresh"
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ShelfqError(f"checkpoint pointer {pointer} is unreadable ({exc}); {advice}") from None
+    if not _CKPT_NAME.fullmatch(name):  # never a path out of root
+        raise ShelfqError(f"checkpoint pointer {pointer} names {name[:80]!r}, not a ckpt-<step> directory; {advice}")
+    path = root / name
     try:
         state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("state.json is not a JSON object")
         tensors = load_tensors(str(path / "tensors.safetensors"))
         arrays = load_arrays(str(path / "arrays.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise ShelfqError(f"checkpoint {path} is unreadable ({exc}); move it away to start fresh") from None
+    except (OSError, ValueError, RecursionError, SafetensorError) as exc:
+        raise ShelfqError(f"checkpoint {path} is unreadable ({str(exc)[:300]}); {advice}") from None
     return Checkpoint(path, tensors, arrays, state)
 
 
@@ -91,12 +115,23 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    """Restore what ``optimizer_tensors`` saved, or raise ``ShelfqError`` when it does not fit.
+
+    >>> opt = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))])
+    >>> load_optimizer(opt, {"optim.x.step": torch.ones(1)}, {"param_groups": []})
+    Traceback (most recent call last):
+    ...
+    contracts.errors.ShelfqError: checkpoint optimiser state is unreadable (invalid literal for int() with base 10: 'x')
+    """
+    try:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise ShelfqError(f"checkpoint optimiser state is unreadable ({str(exc)[:300]})") from None
 
 
 def _fsync(path: Path) -> None:

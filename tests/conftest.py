@@ -9,6 +9,17 @@ import pytest
 
 INTEGRATION = Path(__file__).parent / "integration"
 
+try:
+    from hypothesis import settings
+except ImportError:  # a venv from before the test extra had it: only the property tests need it
+    pass
+else:
+    # Derandomized so a run is reproducible and CI cannot flake; `--hypothesis-profile=long`
+    # searches much further (and randomly) when hunting for a bug.
+    settings.register_profile("shelfq", derandomize=True, deadline=None, max_examples=60, print_blob=True)
+    settings.register_profile("long", deadline=None, max_examples=5_000, print_blob=True)
+    settings.load_profile("shelfq")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
