@@ -95,8 +95,10 @@ class LearnerConfig:
     """How strongly priorities skew sampling (0 = uniform)."""
     priority_beta: float = 0.4
     """Importance-sampling correction of prioritized sampling (1 = full correction)."""
-    replay_ratio: float = 1.0
-    """Transitions sampled for training per transition consumed (1: one batch per batch)."""
+    replay_ratio: float = 4.0
+    """At most this many transitions are sampled for training per transition consumed. The
+    learner trains as fast as its device allows within that bound, and takes in what arrives
+    first: a stream faster than training gets about one pass, a quiet one up to this many."""
     learning_starts: int = 256
     """Transitions to collect before the first step."""
     dedupe_capacity: int = 200_000

@@ -120,10 +120,11 @@ class Learner:
                     duplicates += n - new
                     self.metrics.transitions.labels("new").inc(new)
                     self.metrics.transitions.labels("duplicate").inc(n - new)
-                while self.dqn.due():
+                # One step per turn: what has arrived is taken in first, so a busy stream sets
+                # the pace (about one pass per transition) and a quiet one gets up to
+                # replay_ratio passes, as fast as the device takes them.
+                if self.dqn.due():
                     self._train_one()
-                    if max_steps is not None and self.dqn.step - steps_before >= max_steps:
-                        break
                 if self._publish_due():
                     self.publish()
                     published += 1

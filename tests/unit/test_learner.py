@@ -123,7 +123,8 @@ def _corrupt(value: bytes, headers: list) -> list[tuple[str, bytes, list]]:
     other = json.loads(dict(headers)["config"])
     other["hidden_dim"] = 7
     nan_value = bytearray(value)
-    nan_value[8 + n:8 + n + 4] = np.array([np.nan], np.float32).tobytes()
+    start = next(v["data_offsets"][0] for k, v in table.items() if k != "__metadata__" and v["dtype"] == "F32")
+    nan_value[8 + n + start:8 + n + start + 4] = np.array([np.nan], np.float32).tobytes()  # in a float tensor
     return [
         ("truncated", value[: len(value) // 2], headers),
         ("not safetensors", b"\x80\x04pickle-ish bytes", headers),
