@@ -12,6 +12,12 @@ contracts.errors.ConfigError: agent: exploration must be greedy, epsilon or bolt
 Traceback (most recent call last):
 ...
 contracts.errors.ConfigError: agent: exclude_seen must be none, purchased or clicked; got 'viewed'
+>>> [a.name for a in AgentConfig.from_env({"SHELFQ_AGENT_ARMS": "a=dqn-a:1,b=dqn-b:1"}).served_arms()]
+['a', 'b']
+>>> AgentConfig(arms="a=dqn:-1")
+Traceback (most recent call last):
+...
+contracts.errors.ConfigError: agent: arms: arm 'a' has weight -1.0; a weight is a finite number > 0
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agents.arms import Arm, parse_arms
 from agents.exclusion import SEEN_EVENTS
 from contracts.errors import ConfigError
 from contracts.settings import fields_from_env
@@ -35,6 +42,12 @@ class AgentConfig:
 
     policy: str = "dqn"
     """Which model (the key on ``models``) to serve; slates name the policy that chose them."""
+    arms: str = ""
+    """An experiment: arms as ``name=policy:weight`` entries separated by commas, e.g.
+    ``longterm=dqn-longterm:0.5,myopic=dqn-myopic:0.5``. Each user is served by one arm for good
+    (a stable hash of the user id, the same on every replica), each arm by its own model with
+    the fallbacks until it arrives; slates name their arm. Empty: no experiment, ``policy``
+    serves everyone and slates name no arm."""
     exploration: str = "epsilon"
     """greedy, epsilon (epsilon-greedy per position) or boltzmann (Plackett-Luce sampling)."""
     epsilon: float = 0.1
@@ -70,6 +83,10 @@ class AgentConfig:
     """Address /metrics listens on."""
 
     def __post_init__(self) -> None:
+        try:
+            parse_arms(self.arms)
+        except ValueError as exc:
+            raise ConfigError(f"agent: {exc}") from None
         if self.exploration not in EXPLORATIONS:
             raise ConfigError(f"agent: exploration must be {', '.join(EXPLORATIONS[:-1])} or {EXPLORATIONS[-1]}; "
                               f"got {self.exploration!r}")
@@ -90,6 +107,10 @@ class AgentConfig:
             raise ConfigError("agent: session_timeout_s must be >= 6 (heartbeats go every 3 s)")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"agent: metrics_port must be a TCP port or 0, got {self.metrics_port}")
+
+    def served_arms(self) -> tuple[Arm, ...]:
+        """The arms this agent serves; without an experiment, one unnamed arm serving ``policy``."""
+        return parse_arms(self.arms) or (Arm("", self.policy),)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:

@@ -5,6 +5,10 @@ request its logged state and its candidates; models arrive on ``models`` in a ba
 thread and replace the serving one atomically; a rejected model goes to ``dlq`` with its
 reason and the old one keeps serving. Until a model arrives, popularity answers, then random.
 
+An experiment (``AgentConfig.arms``) splits users between arms by a stable hash of the user id
+(``agents.arms``): each arm serves its own policy key, with its own model once one arrives and
+the fallbacks until then, and its slates name the arm. A micro-batch is scored per arm.
+
 Every policy leaves out the request's ``exclude`` and what ``exclude_seen`` takes from the
 user's history: a mask over the candidates, formed here once per request
 (``agents.exclusion``). With fewer allowed candidates than the slate size, the slate is
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from agents.arms import Arm, ArmSplit
 from agents.config import AgentConfig
 from agents.exclusion import allowed_mask, excluded_items
 from agents.metrics import AgentMetrics
@@ -105,11 +110,19 @@ class Agent:
         self.popularity = Popularity(config.popularity_half_life_s)
         explorer = Explorer(config.exploration, config.epsilon, config.temperature, config.diversity)
         self.explorer = explorer
-        self.dqn: DQNPolicy | None = None
+        self.arms: tuple[Arm, ...] = config.served_arms()
+        self.split = ArmSplit(self.arms)
+        self.experiment = any(a.name for a in self.arms)  # else one unnamed arm: slates name none
+        #: The model serving each policy key, once one has arrived (arms of one key share it);
+        #: replaced, never changed in place, by the model thread.
+        self.dqn: dict[str, DQNPolicy] = {}
         self.fallback_popular = PopularityPolicy(self.popularity, explorer)
         self.fallback_random = RandomPolicy()
-        self._first_use_pending = False
-        self._models = ModelWatcher(settings, config.policy, self._on_model, self._on_rejected)
+        self._first_use_pending: set[str] = set()
+        policies = list(dict.fromkeys(a.policy for a in self.arms))
+        self._models = ModelWatcher(settings, policies, self._on_model, self._on_rejected)
+        if self.experiment:
+            log.info("experiment arms: %s", ", ".join(f"{a.name}={a.policy} ({a.weight:g})" for a in self.arms))
         self._next_cache = 0.0
         self.slates_topic = settings.topic(SLATES)
 
@@ -165,9 +178,11 @@ class Agent:
     # -- answering ---------------------------------------------------------------------------
 
     def answer(self, requests: Sequence[Request]) -> tuple[int, int]:
-        """Score and answer a micro-batch; returns (answered, skipped)."""
+        """Score and answer a micro-batch, each arm's requests with its policy; returns
+        (answered, skipped)."""
         now = time.time()
-        fresh, asks = [], []
+        by_arm: dict[int, tuple[list[Request], list[Ask]]] = {}  # in the order arms first appear
+        fresh = 0
         for req in requests:
             if now - req.ts > self.config.deadline_s:
                 self.metrics.requests.labels("skipped").inc()
@@ -182,37 +197,54 @@ class Agent:
                 self._unanswerable(req, f"no candidates: all {len(candidates)} are excluded (the request's exclude, "
                                         f"or exclude_seen={self.config.exclude_seen} over the user's history)")
                 continue
-            fresh.append(req)
+            reqs, asks = by_arm.setdefault(self.split.index_of(req.user_id) if self.experiment else 0, ([], []))
+            reqs.append(req)
             asks.append(ask)
-        if not asks:
-            return 0, len(requests) - len(fresh)
-        policy = self.dqn or (self.fallback_popular if len(self.popularity) else self.fallback_random)
-        choices = policy.rank(asks, self.rng, limit=self.config.max_candidates)
-        self.metrics.batch_size.observe(len(asks))
-        self.metrics.fallback.set(0.0 if policy is self.dqn else 1.0)
-        if self.dqn is not None:
-            model = self.dqn.model
-            self.metrics.model_age.set(time.time() - model.headers.created_ts)
-            if self._first_use_pending:
-                self.metrics.model_freshness.set(time.time() - model.headers.created_ts)
-                self._first_use_pending = False
-        sent = time.time()
-        for req, ask, choice in zip(fresh, asks, choices):
-            self._send(req, ask.state, choice, sent)
-        return len(fresh), len(requests) - len(fresh)
+            fresh += 1
+        if not fresh:
+            return 0, len(requests)
+        self.metrics.batch_size.observe(fresh)
+        unmodelled = 0
+        for index, (reqs, asks) in by_arm.items():
+            arm = self.arms[index]
+            dqn = self.dqn.get(arm.policy)
+            policy = dqn or (self.fallback_popular if len(self.popularity) else self.fallback_random)
+            choices = policy.rank(asks, self.rng, limit=self.config.max_candidates)
+            if dqn is None:
+                unmodelled += len(asks)
+            else:
+                self._note_model_use(arm, dqn)
+            sent = time.time()
+            for req, ask, choice in zip(reqs, asks, choices):
+                self._send(req, ask.state, choice, sent, arm.name or None)
+        self.metrics.fallback.set(unmodelled / fresh)
+        return fresh, len(requests) - fresh
+
+    def _note_model_use(self, arm: Arm, dqn: DQNPolicy) -> None:
+        headers = dqn.model.headers
+        age = time.time() - headers.created_ts
+        if self.experiment:
+            self.metrics.arm_model_age.labels(arm.name).set(age)
+        # The unlabelled gauge is the oldest model any arm serves (what the staleness alert needs).
+        self.metrics.model_age.set(max(time.time() - d.model.headers.created_ts for d in self.dqn.values()))
+        if arm.policy in self._first_use_pending:
+            self.metrics.model_freshness.set(age)
+            self._first_use_pending.discard(arm.policy)
 
     def _unanswerable(self, req: Request, detail: str) -> None:
         self.consumer.dlq.send("unanswerable", self.settings.topic(REQUESTS), encode(req), key=req.user_id,
                                detail=detail)
         self.metrics.requests.labels("unanswerable").inc()
 
-    def _send(self, req: Request, state: State, choice: SlateChoice, now: float) -> None:
+    def _send(self, req: Request, state: State, choice: SlateChoice, now: float, arm: str | None) -> None:
         slate = Slate(request_id=req.request_id, user_id=req.user_id, session_id=req.session_id or req.user_id,
                       ts=now, items=choice.items, scores=choice.scores, propensities=choice.propensities,
-                      policy=choice.policy, model_version=choice.model_version, state=state)
+                      policy=choice.policy, model_version=choice.model_version, state=state, arm=arm)
         self.producer.produce(self.slates_topic, encode(slate), req.user_id)
         self.metrics.requests.labels("answered").inc()
         self.metrics.slates.labels(choice.policy).inc()
+        if arm is not None:
+            self.metrics.arm_slates.labels(arm, choice.policy).inc()
         self.metrics.latency.observe(max(0.0, now - req.ts))
 
     # -- caches and models -------------------------------------------------------------------
@@ -248,39 +280,53 @@ class Agent:
                 self.items.pop(r.key or "", None)
             else:
                 self.items[r.event.item_id] = r.event  # type: ignore[union-attr]
-        if self.dqn is not None:
-            self.dqn.categories = {i: item.category for i, item in self.items.items()}
+        if self.dqn:
+            categories = {i: item.category for i, item in self.items.items()}
+            for dqn in self.dqn.values():
+                dqn.categories = categories
         self.metrics.cache.labels("items").set(len(self.items))
         self.metrics.cache.labels("users").set(len(self.users))
         self.metrics.cache.labels("popular").set(len(self.popularity))
 
     def _on_model(self, model: LoadedModel) -> None:
+        """A new version of one policy key (the watcher's thread): every arm of that key serves it
+        from its next batch on."""
+        policy = model.headers.policy
         if model.config.content_dim:
-            log.warning("model %d uses content features; this agent scores it without title vectors",
-                        model.headers.version)
-        if self.dqn is None:
-            self.dqn = DQNPolicy(model, self.explorer, {i: item.category for i, item in self.items.items()}, name=self.config.policy)
+            log.warning("model %s %d uses content features; this agent scores it without title vectors",
+                        policy, model.headers.version)
+        dqn = self.dqn.get(policy)
+        if dqn is None:  # a new mapping, not an insert: the request path may be iterating the old one
+            self.dqn = {**self.dqn, policy: DQNPolicy(model, self.explorer,
+                                                      {i: item.category for i, item in self.items.items()}, name=policy)}
         else:
-            self.dqn.swap(model)
-        self._first_use_pending = True
-        self.metrics.model_version.set(model.headers.version)
+            dqn.swap(model)
+        self._first_use_pending.add(policy)
+        # Unlabelled: the version every arm serves at least (0 until each has a model).
+        self.metrics.model_version.set(min(self.dqn[a.policy].model.headers.version if a.policy in self.dqn else 0
+                                           for a in self.arms))
+        if self.experiment:
+            for arm in self.arms:
+                if arm.policy == policy:
+                    self.metrics.arm_model_version.labels(arm.name, policy).set(model.headers.version)
         self.metrics.models.labels("loaded").inc()
-        log.info("serving %s model version %d", model.headers.policy, model.headers.version)
+        log.info("serving %s model version %d", policy, model.headers.version)
 
-    def _on_rejected(self, reason: EventError, value: bytes | None, partition: int, offset: int) -> None:
+    def _on_rejected(self, reason: EventError, value: bytes | None, key: str, partition: int, offset: int) -> None:
         self.metrics.models.labels("rejected").inc()
-        self.consumer.dlq.send("invalid", self.settings.topic(MODELS), value, key=self.config.policy,
+        self.consumer.dlq.send("invalid", self.settings.topic(MODELS), value, key=key,
                                partition=partition, offset=offset, detail=f"model rejected: {reason}")
-        log.warning("rejected a model message at offset %d: %s", offset, reason)
+        log.warning("rejected a %s model message at offset %d: %s", key, offset, reason)
 
 
 class ModelWatcher:
-    """Reads ``models`` from the beginning in a thread; loads each newer version of one policy
-    (off the request path) and hands it over; reports the ones that fail the loader's checks."""
+    """Reads ``models`` from the beginning in a thread; loads each newer version of the policy
+    keys it watches (one consumer for all of them, off the request path) and hands it over;
+    reports the ones that fail the loader's checks."""
 
-    def __init__(self, settings: Settings, policy: str, on_model: Any, on_rejected: Any) -> None:
-        self.settings, self.policy, self.on_model, self.on_rejected = settings, policy, on_model, on_rejected
-        self.version = 0
+    def __init__(self, settings: Settings, policies: Sequence[str], on_model: Any, on_rejected: Any) -> None:
+        self.settings, self.on_model, self.on_rejected = settings, on_model, on_rejected
+        self.versions: dict[bytes, int] = {p.encode(): 0 for p in policies}
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shelfq-models", daemon=True)
         self.error: BaseException | None = None
@@ -304,7 +350,7 @@ class ModelWatcher:
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             while not self._halt.is_set():
                 msg = consumer.poll(0.2)
-                if msg is None or msg.error() is not None or msg.key() != self.policy.encode():
+                if msg is None or msg.error() is not None or msg.key() not in self.versions:
                     continue
                 self._consider(msg)
         except BaseException as exc:  # noqa: BLE001 - logged; the agent keeps serving what it has
@@ -314,13 +360,15 @@ class ModelWatcher:
             consumer.close()
 
     def _consider(self, msg: Any) -> None:
+        key: bytes = msg.key()
+        policy = key.decode()
         try:
             headers = ModelHeaders.from_headers(msg.headers())
-            if headers.version <= self.version:
+            if headers.version <= self.versions[key]:
                 return  # replayed or older: the serving one is newer
-            model = load_model(msg.value(), msg.headers(), policy=self.policy)
+            model = load_model(msg.value(), msg.headers(), policy=policy)
         except EventError as exc:
-            self.on_rejected(exc, msg.value(), msg.partition(), msg.offset())
+            self.on_rejected(exc, msg.value(), policy, msg.partition(), msg.offset())
             return
-        self.version = model.headers.version
+        self.versions[key] = model.headers.version
         self.on_model(model)

@@ -154,7 +154,16 @@ class Request(Event, tag="shelfq.request.v1"):
 
 
 class Slate(Event, tag="shelfq.slate.v1"):
-    """The agent's answer and decision log: ranked items with scores and propensities."""
+    """The agent's answer and decision log: ranked items with scores and propensities.
+
+    ``arm`` names the experiment arm that served it (``agents.arms``: users split by a stable
+    hash); a slate served outside an experiment has none, and it is not encoded.
+
+    >>> from contracts.examples import EXAMPLES
+    >>> slate = msgspec.structs.replace(EXAMPLES["slates"][1], arm="longterm")
+    >>> decode(encode(slate), Slate).arm, b'"arm"' in encode(EXAMPLES["slates"][1])
+    ('longterm', False)
+    """
 
     request_id: Id
     user_id: Id
@@ -166,6 +175,7 @@ class Slate(Event, tag="shelfq.slate.v1"):
     policy: Id
     model_version: Count | None = None
     state: State = State()
+    arm: Id | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -238,7 +248,11 @@ class Item(Event, tag="shelfq.item.v1"):
 
 
 class Transition(Event, tag="shelfq.transition.v1"):
-    """One reward-labelled step (s, a, r, s', done) for one shown item of one impression."""
+    """One reward-labelled step (s, a, r, s', done) for one shown item of one impression.
+
+    ``arm`` is the experiment arm of the slate it came from (None outside an experiment, and
+    for an impression that carries its own state); it is not encoded when unset.
+    """
 
     transition_id: Id
     request_id: Id
@@ -257,6 +271,7 @@ class Transition(Event, tag="shelfq.transition.v1"):
     propensity: Probability | None = None
     policy: Id | None = None
     model_version: Count | None = None
+    arm: Id | None = None
 
     def __post_init__(self) -> None:
         _require_finite("reward", self.reward)
