@@ -431,9 +431,7 @@ class JoinWorker:
             self.join.failed(transition)
             return
         self.metrics.emit_latency.observe(time.monotonic() - started)
-        self.metrics.transitions.inc()
-        if transition.reward > 0:  # a counter only goes up; negative weights are not counted
-            self.metrics.reward.inc(transition.reward)
+        self.metrics.count_transition(transition)  # overall and by experiment arm
         self._record_writes.update(self.join.acked(transition).writes)
 
     def _on_sent(self, fut: Any, topic: str) -> None:

@@ -515,6 +515,8 @@ class Join:
         # Who chose the slate: an impression that carries its own state (a frontend's fallback,
         # a replayed log) speaks for itself, even if the agent's slate arrived as well (late).
         logged_by = slate if slate is not None and imp.state is None else imp
+        # The experiment arm is the slate's; an impression that speaks for itself names none.
+        arm = slate.arm if logged_by is slate else None
         for position in due:
             item = imp.items[position]
             purchase_ts = next((f.ts for f in feedback if f.item_id == item and f.event == "purchase"), None)
@@ -545,6 +547,7 @@ class Join:
                     propensity=_propensity(rec, item, position),
                     policy=logged_by.policy,
                     model_version=logged_by.model_version,
+                    arm=arm,
                     ts_impression=imp.ts,
                     ts_emitted=self._now,
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from contracts.events import Transition
 from contracts.observability import ConsumerSeries
 
 # Emit latency is milliseconds to seconds; the buckets resolve the 50 ms budget finely.
@@ -43,6 +44,42 @@ class StreamsMetrics:
         self.out_of_order = Counter("shelfq_streams_out_of_order", "Input messages Faust delivered out of offset order, by "
                                     "what was done (streams/sequence.py: hole: offsets left out before it read from the broker; repeat: skipped).", ["verdict"], registry=r)
         self.user_states = Counter("shelfq_streams_user_states", "user-state records published.", registry=r)
+        # Experiment arms (the slates' arm, copied into their transitions): compare arms with
+        # ratios of rates, e.g. reward per session = rate(reward) / rate(sessions).
+        arm = ["arm"]
+        self.arm_transitions = Counter("shelfq_streams_arm_transitions", "Transitions produced, by the experiment "
+                                       "arm of their slate (none outside an experiment).", arm, registry=r)
+        self.arm_impressions = Counter("shelfq_streams_arm_impressions", "Impressions (slates shown) whose "
+                                       "transitions were produced, by arm.", arm, registry=r)
+        self.arm_sessions = Counter("shelfq_streams_arm_sessions", "Sessions ended by an exit, by arm (their last "
+                                    "impression's transitions were produced).", arm, registry=r)
+        self.arm_reward = Counter("shelfq_streams_arm_reward", "Reward of the transitions produced, by arm "
+                                  "(positive rewards).", arm, registry=r)
+        self.arm_clicks = Counter("shelfq_streams_arm_clicks", "Clicked items among the transitions produced, by arm.",
+                                  arm, registry=r)
+        self.arm_purchases = Counter("shelfq_streams_arm_purchases", "Purchased items among the transitions "
+                                     "produced, by arm.", arm, registry=r)
+
+    def count_transition(self, transition: Transition) -> None:
+        """Count a transition the broker took: overall, and by arm if its slate had one."""
+        self.transitions.inc()
+        if transition.reward > 0:  # a counter only goes up; negative weights are not counted
+            self.reward.inc(transition.reward)
+        arm = transition.arm
+        if arm is None:
+            return
+        self.arm_transitions.labels(arm).inc()
+        if transition.position == 0:  # one per impression: every shown slate has a first item
+            self.arm_impressions.labels(arm).inc()
+            if transition.done:  # done only on the session's last impression
+                self.arm_sessions.labels(arm).inc()
+        if transition.reward > 0:
+            self.arm_reward.labels(arm).inc(transition.reward)
+        parts = transition.reward_parts
+        if parts.get("click"):
+            self.arm_clicks.labels(arm).inc()
+        if parts.get("purchase"):
+            self.arm_purchases.labels(arm).inc()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

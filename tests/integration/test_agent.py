@@ -5,6 +5,7 @@ excluded and already bought items stay out of slates."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,3 +198,82 @@ def test_excluded_and_already_bought_items_never_reach_a_slate(settings: Setting
     for slate in ask_buyer("buyer-dqn"):
         assert slate.policy == "dqn" and set(slate.items) == unbought
     assert "nothing" not in slates_for(settings, ["nothing"], timeout=3)
+
+
+def publish_policy_model(settings: Settings, policy: str, version: int) -> None:
+    config = dataclasses.replace(SMALL, policy=policy)
+    value, headers = model_message(QNetwork(config), config, version=version)
+    producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes})
+    producer.produce(settings.topic("models"), value, policy, headers=headers.to_headers())
+    producer.flush()
+
+
+def test_two_arms_answer_each_user_from_its_arm_and_the_join_carries_the_arm(settings: Settings, agents,
+                                                                            tmp_path: Path) -> None:
+    """Users split by the hash of their id: each user's slates all come from one arm, the arm
+    the split names; an arm serves its own model once it arrives (the other its fallback); the
+    slates say their arm, and so do the transitions the join makes of them."""
+    from agents.arms import ArmSplit, parse_arms
+    from contracts.events import Feedback, Impression, Transition
+
+    arms = "lt=dqn-lt:0.5,my=dqn-my:0.5"
+    produce_catalog(settings)
+    worker = ShelfqProcess(["streams", "--max-seconds", "200", "--log-level", "info"], settings, tmp_path / "streams.log",
+                           {"SHELFQ_JOIN_WINDOW_S": "2", "SHELFQ_JOIN_ALLOWED_LATENESS_S": "0",
+                            "SHELFQ_JOIN_IDLE_ADVANCE_S": "2", "SHELFQ_STREAMS_TICK_S": "0.2"})
+    agent = AgentProcess(settings, tmp_path / "agent.log", env={"SHELFQ_AGENT_ARMS": arms})
+    agents += [agent, worker]
+    agent.wait(lambda: agent.metric("shelfq_agent_cache_entries", 'cache="items"') >= len(CATALOG), "the items cache")
+    publish_policy_model(settings, "dqn-lt", version=4)  # only the lt arm has a model
+    agent.wait(lambda: agent.metric("shelfq_agent_arm_model_version", 'arm="lt"') == 4, "the lt arm's model")
+    assert agent.metric("shelfq_agent_model_version") == 0, "not every arm has a model yet"
+
+    producer = ReliableProducer(settings)
+    users = [f"u-arm-{i}" for i in range(40)]
+    ids = []
+    for round_ in range(3):  # each user asks three times, in one batch with the others
+        for user in users:
+            req = Request(request_id=f"{user}-{round_}", user_id=user, session_id=f"{user}-{round_}", ts=time.time(),
+                          slate_size=3)
+            producer.produce(settings.topic("requests"), encode(req), user)
+            ids.append(req.request_id)
+    producer.flush()
+    slates = slates_for(settings, ids)
+    assert set(slates) == set(ids)
+
+    split = ArmSplit(parse_arms(arms))
+    by_user: dict[str, set] = {}
+    for s in slates.values():
+        by_user.setdefault(s.user_id, set()).add(s.arm)
+        assert s.arm == split.arm_of(s.user_id).name
+        if s.arm == "lt":
+            assert (s.policy, s.model_version) == ("dqn-lt", 4)
+        else:
+            assert s.policy in ("popularity", "random") and s.model_version is None
+    assert all(len(a) == 1 for a in by_user.values()), "a user is served by one arm"
+    assert {a for (a,) in by_user.values()} == {"lt", "my"}
+    answered_lt = sum(s.arm == "lt" for s in slates.values())
+    agent.wait(lambda: agent.metric("shelfq_agent_arm_slates_total", 'arm="lt",policy="dqn-lt"') == answered_lt,
+               "the per-arm slate counter")
+
+    # Shown as the agent ranked them, one click and an exit each: the join's transitions carry the arm.
+    for s in slates.values():
+        common = dict(request_id=s.request_id, user_id=s.user_id, session_id=s.session_id)
+        producer.produce(settings.topic("impressions"), encode(Impression(ts=time.time(), items=s.items, **common)), s.user_id)
+        producer.produce(settings.topic("feedback"), encode(Feedback(ts=time.time(), event="click", item_id=s.items[0],
+                                                                     **common)), s.user_id)
+        producer.produce(settings.topic("feedback"), encode(Feedback(ts=time.time(), event="exit", **common)), s.user_id)
+    producer.flush()
+    wanted = {f"{s.request_id}:{p}" for s in slates.values() for p in range(len(s.items))}
+
+    def transitions(values: list[bytes]) -> dict[str, Transition]:
+        return {t.transition_id: t for t in (decode(v, Transition) for v in values) if t.transition_id in wanted}
+
+    got = transitions(read(settings, "transitions", lambda v: set(transitions(v)) >= wanted, timeout=90))
+    assert set(got) == wanted, f"{len(got)} of {len(wanted)}: {worker.log.read_text()[-2000:]}"
+    assert all(t.arm == slates[t.request_id].arm and t.policy == slates[t.request_id].policy for t in got.values())
+    sessions_lt = sum(s.arm == "lt" for s in slates.values())
+    worker.wait(lambda: worker.metric("shelfq_streams_arm_sessions_total", 'arm="lt"') == sessions_lt
+                and worker.metric("shelfq_streams_arm_clicks_total", 'arm="my"') == len(slates) - sessions_lt,
+                "the per-arm counters of the join")
+    assert worker.metric("shelfq_streams_arm_reward_total", 'arm="lt"') == sessions_lt  # one click each
