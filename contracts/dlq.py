@@ -78,6 +78,9 @@ def _text(text: str) -> str:
 class DeadLetterWriter:
     """Produces dead letters to the ``dlq`` topic, keyed by the original key.
 
+    The first writer built on a producer also takes the messages that producer could not send
+    for their size (reason ``too_large``), so they are counted with its other dead letters.
+
     Delivery is asynchronous: a consumer must ``flush()`` before it commits the offsets of the
     messages it dead-lettered, so none is lost; ``flush`` raises if any delivery failed.
     """
@@ -86,7 +89,9 @@ class DeadLetterWriter:
         self.settings = settings
         self.component = component
         self.topic = settings.topic(DLQ)
-        self.producer = producer or ReliableProducer(settings)
+        self.producer = producer or ReliableProducer(settings, component)
+        if self.producer.dead_letters is None:  # where it sends what the broker refuses for size
+            self.producer.dead_letters = self
         self.count = 0
         self.by_reason: dict[str, int] = {}  # cumulative, for metrics
 

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from contracts.errors import ConfigError, EventError, ShelfqError
 from contracts.events import Event, decode
 from contracts.settings import Settings
-from contracts.topics import DLQ, EVENT_OF_TOPIC, ITEMS
+from contracts.topics import DLQ, EVENT_OF_TOPIC, ITEMS, MODELS
 
 Key = bytes | str | None
 
@@ -25,20 +25,60 @@ def _key_bytes(key: Key) -> bytes | None:
     return key.encode("utf-8") if isinstance(key, str) else key
 
 
+#: Delivery errors by which the broker refuses a record batch for its size.
+_SIZE_REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+#: ... or refuses a record it will not store (a null key on a compacted topic, say).
+_RECORD_REFUSALS = _SIZE_REFUSALS | {KafkaError.INVALID_RECORD}
+_DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+
+
+class _Refused(NamedTuple):
+    """A message the broker refused in a batch: it is tried again alone before it is judged."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: Any
+    on_delivered: Callable[[Any], None] | None
+    on_too_large: Callable[[str], None] | None
+    alone: bool  # refused when it was sent alone (so its own fault, not a batch-mate's)
+    error: KafkaError
+
+
 class ReliableProducer:
     """A confluent-kafka producer whose ``flush`` raises if any delivery failed.
 
     Idempotence is on, so retries never duplicate or reorder a partition's messages. Keys are
     partitioned with murmur2, as the Java clients and aiokafka do, so one user's events land in
     the same partition of every topic whichever client produced them.
+
+    A message refused for its size never crashes the component: the client refuses one over
+    ``message.max.bytes`` at ``produce``, the broker one over the topic's ``max.message.bytes``
+    in its delivery report. It goes to ``dlq`` with reason ``too_large`` (``refused`` for a
+    record the broker will not store, such as a null key on a compacted topic), naming the
+    topic and the size, through the first ``DeadLetterWriter`` built on this producer; the
+    caller may handle it instead (``produce(on_too_large=...)``). The broker refuses a whole
+    batch, so a refused message is first sent again alone (after ``flush`` has delivered
+    everything queued before it: it lands after them) and only judged if refused alone.
+    A model too large for the ``models`` topic is a configuration error: ``ConfigError``.
     """
 
-    def __init__(self, settings: Settings, **config: Any) -> None:
+    def __init__(self, settings: Settings, component: str | None = None, **config: Any) -> None:
         conf = {"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random"}
         conf.update(config)
-        self._producer = Producer(settings.confluent_config(**conf))
+        full = settings.confluent_config(**conf)
+        self._producer = Producer(full)
+        self.settings = settings
+        #: Who dead letters name as their component (else the first ``DeadLetterWriter``'s).
+        self.component = component
+        #: Where refused messages go; the first ``DeadLetterWriter`` built on this producer.
+        self.dead_letters: Any = None
+        self.max_message_bytes = int(full.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
         self._failures: list[str] = []
+        self._refused: list[_Refused] = []
         self.delivered = 0
+        #: Messages refused for their size (or as records), however they were handled.
+        self.refused = 0
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -53,38 +93,123 @@ class ReliableProducer:
         key: Key = None,
         headers: Any = None,
         on_delivered: Callable[[Any], None] | None = None,
+        on_too_large: Callable[[str], None] | None = None,
     ) -> None:
         """Queue one message; waits for room when the local queue is full instead of failing.
 
         ``on_delivered(msg)`` is called with the acknowledged message (topic, partition, offset).
+        ``on_too_large(detail)`` is called instead of dead-lettering the message itself when it
+        is refused for its size (at once, or from ``flush``): to dead-letter what it came from.
         """
-        def report_and_notify(err: KafkaError | None, msg: Any) -> None:
+        self._produce(topic, value, _key_bytes(key), headers, on_delivered, on_too_large, alone=False)
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Any,
+                 on_delivered: Callable[[Any], None] | None, on_too_large: Callable[[str], None] | None,
+                 alone: bool) -> None:
+        def report(err: KafkaError | None, msg: Any) -> None:
+            if err is not None and err.code() in _RECORD_REFUSALS:
+                # Judged after the client call that served this report, never inside it.
+                self._refused.append(_Refused(msg.topic(), msg.value(), msg.key(), msg.headers(), on_delivered,
+                                              on_too_large, alone, err))
+                return
             self._on_delivery(err, msg)
             if err is None and on_delivered is not None:
                 on_delivered(msg)
 
-        callback = self._on_delivery if on_delivered is None else report_and_notify
-
         while True:
             try:
-                self._producer.produce(topic, value, _key_bytes(key), headers=headers, on_delivery=callback)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=report)
                 break
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                self._refuse(topic, value, key, on_too_large,
+                             f"{topic}: the message is {_size(value, key, headers)} bytes, over the producer's "
+                             f"message.max.bytes ({self.max_message_bytes})", sized=True)
+                return
         self._producer.poll(0)
+
+    def _refuse(self, topic: str, value: bytes | None, key: bytes | None,
+                on_too_large: Callable[[str], None] | None, detail: str, sized: bool) -> None:
+        """What is done with a message that cannot be sent (``sized``: for its size, else
+        refused as a record): see the class docstring."""
+        self.refused += 1
+        if topic == self.settings.topic(MODELS):
+            # The learner's whole output: dropping it would leave the agents on an old model.
+            if sized:
+                raise ConfigError(f"a model does not fit the models topic: {detail}; raise SHELFQ_MODEL_MAX_BYTES "
+                                  "(and run `shelfq topics create` to set the topic's max.message.bytes) or make "
+                                  "the network smaller")
+            raise ShelfqError(f"the broker refused a model: {detail}")
+        if topic == self.settings.topic(DLQ):
+            raise ShelfqError(f"a dead letter was refused: {detail}")
+        if sized and on_too_large is not None:
+            on_too_large(detail)
+            return
+        if self.dead_letters is None:
+            from contracts.dlq import DeadLetterWriter
+
+            DeadLetterWriter(self.settings, self.component or "producer", self)  # registers itself
+        self.dead_letters.send("too_large" if sized else "refused", topic, value, key=key, detail=detail)
+
+    def _judge_refused(self, deadline: float) -> int:
+        """Send each message refused in a batch again alone; dead-letter (or hand to its
+        caller) each one refused alone. Returns what is still unacknowledged at the deadline."""
+        remaining = 0
+        while self._refused and not remaining:
+            refused, self._refused = self._refused, []
+            for i, r in enumerate(refused):
+                try:
+                    if r.alone:
+                        sized = r.error.code() in _SIZE_REFUSALS
+                        self._refuse(r.topic, r.value, r.key, r.on_too_large,
+                                     f"{r.topic}: the broker refused the message of {_size(r.value, r.key, r.headers)} "
+                                     f"bytes sent alone{' (over the topic max.message.bytes)' if sized else ''}: "
+                                     f"{r.error.str()}", sized)
+                        continue
+                    self._produce(r.topic, r.value, r.key, r.headers, r.on_delivered, r.on_too_large, alone=True)
+                    # Delivered before the next is sent again, so no two share a batch.
+                    remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+                except BaseException:
+                    self._refused[:0] = refused[i + 1:]
+                    raise
+                if remaining:
+                    self._refused[:0] = refused[i + 1:]
+                    return remaining
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))  # the dead letters
+        return remaining
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery reports."""
         return self._producer.poll(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait for every queued message; raise ``ShelfqError`` if any was not delivered."""
+        """Wait for every queued message; raise ``ShelfqError`` if any was not delivered.
+
+        Messages refused for their size are dead-lettered (or handed to their callers) here,
+        and those dead letters are waited for too.
+        """
+        deadline = time.monotonic() + timeout
         remaining = self._producer.flush(timeout)
+        if not remaining:
+            remaining = self._judge_refused(deadline)
         if remaining:
             raise ShelfqError(f"{remaining} messages still unacknowledged after {timeout}s")
         if self._failures:
             failures, self._failures = self._failures, []
             raise ShelfqError(f"{len(failures)} deliveries failed, first: {failures[0]}")
+
+
+def _size(value: bytes | None, key: bytes | None, headers: Any) -> int:
+    """The bytes of a message's key, value and headers, as the client counts them (near enough)."""
+    size = len(value or b"") + len(key or b"")
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    for name, header in headers or ():
+        size += len(name) + len(header or b"")
+    return size
 
 
 class Received(NamedTuple):

@@ -1,17 +1,25 @@
-"""A malformed message read by a real consumer ends in dlq with its origin and reason."""
+"""A malformed message read by a real consumer ends in dlq with its origin and reason; a message
+too large for the broker ends there too, without an exception."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Iterator
 
+import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from contracts.events import DeadLetter, Request, decode, encode
 from contracts.examples import EXAMPLES
-from contracts.kafka import EventConsumer, ReliableProducer
+from contracts.kafka import EventConsumer, ReliableProducer, topic_partitions
+from contracts.errors import ConfigError
 from contracts.settings import Settings
+from contracts.topics import topic_specs
+from shelfq.topic_admin import delete_topics, ensure_topics
 
 GOOD = EXAMPLES["requests"][1]
 BAD = {
@@ -100,3 +108,110 @@ def test_offsets_are_committed_only_by_commit(settings: Settings, group_id: str)
     producer.flush()
     again = drain()
     assert [r.key for r in again] == ["u-2"], "the committed message is not delivered again"
+
+
+@pytest.fixture
+def small_topic(settings: Settings) -> Iterator[str]:
+    """A topic of this test's own whose max.message.bytes is 20,000, set when it is created (a
+    change to an existing topic reaches its log a moment after the admin call returns)."""
+    name = f"{settings.topic_prefix}small"
+    admin = AdminClient(settings.confluent_config())
+    admin.create_topics([NewTopic(name, 1, 1, config={"max.message.bytes": "20000"})])[name].result(timeout=30)
+    topic_partitions(admin, name)
+    yield name
+    delete_topics(settings, [name])
+
+
+def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 30.0) -> list:
+    consumer = Consumer(settings.confluent_config(**{"group.id": f"reader-{os.getpid()}-{time.time()}",
+                                                     "auto.offset.reset": "earliest"}))
+    consumer.subscribe([topic])
+    out: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+    finally:
+        consumer.close()
+    return out
+
+
+def test_a_message_too_large_for_the_topic_is_dead_lettered_and_its_batch_mates_delivered(
+        settings: Settings, small_topic: str) -> None:
+    topic = small_topic
+    # One key, one partition, and a long linger: the small ones share the big one's batch, which
+    # the broker refuses whole.
+    producer = ReliableProducer(settings, "test-agent", **{"linger.ms": 200})
+    delivered: list[bytes] = []
+    big = os.urandom(60_000)  # incompressible: over the topic's limit after lz4 too
+    huge = b"x" * 1_200_000  # over the producer's own message.max.bytes: refused at produce()
+    requests_topic = settings.topic("requests")
+    handed: list[str] = []
+
+    def dead_letter_the_request(detail: str) -> None:
+        handed.append(detail)
+        producer.dead_letters.send("too_large", requests_topic, b'{"request": 1}', key="u-1", detail=f"its slate: {detail}")
+
+    for value, kwargs in [(b"small-a", {}), (big, {}), (b"small-b", {}), (huge, {}),
+                          (os.urandom(30_000), {"on_too_large": dead_letter_the_request}), (b"small-c", {})]:
+        producer.produce(topic, value, key="u-1", on_delivered=lambda m: delivered.append(m.value()), **kwargs)
+    producer.flush()  # no exception
+    producer.produce(topic, b"after", key="u-1", on_delivered=lambda m: delivered.append(m.value()))
+    producer.flush()  # the idempotent producer goes on after the refusals
+
+    assert delivered == [b"small-a", b"small-b", b"small-c", b"after"]
+    assert [m.value() for m in read_topic(settings, topic, 4)] == delivered
+    assert producer.refused == 3
+    assert producer.dead_letters.by_reason == {"too_large": 3} and producer.dead_letters.component == "test-agent"
+    assert len(handed) == 1 and "30003 bytes sent alone" in handed[0]
+
+    letters = sorted(read_dlq(settings, 3), key=lambda dl: dl.value_bytes)
+    assert [(dl.reason, dl.topic, dl.key, dl.value_bytes) for dl in letters] == [
+        ("too_large", requests_topic, "u-1", len(b'{"request": 1}')),
+        ("too_large", topic, "u-1", len(big)),
+        ("too_large", topic, "u-1", len(huge))]
+    assert letters[0].detail.startswith(f"its slate: {topic}: the broker refused the message of 30003 bytes sent alone")
+    assert letters[1].detail.startswith(f"{topic}: the broker refused the message of 60003 bytes sent alone "
+                                        "(over the topic max.message.bytes)"), letters[1].detail
+    assert letters[2].detail == (f"{topic}: the message is 1200003 bytes, over the producer's message.max.bytes "
+                                 "(1000000)")
+    assert letters[2].truncated and letters[2].value is not None
+    assert all(dl.component == "test-agent" and dl.partition is None for dl in letters)
+
+
+def test_a_model_too_large_for_the_models_topic_is_a_config_error_not_a_dead_letter(settings: Settings) -> None:
+    # Topics of their own, created with a models topic of 64 KiB.
+    settings = dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}small-models.",
+                                   model_max_bytes=64 << 10, max_event_bytes=16 << 10)
+    ensure_topics(settings)
+    try:
+        # As the learner makes it: the client's limit above the topic's, so the broker decides.
+        producer = ReliableProducer(settings, "test-learner",
+                                    **{"message.max.bytes": settings.model_max_bytes + (1 << 16)})
+        models_topic = settings.topic("models")
+        producer.produce(models_topic, os.urandom(100 << 10), key="dqn")
+        with pytest.raises(ConfigError, match=r"a model does not fit the models topic: .*102403 bytes sent alone.*"
+                                              r"raise SHELFQ_MODEL_MAX_BYTES"):
+            producer.flush()
+        with pytest.raises(ConfigError, match=r"the message is 204803 bytes, over the producer's message.max.bytes"):
+            producer.produce(models_topic, os.urandom(200 << 10), key="dqn")
+        assert producer.dead_letters is None and producer.refused == 2
+        producer.produce(models_topic, os.urandom(10 << 10), key="dqn")
+        producer.flush()
+        assert len(read_topic(settings, models_topic, 1)) == 1
+    finally:
+        delete_topics(settings, [spec.name for spec in topic_specs(settings).values()])
+
+
+def test_a_record_the_broker_will_not_store_is_dead_lettered_as_refused(settings: Settings) -> None:
+    topic = settings.topic("items")  # compacted: a record without a key is refused
+    producer = ReliableProducer(settings, "test-frontend")
+    producer.produce(topic, b'{"not": "keyed"}', key=None)
+    producer.produce(topic, b'{"keyed": 1}', key="i-1")
+    producer.flush()
+    assert [m.key() for m in read_topic(settings, topic, 1)] == [b"i-1"]
+    [letter] = read_dlq(settings, 1)
+    assert (letter.reason, letter.topic, letter.key, letter.component) == ("refused", topic, None, "test-frontend")
+    assert letter.detail == f"{topic}: the broker refused the message of 16 bytes sent alone: Broker: Broker failed to validate record"
