@@ -67,7 +67,12 @@ ContextNumber = Union[
     Annotated[int, msgspec.Meta(ge=-MAX_CONTEXT_NUMBER, le=MAX_CONTEXT_NUMBER)],
     Annotated[float, msgspec.Meta(ge=-MAX_CONTEXT_NUMBER, le=MAX_CONTEXT_NUMBER)],
 ]
-Context = dict[str, Union[str, ContextNumber]]
+#: A request's context is copied into its slate and twice into each transition: bounded so that
+#: what is derived from a valid request stays far below the broker's message size.
+MAX_CONTEXT_ENTRIES = 64
+ContextKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ContextText = Annotated[str, msgspec.Meta(max_length=256)]
+Context = Annotated[dict[ContextKey, Union[ContextText, ContextNumber]], msgspec.Meta(max_length=MAX_CONTEXT_ENTRIES)]
 FeedbackKind = Literal["click", "add_to_cart", "purchase", "exit"]
 InteractionKind = Literal["click", "add_to_cart", "purchase"]
 ShownItems = Annotated[list[Id], msgspec.Meta(min_length=1, max_length=MAX_SLATE_SIZE)]

@@ -120,6 +120,8 @@ class Learner:
                     duplicates += n - new
                     self.metrics.transitions.labels("new").inc(new)
                     self.metrics.transitions.labels("duplicate").inc(n - new)
+                    if batch.skipped:  # another experiment arm's (config.arm)
+                        self.metrics.transitions.labels("skipped").inc(batch.skipped)
                 # One step per turn: what has arrived is taken in first, so a busy stream sets
                 # the pace (about one pass per transition) and a quiet one gets up to
                 # replay_ratio passes, as fast as the device takes them.
@@ -152,6 +154,7 @@ class Learner:
                          "context_buckets": c.context_buckets, "slate_width": c.slate_size},
             "consumer": {"fetch.max.bytes": 64 << 20, "queued.max.messages.kbytes": 256 << 10,
                          "session.timeout.ms": int(c.session_timeout_s * 1000), "heartbeat.interval.ms": 3000},
+            "arm": c.arm,  # the child skips other arms' transitions as it decodes
         }, c.batch_size, limit)
 
     def close(self) -> None:

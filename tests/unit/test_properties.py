@@ -287,7 +287,7 @@ opt_ids = st.none() | ids
 ts = st.floats(min_value=0, max_value=MAX_TS)
 counts = st.integers(min_value=0, max_value=INT64_MAX)
 contexts = st.dictionaries(
-    st.text(max_size=6),
+    st.text(min_size=1, max_size=6),
     st.one_of(st.text(max_size=6), st.integers(-MAX_CONTEXT_NUMBER, MAX_CONTEXT_NUMBER),
               st.floats(-MAX_CONTEXT_NUMBER, MAX_CONTEXT_NUMBER)),
     max_size=10,
