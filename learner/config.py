@@ -129,14 +129,14 @@ class LearnerConfig:
     """Port of /metrics (0 turns the endpoint off)."""
     metrics_addr: str = "0.0.0.0"
     """Address /metrics listens on."""
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"learner: objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
     arm: str = ""
     """Train only on the transitions of this experiment arm (the slates' ``arm``, from the
     agent's ``SHELFQ_AGENT_ARMS``); the others are consumed, committed and counted as skipped.
     Empty: train on every transition."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"learner: objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.slate_size > MAX_SLATE_SIZE:
             raise ConfigError(f"learner: slate_size must be <= {MAX_SLATE_SIZE} (the longest slate), got {self.slate_size}")
         if self.objective == "slateq" and self.prioritized:

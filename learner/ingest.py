@@ -12,6 +12,11 @@ the bound: a slow trainer blocks the child's next send, so memory stays fixed. C
 the other way: the trainer says which offsets its checkpoint holds and the child commits
 exactly those, after its dead letters are durable. The child exits when the trainer does, even
 after a kill -9 (it watches its parent).
+
+A learner of one experiment arm (``LearnerConfig.arm``) trains on that arm's transitions only.
+The child reads every transition's ``arm`` first (a view of that one field: about a third of
+the full decode) and leaves the others there: consumed and committed with the rest, counted
+as skipped, neither fully decoded nor featurized.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
@@ -27,6 +33,7 @@ import msgspec
 import numpy as np
 
 from contracts.errors import ShelfqError
+from contracts.events import Id, Transition, decode_view, schema_of
 
 POLL_TIMEOUT_S = 0.1
 _ENCODER = msgspec.msgpack.Encoder()
@@ -42,6 +49,8 @@ class IngestBatch(NamedTuple):
     actions: list[str]
     consumed: dict[tuple[str, int], int]
     """Next offset per (topic, partition) after this batch, dead-lettered messages included."""
+    skipped: int = 0
+    """Transitions of other experiment arms consumed with this batch (not in ``rows``)."""
 
 
 class Ingest:
@@ -111,11 +120,11 @@ class Ingest:
             raise ShelfqError(f"the ingestion process exited (code {self._proc.exitcode})") from None
         kind, *body = _DECODER.decode(data)
         if kind == "batch":
-            rows, ids, slates, actions, consumed, lag, self.dead_letters = body
+            rows, ids, slates, actions, consumed, lag, self.dead_letters, skipped = body
             self.lag = {(t, p): n for t, p, n in lag}
             self._pending.append(IngestBatch(
                 {name: np.frombuffer(raw, dtype=dtype).reshape(shape) for name, (dtype, shape, raw) in rows.items()},
-                ids, slates, actions, {(t, p): o for t, p, o in consumed}))
+                ids, slates, actions, {(t, p): o for t, p, o in consumed}, skipped))
         elif kind == "error":
             self.error = body[0]
             raise ShelfqError(f"ingestion failed: {self.error}")
@@ -128,6 +137,34 @@ class Ingest:
             raise ShelfqError(f"ingestion failed: {self.error}")
         if not self._proc.is_alive():
             raise ShelfqError(f"the ingestion process exited (code {self._proc.exitcode})")
+
+
+class ArmView(msgspec.Struct, tag_field="schema", tag=schema_of(Transition), gc=False):
+    """A transition's experiment arm alone: what a learner of one arm reads first."""
+
+    arm: Id | None = None
+
+
+def arm_filter(arm: str, max_bytes: int) -> Callable[[bytes | None], Any]:
+    """A decoder for the learner of one experiment arm: the learner's view of ``arm``'s
+    transitions (``learner.wire``), None for the others, read no further than their ``arm``.
+    What is not a transition at all fails as ``decode_transition`` fails (a dead letter).
+
+    >>> import msgspec
+    >>> from contracts.events import encode
+    >>> from contracts.examples import EXAMPLES
+    >>> t, keep = EXAMPLES["transitions"][1], arm_filter("a", 1 << 20)
+    >>> keep(encode(msgspec.structs.replace(t, arm="a"))).action, keep(encode(msgspec.structs.replace(t, arm="b"))), keep(encode(t))
+    ('sku-3', None, None)
+    """
+    from learner.wire import decode_transition
+
+    def decode(data: bytes | None) -> Any:
+        if decode_view(data, ArmView, max_bytes=max_bytes).arm != arm:
+            return None
+        return decode_transition(data, max_bytes)
+
+    return decode
 
 
 # -- the child -------------------------------------------------------------------------------
@@ -156,9 +193,10 @@ class _Child:
         self.start_offsets: dict[tuple[str, int], int] = {(t, p): o for t, p, o in env["offsets"]}
         self.features = Featurizer(**env["features"])
         max_bytes = settings.max_event_bytes
-        self.consumer = EventConsumer(
-            settings, "learner", env["group_id"], [TRANSITIONS], on_assign=self._on_assign,
-            decoders={TRANSITIONS: lambda value: decode_transition(value, max_bytes)}, **env["consumer"])
+        decoder = (arm_filter(env["arm"], max_bytes) if env.get("arm")
+                   else lambda value: decode_transition(value, max_bytes))
+        self.consumer = EventConsumer(settings, "learner", env["group_id"], [TRANSITIONS], on_assign=self._on_assign,
+                                      decoders={TRANSITIONS: decoder}, **env["consumer"])
         self.read = 0
 
     def _on_assign(self, partitions: list[Any]) -> None:
@@ -182,8 +220,8 @@ class _Child:
                 received = self.consumer.poll(timeout=POLL_TIMEOUT_S, max_messages=want)
                 if not received and self.consumer.consumed == before:
                     continue
-                self.read += len(received)
-                events = [r.event for r in received]
+                events = [r.event for r in received if r.event is not None]  # None: another arm's
+                self.read += len(events)
                 rows = self.features.rows(events)
                 self.conn.send_bytes(_ENCODER.encode([
                     "batch",
@@ -192,6 +230,7 @@ class _Child:
                     [[t, p, o] for (t, p), o in self.consumer.consumed.items()],
                     [[t, p, n] for (t, p), n in self.consumer.lag().items()],
                     self.consumer.dlq.by_reason,
+                    len(received) - len(events),
                 ]))
         finally:
             self.consumer.close()
