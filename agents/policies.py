@@ -149,7 +149,7 @@ class DQNPolicy:
         # What each slate position multiplies a SlateQ model's click odds by.
         odds = np.exp(model.network.position_logits(MAX_SLATE_SIZE).numpy().astype(np.float64))
         self._current = (model, features, odds)
-        self._catalog_vectors: tuple[LoadedModel, Sequence[str], torch.Tensor] | None = None
+        self._catalog_vectors: tuple[LoadedModel, Sequence[str], torch.Tensor, torch.Tensor] | None = None
 
     @property
     def model(self) -> LoadedModel:
@@ -172,30 +172,32 @@ class DQNPolicy:
             for b, ask in enumerate(asks):
                 groups.setdefault(id(ask.candidates), []).append(b)
             for members in groups.values():
-                phi = self._item_vectors(model, features, asks[members[0]].candidates)
+                rows, phi = self._item_vectors(model, features, asks[members[0]].candidates)
                 some = UserVectors(*(x[members] if x is not None else None for x in user))
-                q = net.q_candidates(some, phi=phi)
+                q = net.q_candidates(some, rows, phi=phi)
                 if some.click is None:
                     for row, b in enumerate(members):
                         out[b] = Scored(q[row].numpy())
                     continue
-                logits = net.click_logits(some, phi=phi)
+                logits = net.click_logits(some, rows, phi=phi)
                 score = slateq.item_scores(q, logits, some.no_click).numpy()
                 v, q, none = slateq.attraction(logits).numpy(), q.numpy(), some.no_click.tolist()
                 for row, b in enumerate(members):
                     out[b] = Scored(score[row], q[row], slateq.ChoiceModel(v[row], odds, none[row]))
         return out
 
-    def _item_vectors(self, model: LoadedModel, features: Featurizer, candidates: Sequence[str]) -> torch.Tensor:
-        """phi of the candidates; the catalog's (one list object, reused by the agent until the
-        catalog changes) is computed once per model."""
+    def _item_vectors(self, model: LoadedModel, features: Featurizer,
+                      candidates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates' item rows and phi; the catalog's (one list object, reused by the
+        agent until the catalog changes) are computed once per model."""
         cached = self._catalog_vectors
         if cached is not None and cached[0] is model and cached[1] is candidates:
-            return cached[2]
-        phi = model.network.item_vectors(torch.from_numpy(features.buckets(candidates)).long())
+            return cached[2], cached[3]
+        rows = torch.from_numpy(features.buckets(candidates)).long()
+        phi = model.network.item_vectors(rows)
         if len(candidates) >= CACHE_FROM:
-            self._catalog_vectors = (model, candidates, phi)
-        return phi
+            self._catalog_vectors = (model, candidates, rows, phi)
+        return rows, phi
 
     def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         version = self.model.headers.version

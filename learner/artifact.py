@@ -92,7 +92,8 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
     known = {f.name for f in dataclasses.fields(LearnerConfig)}
     shape_fields = {k: v for k, v in meta.config.items() if k in known and k in NETWORK_FIELDS}
     shape_fields.setdefault("objective", "item")  # models from before SlateQ are item-wise
-    shape_fields.setdefault("item_features", False)  # and from before item features, ids alone
+    shape_fields.setdefault("item_features", False)  # and from before item features, ids alone,
+    shape_fields.setdefault("affinity", False)  # without cross features
     missing = [k for k in NETWORK_FIELDS if k not in shape_fields]
     if missing:
         raise EventError("headers.config", "missing", f"network settings missing: {', '.join(missing)}")

@@ -30,7 +30,7 @@ ENV_PREFIX = "SHELFQ_LEARNER_"
 
 #: Fields that shape the network: a model message carries them, and a loader needs them.
 NETWORK_FIELDS = ("encoder", "embedding_dim", "hidden_dim", "hash_buckets", "history_length",
-                  "context_buckets", "content_dim", "position_bias", "objective", "item_features")
+                  "context_buckets", "content_dim", "position_bias", "objective", "item_features", "affinity")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class LearnerConfig:
     """Items are their id plus their category and price band from ``items`` (``learner.item_features``):
     what one item teaches carries to the others of its kind, and an item never shown is
     scored as its kind instead of as an average item."""
+    affinity: bool = True
+    """Cross features of each candidate with the user's history (``learner.affinity``: clicks,
+    carts and purchases of the same item and of its category) add a click and a value term:
+    a shopper's taste reaches their next slate without waiting for the encoder to learn it."""
     content_dim: int = 0
     """Width of item content vectors (384 with the MiniLM title embedder); 0 turns content off."""
     position_bias: bool = True

@@ -8,8 +8,8 @@
 >>> dqn.learn_one(t) is None                            # not enough data for a step yet
 True
 >>> stats = dqn.learn_one(msgspec.structs.replace(t, transition_id="req-9f1c:2", position=2, action="sku-34"))
->>> stats.step, dqn.learn_one(t)                        # a repeated transition_id is ignored
-(1, None)
+>>> stats.step, dqn.learn_one(t)    # 2 transitions x replay_ratio 4 = 4 steps of 2; a repeat is ignored
+(4, None)
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ class DQN:
                                                     b.context[bootstrap], b.context_weights[bootstrap])
                 phi = self.target.item_vectors(candidates)
                 next_v[bootstrap] = slate_value(
-                    self.target.q_candidates(nxt, phi=phi).float(), self.target.click_logits(nxt, phi=phi).float(),
+                    self.target.q_candidates(nxt, candidates, phi=phi).float(), self.target.click_logits(nxt, candidates, phi=phi).float(),
                     cfg.slate_size, self.target.position_logits(cfg.slate_size).float(), nxt.no_click.float())
             # r + gamma * (1 - done) * V(s'): for a click, and for no click (whose r is 0)
             y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_v

@@ -32,6 +32,8 @@ from torch import nn
 
 from contracts.events import MAX_SLATE_SIZE
 from learner.config import LearnerConfig
+from learner.affinity import FEATURES as AFFINITY_FEATURES
+from learner.affinity import affinity
 from learner.features import EVENT_KINDS
 from learner.item_features import CATEGORY_BUCKETS, COLUMNS, PRICE_BANDS
 
@@ -45,6 +47,9 @@ class UserVectors(NamedTuple):
     advantage: torch.Tensor
     click: torch.Tensor | None = None
     no_click: torch.Tensor | None = None
+    history: torch.Tensor | None = None
+    """The state's history as item rows [B, L] (for the cross features), when the network has them."""
+    history_events: torch.Tensor | None = None
 
 
 class Logged(NamedTuple):
@@ -78,8 +83,16 @@ class QNetwork(nn.Module):
         if config.item_features:
             self.categories = nn.Embedding(CATEGORY_BUCKETS, d, padding_idx=0)
             self.price_bands = nn.Embedding(PRICE_BANDS, d, padding_idx=0)
+            # At zero, like the id rows: an untrained feature adds nothing, not noise.
+            nn.init.zeros_(self.categories.weight)
+            nn.init.zeros_(self.price_bands.weight)
             # Each item row's (category row, price band); 0 = unknown. Part of the weights.
             self.register_buffer("item_attributes", torch.zeros(config.hash_buckets, COLUMNS, dtype=torch.long))
+        # Cross features of each candidate with the user's history (learner.affinity): a click
+        # term and a value term, from zero.
+        self.affinity = nn.Linear(AFFINITY_FEATURES, 2, bias=False) if config.affinity else None
+        if self.affinity is not None:
+            nn.init.zeros_(self.affinity.weight)
         self.content_dim = config.content_dim
         if config.content_dim:
             self.content_proj = nn.Linear(config.content_dim, d, bias=False)
@@ -131,9 +144,21 @@ class QNetwork(nn.Module):
             out, _ = self.encoder(seq)
             h = out[:, -1]  # left padding: the last step has read the newest interaction
         h = torch.relu(h + self.context(context, per_sample_weights=context_weights))
+        history = (items, events) if self.affinity is not None else (None, None)
         if self.click is None or self.no_click is None:
-            return UserVectors(self.value(h).squeeze(-1), self.advantage(h))
-        return UserVectors(self.value(h).squeeze(-1), self.advantage(h), self.click(h), self.no_click(h).squeeze(-1))
+            return UserVectors(self.value(h).squeeze(-1), self.advantage(h), None, None, *history)
+        return UserVectors(self.value(h).squeeze(-1), self.advantage(h), self.click(h), self.no_click(h).squeeze(-1),
+                           *history)
+
+    def _cross(self, user: UserVectors, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """The (click, value) terms [B, K, 2] of candidate rows [K] or [B, K] from the cross
+        features with the user's history; None when the network has none."""
+        if self.affinity is None or user.history is None or user.history_events is None:
+            return None
+        if rows is None:
+            raise ValueError("this network reads cross features: pass the candidates' item rows with their vectors")
+        attributes = self.item_attributes if self.item_features else None
+        return self.affinity(affinity(user.history, user.history_events, rows, attributes))
 
     # -- Q values ----------------------------------------------------------------------------
 
@@ -142,8 +167,9 @@ class QNetwork(nn.Module):
         """Q(s, c) for every state in the batch and every candidate: [B] x [K] -> [B, K]; the
         candidates as item rows, or as their item vectors ``phi`` when the caller has them."""
         phi = self.item_vectors(candidates) if phi is None else phi
-        adv = user.advantage @ phi.T
-        return user.value.unsqueeze(1) + adv - adv.mean(dim=1, keepdim=True)
+        q = user.value.unsqueeze(1) + user.advantage @ phi.T - self._baseline(user.advantage, phi).unsqueeze(1)
+        cross = self._cross(user, candidates)
+        return q if cross is None else q + cross[..., 1]
 
     def click_logits(self, user: UserVectors, candidates: torch.Tensor | None = None, *,
                      phi: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,7 +177,9 @@ class QNetwork(nn.Module):
         if user.click is None:
             raise ValueError("this network has no click head (objective is not slateq)")
         phi = self.item_vectors(candidates) if phi is None else phi
-        return user.click[:, :1] + user.click[:, 1:] @ phi.T
+        logits = user.click[:, :1] + user.click[:, 1:] @ phi.T
+        cross = self._cross(user, candidates)
+        return logits if cross is None else logits + cross[..., 0]
 
     def logged(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
                context_weights: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor,
@@ -172,7 +200,10 @@ class QNetwork(nn.Module):
         history, acted, cands, shown = embedded.split([B * L, B, len(candidates), B * W])
         user = self._encode(history.view(B, L, -1), items, events, context, context_weights)
         phi = self.item_out(acted)
-        q = user.value + (user.advantage * phi).sum(-1) - user.advantage @ self.item_out(cands).mean(0)
+        q = user.value + (user.advantage * phi).sum(-1) - self._baseline(user.advantage, self.item_out(cands))
+        cross = self._cross(user, actions.unsqueeze(1))
+        if cross is not None:
+            q = q + cross[:, 0, 1]
         if user.click is None:
             return Logged(q + self._offsets(positions))
         if not W:
@@ -182,11 +213,18 @@ class QNetwork(nn.Module):
         slots = torch.arange(W, device=items.device)
         shown_logits = (user.click[:, :1] + (user.click[:, 1:].unsqueeze(1) * self.item_out(shown).view(B, W, -1)).sum(-1)
                         + self._offsets(slots))
+        if cross is not None:
+            logit = logit + cross[:, 0, 0]
+            shown_logits = shown_logits + self._cross(user, slates)[..., 0]  # type: ignore[index]
         others = shown_logits.masked_fill((slates == 0) | (slots == positions.unsqueeze(1)), -torch.inf)
         # The no-click option (logit 0) and the other shown items compete with the action.
         log_rest = torch.logsumexp(torch.cat([torch.zeros_like(logit).unsqueeze(1), others], 1), dim=1)
         log_all = torch.logaddexp(log_rest, logit)
         return Logged(q, logit - log_all, log_rest - log_all, user.no_click)
+
+    def _baseline(self, advantage: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """The dueling baseline [B]: the mean advantage over the candidates' vectors ``phi``."""
+        return advantage @ phi.mean(0)
 
     def _offsets(self, positions: torch.Tensor) -> torch.Tensor | float:
         return self.position(positions).squeeze(-1) if self.position is not None else 0.0
