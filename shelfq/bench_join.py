@@ -245,3 +245,88 @@ def _peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, idle_s: float = 20.0,
+                       report=print) -> dict:
+    """The worker's CPU share (of one core, all its threads, from /proc) idle for ``idle_s``,
+    then while synthetic shoppers are offered at a steady ``rate`` input events/s with event
+    times of now, as a frontend would (measured over ``seconds``, after 5 s of warm-up)."""
+    from shelfq.topic_admin import delete_topics, ensure_topics
+    from contracts.topics import topic_specs
+
+    prefix = f"bench-light-{uuid.uuid4().hex[:6]}."
+    bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,
+                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
+    ensure_topics(bench)
+    warmup_s = 5.0
+    n = int(rate * (warmup_s + seconds)) + 1
+    traffic = synthetic_traffic(users=max(1, n // 15), requests_per_user=5, slate_size=5, seed=2, tag="light")
+    events = traffic.events[:n]
+    port = free_port()
+    env = {**os.environ, "SHELFQ_PARTITIONS": str(bench.partitions)}
+    if bench.external_cluster:
+        env["SHELFQ_BOOTSTRAP_SERVERS"] = bench.bootstrap_servers
+    log = tempfile.NamedTemporaryFile(prefix="shelfq-bench-light-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "shelfq", "streams", "--topic-prefix", prefix,
+                             "--metrics-port", str(port), "--max-seconds", str(int(idle_s + seconds + 300))],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while _scrape(port).get("shelfq_streams_partitions", 0) < bench.partitions:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not take up its partitions; its log: {log.name}")
+            time.sleep(0.2)
+        report(f"light load: the worker idle for {idle_s:g}s, then {rate:g} input events/s for {seconds:g}s ...")
+        before = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(idle_s)
+        idle = _cpu_seconds(proc.pid), time.monotonic()
+        producer = ReliableProducer(bench)
+        start = time.monotonic()
+        measured = None
+        for i, (topic, key, event) in enumerate(events):
+            due = start + i / rate
+            if measured is None and due >= start + warmup_s:
+                measured = _cpu_seconds(proc.pid), time.monotonic()
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            producer.produce(bench.topic(topic), encode(_stamped(event, time.time())), key)
+        after = _cpu_seconds(proc.pid), time.monotonic()
+        producer.flush()
+        if measured is None:
+            measured = idle
+        settle = time.monotonic() + 15
+        while True:  # the last fetch may wait for more (SHELFQ_STREAMS_FETCH_WAIT_S)
+            consumed = sum(v for k, v in _scrape(port).items() if k.startswith("shelfq_streams_input_events_total"))
+            if consumed >= len(events) or time.monotonic() > settle:
+                break
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker died; its log: {log.name}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        delete_topics(bench, [spec.name for spec in topic_specs(bench).values()]
+                      + [bench.topic("streams-join-records-changelog"), bench.topic("streams-__assignor-__leader")])
+    return {
+        "light_rate_events_per_s": rate,
+        "light_cpu_share": round((after[0] - measured[0]) / (after[1] - measured[1]), 3),
+        "idle_cpu_share": round((idle[0] - before[0]) / (idle[1] - before[1]), 3),
+        "light_events_consumed": int(consumed),
+    }
+
+
+def _stamped(event, ts: float):
+    import msgspec
+
+    return msgspec.structs.replace(event, ts=ts)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads, in seconds."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Load synthetic shoppers into fresh topics, copy them with a plain confluent-kafka consume-and-produce (the baseline), read them with a Faust agent that does nothing (Faust's own ceiling), then join them with a `shelfq streams` worker. Reports input_events_per_s, transitions_per_s, emit_latency_p50_ms, emit_latency_p99_ms, rss_mb, passthrough_events_per_s, ratio, faust_noop_events_per_s, ratio_to_faust_noop, and the join's memory for 1,000,000 pending items.")
     bjoin.add_argument("--events", type=int, default=300_000, help="input events to load (default 300000)")
     bjoin.add_argument("--window", type=float, default=5.0, help="attribution window in seconds of event time (default 5)")
+    bjoin.add_argument("--light-rate", type=float, help="also offer this many input events/s steadily to a fresh worker "
+                       "and report its CPU share of one core (light_cpu_share over 60 s, idle_cpu_share over 20 s before)")
     bjoin.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     blearn = bsub2.add_parser("learner", parents=[common], help="the learner: transitions/s trained from Kafka vs. the in-memory ceiling",
@@ -389,8 +391,14 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
         if args.events < 1000:
             raise ConfigError("bench join: --events must be at least 1000")
+        if args.light_rate is not None and not 0 < args.light_rate <= 10_000:
+            raise ConfigError("bench join: --light-rate must be within 0 and 10000 events/s")
         with _broker_for(settings):
             result = run_bench(settings, args.events, window_s=args.window, report=log)
+            if args.light_rate is not None:
+                from shelfq.bench_join import measure_light_load
+
+                result.update(measure_light_load(settings, args.light_rate, report=log))
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")

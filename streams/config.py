@@ -23,8 +23,17 @@ class StreamsConfig:
     """Window, lateness, reward weights, history length (SHELFQ_JOIN_*)."""
     batch_size: int = 1000
     """Events the agent takes at once; their outputs are sent together, writes coalesced."""
-    batch_wait_s: float = 0.005
-    """How long the agent waits to fill a batch (bounds the latency batching adds)."""
+    batch_wait_s: float = 0.02
+    """How long the agent waits to fill a batch (bounds the latency batching adds). Faust's
+    batching wakes the worker this often even when nothing arrives."""
+    fetch_wait_s: float = 0.1
+    """How long the broker may hold a fetch of the inputs for ``fetch_min_bytes`` to arrive
+    (Kafka's fetch.max.wait.ms): under light traffic it bounds the latency this adds; an idle
+    worker fetches this often. Without it every message that arrived cost a fetch round trip
+    and a batch of its own."""
+    fetch_min_bytes: int = 4096
+    """Bytes a fetch waits for, up to ``fetch_wait_s`` (Kafka's fetch.min.bytes): about 20
+    events; once traffic brings this much sooner, fetches answer sooner."""
     tick_s: float = 0.5
     """How often quiet partitions are checked for windows to close on wall-clock time."""
     commit_interval_s: float = 1.0
@@ -65,6 +74,9 @@ class StreamsConfig:
             join_kw["weights"] = parse_weights(env["SHELFQ_JOIN_WEIGHTS"])
         kw = {k: v for k, v in {
             "tick_s": num("SHELFQ_STREAMS_TICK_S"),
+            "batch_wait_s": num("SHELFQ_STREAMS_BATCH_WAIT_S"),
+            "fetch_wait_s": num("SHELFQ_STREAMS_FETCH_WAIT_S"),
+            "fetch_min_bytes": num("SHELFQ_STREAMS_FETCH_MIN_BYTES", int),
             "commit_interval_s": num("SHELFQ_STREAMS_COMMIT_INTERVAL_S"),
             "session_timeout_s": num("SHELFQ_STREAMS_SESSION_TIMEOUT_S"),
             "stall_timeout_s": num("SHELFQ_STREAMS_STALL_TIMEOUT_S"),
@@ -79,6 +91,12 @@ class StreamsConfig:
             raise ConfigError("streams: tick_s and commit_interval_s must be > 0")
         if self.session_timeout_s < 6:
             raise ConfigError("streams: session_timeout_s must be >= 6 (heartbeats go every 3 s)")
+        if self.batch_wait_s <= 0:
+            raise ConfigError(f"streams: batch_wait_s must be > 0, got {self.batch_wait_s}")
+        if not 0 <= self.fetch_wait_s <= 10:
+            raise ConfigError(f"streams: fetch_wait_s must be within 0 to 10 s, got {self.fetch_wait_s}")
+        if self.fetch_min_bytes < 1:
+            raise ConfigError(f"streams: fetch_min_bytes must be >= 1, got {self.fetch_min_bytes}")
         if self.stall_timeout_s <= 0:
             raise ConfigError(f"streams: stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if not 0 <= self.metrics_port < 65536:

@@ -225,3 +225,22 @@ def test_the_start_offsets_are_read_after_the_assignment_and_dropped_if_it_chang
     worker._committed_offsets = overtaken
     asyncio.run(worker._read_start_offsets(worker._assignments))
     assert worker._start_offsets is None
+
+
+def test_the_user_state_changelog_is_declared_without_acks_and_the_stall_timeout_reaches_faust() -> None:
+    """Faust's stall detector reports assigned partitions of acked topics that grow unread:
+    the user-state changelog, read only by recovery, must not be one of them."""
+    app, worker = create_app(Settings.from_env(topic_prefix="stalls."), StreamsConfig(stall_timeout_s=7))
+    assert worker.histories.changelog_topic.get_topic_name() == "stalls.user-state"
+    assert worker.histories.changelog_topic.acks is False
+    assert worker.records.changelog_topic.acks is False  # as Faust declares its own
+    assert app.conf.stream_processing_timeout == 7 and app.conf.broker_commit_livelock_soft_timeout == 7
+
+
+@pytest.mark.parametrize("name, value", [("SHELFQ_STREAMS_STALL_TIMEOUT_S", "0"), ("SHELFQ_STREAMS_BATCH_WAIT_S", "0"),
+                                         ("SHELFQ_STREAMS_FETCH_WAIT_S", "-1"), ("SHELFQ_STREAMS_FETCH_MIN_BYTES", "0")])
+def test_impossible_fetch_and_stall_settings_are_config_errors(name: str, value: str) -> None:
+    from contracts.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=name.removeprefix("SHELFQ_STREAMS_").lower()):
+        StreamsConfig.from_env({name: value})
