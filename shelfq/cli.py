@@ -187,12 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
     demo = sub.add_parser("demo", parents=[common], help="the whole pipeline on simulated shoppers, then a report comparing policies",
-                          description="Start the embedded broker unless one runs (or use SHELFQ_BOOTSTRAP_SERVERS), create topics under a prefix of this run's own, and run a streams worker, two learners side by side on the same transitions (long-term: gamma 0.9; myopic: gamma 0), an agent serving the long-term model with epsilon-greedy exploration, and the shopper simulator, for a bounded time with a progress line every 10 s. Then random, popularity, the myopic and the long-term DQN serve the same simulated shoppers over several seeds, and a report (markdown, JSON and PNG plots) compares reward per session, CTR, conversion, revenue, session length, diversity, coverage and the share of bait items shown with 95%% confidence intervals. Stops what it started; deletes this run's topics unless --keep-topics.")
+                          description="Start the embedded broker unless one runs (or use SHELFQ_BOOTSTRAP_SERVERS), create topics under a prefix of this run's own, and run a streams worker, an agent serving an experiment of two arms (users split 50/50 by a stable hash of their id: longterm serves the long-term model, myopic the myopic one, both with epsilon-greedy exploration), two learners each training on its own arm's transitions (long-term: gamma 0.9; myopic: gamma 0), and the shopper simulator, for a bounded time with a progress line every 10 s. Then random, popularity, the myopic and the long-term DQN serve the same simulated shoppers over several seeds, returning shoppers with their live histories and new ones, and a report (markdown, JSON and PNG plots) compares reward per session, CTR, conversion, revenue, session length, diversity, coverage and the share of bait items shown with 95%% confidence intervals, beside each live arm's reward per session, CTR, conversion and revenue per session. Stops what it started; deletes this run's topics unless --keep-topics.")
     demo.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (default 10)")
-    demo.add_argument("--seeds", type=int, default=5, help="seeds of the comparison, each a different population of shoppers (default 5)")
-    demo.add_argument("--sessions-per-seed", type=int, default=1000, help="simulated sessions per policy and seed in the comparison (default 1000)")
+    demo.add_argument("--seeds", type=int, default=5, help="seeds of the comparison, each a different draw of sessions and choices (default 5)")
+    demo.add_argument("--sessions-per-seed", type=int, default=500, help="simulated sessions per policy, seed and group (returning, new) in the comparison (default 500)")
+    demo.add_argument("--new-users", type=int, default=400, help="shoppers the live traffic never meets: the comparison's new shoppers (default 400 of 2000)")
     demo.add_argument("--gamma", type=float, default=0.9, help="discount of the long-term learner (default 0.9)")
-    demo.add_argument("--epsilon", type=float, default=0.2, help="exploration of the serving agent (default 0.2)")
+    demo.add_argument("--epsilon", type=float, default=0.2, help="exploration of the serving agent, in both arms (default 0.2)")
     demo.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where report.md, report.json and the plots go (default reports/latest)")
     demo.add_argument("--keep-topics", action="store_true", help="leave this run's topics on the broker")
     demo.add_argument("--metrics-port", type=int, default=9105, help="port of the simulator's /metrics in the demo (default 9105; 0 turns it off)")
@@ -522,7 +523,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     config = DemoConfig(minutes=args.minutes, seeds=args.seeds, sessions_per_seed=args.sessions_per_seed, gamma=args.gamma,
                         epsilon=args.epsilon, report_dir=args.report_dir, keep_topics=args.keep_topics,
-                        metrics_port=args.metrics_port, prometheus=args.prometheus)
+                        metrics_port=args.metrics_port, prometheus=args.prometheus, new_users=args.new_users)
     if not settings.external_cluster:
         print("(the first start of the embedded broker resolves its jars with Maven)", file=sys.stderr)
     with _broker_for(settings, keep=args.keep_broker):
@@ -532,7 +533,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print()
     print(markdown(result).split("![")[0].rstrip())
     if args.json:
-        print(json.dumps({k: result[k] for k in ("policies", "targets", "live", "model_versions", "settings")}, sort_keys=True))
+        print(json.dumps({k: result[k] for k in ("policies", "comparison", "targets", "live", "model_versions", "settings")},
+                         sort_keys=True))
     return 0
 
 

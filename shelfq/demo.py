@@ -2,19 +2,25 @@
 
 1. Topics under a prefix of this run's own (a fresh start: no old models or offsets).
 2. Components as child processes, each with its /metrics: a streams worker (a short
-   attribution window, so transitions come within seconds), two learners training side by side
-   on the same transitions (off-policy: gamma > 0 and gamma = 0), and an agent serving the
-   long-term model with epsilon-greedy exploration (popularity until the first model).
+   attribution window, so transitions come within seconds), an agent running an experiment of
+   two arms, users split 50/50 by a stable hash of their id (``agents.arms``): ``longterm``
+   serves the long-term model, ``myopic`` the myopic one, each explored epsilon-greedily
+   (popularity until its first model); and two learners, gamma > 0 and gamma = 0, each
+   training on its own arm's transitions only, so each learns from the data it logged.
 3. The simulator drives shoppers through the topics; a progress line every ``progress_s``.
+   The last ``new_users`` shoppers of the population never come: they stay new to the shop.
 4. The learners stop cleanly (a last model each); the newest valid models are read back from
    the ``models`` topic, as an agent reads them.
 5. Random, popularity, the myopic and the long-term DQN each serve the same simulated shoppers
-   (``evaluation.offline``) over several seeds; the report is written (``shelfq.demo_report``).
+   (``evaluation.offline``) over several seeds, in copies of the world as the live run left
+   it: returning shoppers (those the live traffic met, with their histories) and new ones.
+   The report (``shelfq.demo_report``) has both, and each live arm's figures with intervals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import shutil
@@ -35,6 +41,10 @@ from shelfq.ports import free_port, port_free
 
 LONGTERM, MYOPIC = "dqn-longterm", "dqn-myopic"
 POLICY_NAMES = ("random", "popularity", "myopic_dqn", "longterm_dqn")
+#: The live experiment: arm name -> the policy key it serves (each learner trains on its arm).
+ARMS = {"longterm": LONGTERM, "myopic": MYOPIC}
+ARMS_SETTING = ",".join(f"{arm}={policy}:0.5" for arm, policy in ARMS.items())
+GROUPS = ("returning", "new")
 
 
 @dataclass(frozen=True)
@@ -44,13 +54,17 @@ class DemoConfig:
     minutes: float = 10.0
     """Wall-clock budget of the whole run; the live traffic gets what setup and evaluation leave."""
     seeds: int = 5
-    """Seeds of the policy comparison (each a different population of shoppers)."""
-    sessions_per_seed: int = 1000
-    """Simulated sessions per policy and seed in the comparison."""
+    """Seeds of the policy comparison (each a different draw of sessions and choices of the
+    live run's shoppers)."""
+    sessions_per_seed: int = 500
+    """Simulated sessions per policy, seed and group (returning and new shoppers) in the comparison."""
     gamma: float = 0.9
     """Discount of the long-term learner (the myopic one has 0)."""
     epsilon: float = 0.2
-    """Exploration of the serving agent (the logging policy both learners learn from)."""
+    """Exploration of the serving agent in both arms (each arm's logging policy)."""
+    new_users: int = 400
+    """Shoppers the live traffic never meets (the population's last ones): the comparison's new
+    shoppers. The others are the returning ones; in 10 minutes nearly all of them come."""
     concurrency: int = 32
     """Shopper sessions in progress at once during the live traffic."""
     window_s: float = 5.0
@@ -76,12 +90,16 @@ class DemoConfig:
             raise ConfigError(f"demo: sessions_per_seed must be >= 10, got {self.sessions_per_seed}")
         if not 0 < self.gamma < 1:
             raise ConfigError(f"demo: gamma must be in (0, 1), got {self.gamma}")
+        from simulator.world import WorldConfig
+
+        if not 10 <= self.new_users <= WorldConfig().users - 10:
+            raise ConfigError(f"demo: new_users must leave at least 10 shoppers in each group, got {self.new_users}")
 
     @property
     def traffic_s(self) -> float:
         """Live traffic: the budget less ~25 s of start-up and stopping and the comparison
-        (about 6 ms a simulated session per policy on 2 cores, measured)."""
-        comparison = 0.006 * len(POLICY_NAMES) * self.seeds * self.sessions_per_seed
+        (about 6 ms a simulated session per policy on 2 cores, measured; two groups)."""
+        comparison = 0.006 * len(POLICY_NAMES) * len(GROUPS) * self.seeds * self.sessions_per_seed
         return max(20.0, self.minutes * 60 - 25 - comparison)
 
 
@@ -132,6 +150,7 @@ class LiveRun:
     transitions: int = 0
     model_versions: dict[str, int] = field(default_factory=dict)
     timeline: list[dict[str, float]] = field(default_factory=list)  # progress samples
+    experiment: dict[str, Any] = field(default_factory=dict)  # each arm's figures (demo_report.live_arms)
 
 
 class Demo:
@@ -142,6 +161,7 @@ class Demo:
         self.workdir = Path(".shelfq") / "demo" / self.run_id
         self.components: dict[str, Component] = {}
         self.sim_port = 0
+        self.world: Any = None  # the simulator's world after the live run, with the shoppers' histories
 
     # -- components ------------------------------------------------------------------------
 
@@ -166,10 +186,12 @@ class Demo:
         self._start("streams", ["streams", "--log-level", "warning"],
                     {"SHELFQ_JOIN_WINDOW_S": str(cfg.window_s), "SHELFQ_JOIN_ALLOWED_LATENESS_S": "2",
                      "SHELFQ_JOIN_IDLE_ADVANCE_S": "2"})
-        for name, policy, gamma in (("learner-longterm", LONGTERM, cfg.gamma), ("learner-myopic", MYOPIC, 0.0)):
+        for (arm, policy), gamma in zip(ARMS.items(), (cfg.gamma, 0.0)):
+            name = f"learner-{arm}"
             self._start(name, ["learner", "--policy", policy, "--gamma", str(gamma),
-                               "--checkpoint-dir", str(self.workdir / name)], learner_env)
-        self._start("agent", ["agent", "--policy", LONGTERM, "--exploration", "epsilon", "--epsilon", str(cfg.epsilon)], {})
+                               "--checkpoint-dir", str(self.workdir / name)], {**learner_env, "SHELFQ_LEARNER_ARM": arm})
+        self._start("agent", ["agent", "--exploration", "epsilon", "--epsilon", str(cfg.epsilon)],
+                    {"SHELFQ_AGENT_ARMS": ARMS_SETTING})
 
     def start_prometheus(self) -> str:
         """A local Prometheus scraping the components with shelfq's alert rules; its URL."""
@@ -180,7 +202,7 @@ class Demo:
         targets = [("shelfq-streams", c["streams"].port, {}),
                    ("shelfq-learner", c["learner-longterm"].port, {"policy": LONGTERM}),
                    ("shelfq-learner", c["learner-myopic"].port, {"policy": MYOPIC}),
-                   ("shelfq-agent", c["agent"].port, {"policy": LONGTERM})]
+                   ("shelfq-agent", c["agent"].port, {})]
         if self.sim_port:
             targets.append(("shelfq-simulator", self.sim_port, {}))
         jobs: dict[str, list[str]] = {}
@@ -212,8 +234,10 @@ class Demo:
     # -- the run ---------------------------------------------------------------------------
 
     def live(self) -> LiveRun:
+        from shelfq.demo_report import live_arms
         from shelfq.topic_admin import ensure_topics
         from simulator.runner import SimulateConfig, Simulation
+        from simulator.world import WorldConfig
 
         cfg = self.config
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +245,8 @@ class Demo:
         self.say(f"topics: prefix {self.settings.topic_prefix} (logs and checkpoints in {self.workdir})")
         self.start_components()
         sim = Simulation(self.settings, SimulateConfig(duration_s=cfg.traffic_s, concurrency=cfg.concurrency,
-                                                       slate_timeout_s=1.0, metrics_port=cfg.metrics_port))
+                                                       slate_timeout_s=1.0, metrics_port=cfg.metrics_port,
+                                                       users=WorldConfig().users - cfg.new_users))
         self.sim_port = cfg.metrics_port
         if self.sim_port:
             try:
@@ -233,12 +258,14 @@ class Demo:
                  + (f", simulator :{self.sim_port}" if self.sim_port else ""))
         if cfg.prometheus:
             self.say(f"Prometheus: {self.start_prometheus()} (scrapes every component; the alert rules are loaded)")
-        self.say(f"live traffic for {cfg.traffic_s:.0f} s: {cfg.concurrency} concurrent shoppers; agent serves "
-                 f"{LONGTERM} (epsilon {cfg.epsilon}); learners {LONGTERM} (gamma {cfg.gamma}) and {MYOPIC} (gamma 0)")
+        self.say(f"live traffic for {cfg.traffic_s:.0f} s: {cfg.concurrency} concurrent shoppers; agent arms "
+                 f"{ARMS_SETTING} by user hash (epsilon {cfg.epsilon}); learners {LONGTERM} (gamma {cfg.gamma}) on the "
+                 f"longterm arm and {MYOPIC} (gamma 0) on the myopic arm")
         run = LiveRun()
         started = time.monotonic()
         asyncio.run(self._simulate_with_progress(sim, run, started))
         run.seconds = time.monotonic() - started
+        run.experiment = live_arms(sim.stats.session_log, started, time.monotonic())
         self.say("traffic done; letting the join close the last windows, then stopping the learners (each publishes a last model)")
         time.sleep(cfg.window_s + 4)
         self.check_components()
@@ -246,11 +273,13 @@ class Demo:
         self.stop_components(["learner-longterm", "learner-myopic"])
         self.stop_components(["agent", "streams"])
         run.simulation = sim.stats.summary()
+        self.world = returning_world(sim.world, sim.histories)
         return run
 
     async def _simulate_with_progress(self, sim: Any, run: LiveRun, started: float) -> None:
         task = asyncio.create_task(sim.run())
         last_events, last_t, last_sessions, last_reward = 0, started, 0, 0.0
+        logged = 0  # sessions of the simulator's log already in a progress interval
         while not task.done():
             await asyncio.wait([task], timeout=self.config.progress_s)
             self.check_components()
@@ -259,15 +288,23 @@ class Demo:
             rate = (s.events_sent - last_events) / max(1e-9, now - last_t)
             window = (s.reward - last_reward) / max(1, s.sessions - last_sessions)  # sessions ended in this interval
             last_events, last_t, last_sessions, last_reward = s.events_sent, now, s.sessions, s.reward
+            ended, logged = s.session_log[logged:], len(s.session_log)
+            per_arm = {}
+            for arm in ARMS:  # each arm's sessions that ended in this interval
+                mine = [r.reward for r in ended if r.arm == arm]
+                if mine:
+                    per_arm[f"arm_reward_per_session_interval_{arm}"] = round(sum(mine) / len(mine), 4)
             run.timeline.append({"t": round(now - started, 1), "events_per_s": round(rate, 1), "ctr": round(s.ctr, 4),
                                  "reward_per_session": round(s.reward_per_session, 4), "sessions": s.sessions,
-                                 "reward_per_session_interval": round(window, 4),
+                                 "reward_per_session_interval": round(window, 4), **per_arm,
                                  **m})
             run.model_versions = {LONGTERM: int(m["longterm_version"]), MYOPIC: int(m["myopic_version"])}
+            arms = " ".join(f"{arm} {per_arm[f'arm_reward_per_session_interval_{arm}']:.2f}" for arm in ARMS
+                            if f"arm_reward_per_session_interval_{arm}" in per_arm)
             self.say(f"[{now - started:5.0f}s] {rate:6.0f} events/s | CTR {s.ctr:.3f} | reward/session "
-                     f"{s.reward_per_session:5.2f} | {s.sessions} sessions | models v{int(m['longterm_version'])} "
-                     f"long-term, v{int(m['myopic_version'])} myopic | learner lag {int(m['learner_lag'])} | "
-                     f"transitions {int(m['transitions'])} | slate timeouts {s.timeouts}")
+                     f"{s.reward_per_session:5.2f} ({arms or 'no arm yet'} this interval) | {s.sessions} sessions | "
+                     f"models v{int(m['longterm_version'])} long-term, v{int(m['myopic_version'])} myopic | learner lag "
+                     f"{int(m['learner_lag'])} | transitions {int(m['transitions'])} | slate timeouts {s.timeouts}")
         task.result()
 
     def _component_figures(self) -> dict[str, float]:
@@ -284,19 +321,16 @@ class Demo:
         from contracts.events import UserState, decode
         from contracts.topics import USER_STATE
         from evaluation.logs import newest_model, read_to_end
-        from evaluation.offline import compare
 
         cfg = self.config
         # Popularity as the agent's fallback had it at the end: from the live run's user-state.
         states = [decode(msg.value(), UserState) for msg in read_to_end(self.settings, USER_STATE) if msg.value() is not None]
+        counts = Popularity()
+        for state in states:
+            counts.observe(state)
 
-        def popularity() -> PopularityPolicy:
-            counts = Popularity()
-            for state in states:
-                counts.observe(state)
-            return PopularityPolicy(counts, Explorer("greedy"))
-
-        factories: dict[str, Callable[[], Any]] = {"random": RandomPolicy, "popularity": popularity}
+        factories: dict[str, Callable[[], Any]] = {
+            "random": RandomPolicy, "popularity": lambda: PopularityPolicy(copy.deepcopy(counts), Explorer("greedy"))}
         versions: dict[str, int] = {}
         for name, policy in (("myopic_dqn", MYOPIC), ("longterm_dqn", LONGTERM)):
             try:
@@ -305,12 +339,17 @@ class Demo:
                 self.say(f"no {policy} model to compare ({exc}); the comparison leaves it out")
                 continue
             versions[name] = model.headers.version
-            factories[name] = lambda model=model: DQNPolicy(model, Explorer("greedy"))
-        self.say(f"comparing {', '.join(factories)} on {cfg.seeds} seeds x {cfg.sessions_per_seed} simulated sessions "
-                 f"(greedy slates; popularity from the live run's {len(states)} user-state records)")
+            factories[name] = lambda model=model: DQNPolicy(model, Explorer("greedy"), name=model.headers.policy)
+        groups = shopper_groups(self.world)
+        self.say(f"comparing {', '.join(factories)} on {cfg.seeds} seeds x {cfg.sessions_per_seed} simulated sessions of "
+                 f"{len(groups['returning'])} returning shoppers (their live histories) and as many of "
+                 f"{len(groups['new'])} new ones (greedy slates; popularity from the live run's {len(states)} user-state records)")
         started = time.monotonic()
-        table = compare(factories, seeds=range(cfg.seeds), sessions=cfg.sessions_per_seed)
-        return {"policies": table, "model_versions": versions, "comparison_s": round(time.monotonic() - started, 1)}
+        comparison = {group: {"users": len(users), "policies": compare_in(self.world, users, factories, range(cfg.seeds),
+                                                                          cfg.sessions_per_seed)}
+                      for group, users in groups.items()}
+        return {"policies": comparison["returning"]["policies"], "comparison": comparison, "model_versions": versions,
+                "comparison_s": round(time.monotonic() - started, 1)}
 
     def cleanup(self) -> None:
         for c in self.components.values():
@@ -327,6 +366,56 @@ class Demo:
                 self.say(f"could not delete this run's topics ({exc}); prefix {self.settings.topic_prefix}")
 
 
+def returning_world(world: Any, histories: dict[int, list[Any]]) -> Any:
+    """A copy of the simulator's world as the live run left it (drifted interests) holding each
+    shopper's history as the shop saw it: the returning shoppers of the comparison. Its clock
+    starts after the newest interaction, so what the comparison appends comes later."""
+    live = copy.deepcopy(world)
+    live.histories = {user: list(h) for user, h in histories.items()}
+    newest = [i.ts for h in histories.values() for i in h]
+    live.clock = max(newest, default=live.clock)
+    return live
+
+
+def copy_world(world: Any) -> Any:
+    """A deep copy of a simulator world whose histories' interactions (immutable events) are
+    shared, not copied: a tenth of the time of ``copy.deepcopy`` with 2,000 full histories."""
+    return copy.deepcopy(world, {id(world.histories): {user: list(h) for user, h in world.histories.items()}})
+
+
+def shopper_groups(world: Any) -> dict[str, list[int]]:
+    """Returning shoppers (those with a live session; their histories are in the world) and
+    new ones (the rest of the population).
+
+    >>> from simulator.world import World, WorldConfig
+    >>> w = World(WorldConfig(items=20, users=5))
+    >>> w.histories = {3: [], 1: []}
+    >>> shopper_groups(w)
+    {'returning': [1, 3], 'new': [0, 2, 4]}
+    """
+    came = set(world.histories)
+    return {"returning": sorted(came), "new": [u for u in range(world.config.users) if u not in came]}
+
+
+def compare_in(world: Any, users: list[int], policies: dict[str, Callable[[], Any]], seeds: Any,
+               sessions: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """``evaluation.offline.compare``'s table for sessions of ``users`` in copies of ``world``:
+    every policy meets the same shoppers, histories and session draws of each seed."""
+    from evaluation.offline import METRICS, mean_ci95, run_seed
+
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, make in policies.items():
+        per_seed: dict[str, list[float]] = {m: [] for m in METRICS}
+        for seed in seeds:
+            for metric, value in run_seed(make(), seed, sessions, world=copy_world(world), users=users).items():
+                per_seed[metric].append(value)
+        table[name] = {}
+        for metric, values in per_seed.items():
+            m, lo, hi = mean_ci95(values)
+            table[name][metric] = {"mean": m, "ci95": [lo, hi], "per_seed": [round(v, 4) for v in values]}
+    return table
+
+
 def run_demo(settings: Settings, config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run everything; the report's dict (also written to ``config.report_dir``)."""
     from shelfq.demo_report import write_report
@@ -338,9 +427,10 @@ def run_demo(settings: Settings, config: DemoConfig, say: Callable[[str], None] 
     finally:
         demo.cleanup()
     result["live"] = {"seconds": round(live.seconds, 1), "transitions": live.transitions,
-                      "model_versions": live.model_versions, **live.simulation}
+                      "model_versions": live.model_versions, **live.simulation, "experiment": live.experiment}
     result["settings"] = {"minutes": config.minutes, "seeds": config.seeds, "sessions_per_seed": config.sessions_per_seed,
-                          "gamma": config.gamma, "epsilon": config.epsilon, "run": demo.run_id}
+                          "gamma": config.gamma, "epsilon": config.epsilon, "new_users": config.new_users,
+                          "arms": ARMS_SETTING, "run": demo.run_id}
     paths = write_report(result, live.timeline, config.report_dir)
     say(f"report: {paths[0]}")
     return result

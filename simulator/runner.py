@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,6 +45,9 @@ class SimulateConfig:
     """Items per requested slate."""
     seed: int = 0
     """Seeds the shoppers and their choices (the catalog is fixed by the world's catalog_seed)."""
+    users: int = 0
+    """Sessions draw their shoppers from the first this many of the population (0: all of it);
+    the others stay new to the shop (the demo compares policies on them afterwards)."""
     publish_catalog: bool = True
     """Publish the catalog to ``items`` first."""
     metrics_port: int = 9104
@@ -58,6 +62,23 @@ class SimulateConfig:
             raise ConfigError("simulate: concurrency must be >= 1 and slate_size in 1..100")
         if self.think_s < 0 or self.slate_timeout_s <= 0:
             raise ConfigError("simulate: think_s must be >= 0 and slate_timeout_s > 0")
+        if self.users < 0:
+            raise ConfigError("simulate: users must be >= 0 (0: the whole population)")
+
+
+class SessionRecord(NamedTuple):
+    """One finished session, as the shop saw it: for per-arm figures with intervals."""
+
+    user: int
+    arm: str | None
+    """The experiment arm of its slates (the last one named; None if no slate named one)."""
+    ended: float
+    """time.monotonic() at its end."""
+    slates: int
+    clicks: int
+    purchases: int
+    reward: float
+    revenue: float
 
 
 @dataclass
@@ -75,6 +96,7 @@ class SimulationStats:
     events_sent: int = 0
     model_version: int | None = None
     by_policy: dict[str, list[float]] = field(default_factory=dict)  # policy -> [slates, reward]
+    session_log: list[SessionRecord] = field(default_factory=list)  # every finished session, in order
 
     @property
     def ctr(self) -> float:
@@ -99,6 +121,8 @@ class Simulation:
                  world: WorldConfig = WorldConfig(), metrics: SimulatorMetrics | None = None) -> None:
         if config.slate_size > world.items:
             raise ConfigError(f"simulate: slate_size {config.slate_size} exceeds the catalog ({world.items} items)")
+        if config.users > world.users:
+            raise ConfigError(f"simulate: users {config.users} exceeds the population ({world.users} shoppers)")
         self.settings, self.config = settings, config
         self.world = World(world, seed=config.seed)
         self.metrics = metrics or SimulatorMetrics()
@@ -128,7 +152,7 @@ class Simulation:
 
             while more() or running:
                 while more() and len(running) < cfg.concurrency:
-                    user = int(self.rng.integers(self.world.config.users))
+                    user = int(self.rng.integers(cfg.users or self.world.config.users))
                     running.add(asyncio.create_task(self._session(client, user, started)))
                     started += 1
                 self.metrics.active_sessions.set(len(running))
@@ -144,6 +168,9 @@ class Simulation:
         session = world.start_session(user, seed=n)
         user_id, session_id = world.user_id(user), f"{self.run_id}-s{n}"
         history = self.histories.setdefault(user, [])
+        arm: str | None = None
+        slates = clicks = purchases = 0
+        reward_sum = revenue = 0.0
         while not session.over:
             self._next += 1
             request_id = f"{self.run_id}-r{self._next}"
@@ -158,6 +185,7 @@ class Simulation:
                 m.slate_wait.observe(time.monotonic() - sent)
                 m.requests.labels("slate").inc()
                 items, policy = list(slate.items), slate.policy
+                arm = slate.arm or arm
                 if slate.model_version is not None:
                     stats.model_version = max(stats.model_version or 0, slate.model_version)
                     m.model_version.set(stats.model_version)
@@ -197,7 +225,10 @@ class Simulation:
             m.slates.labels(policy).inc()
             m.reward.labels(policy).inc(reward)
             m.revenue.inc(outcome.revenue)
+            slates, clicks, purchases = slates + 1, clicks + (outcome.clicked is not None), purchases + outcome.purchase
+            reward_sum, revenue = reward_sum + reward, revenue + outcome.revenue
             if not session.over and cfg.think_s:
                 await asyncio.sleep(cfg.think_s)
         stats.sessions += 1
+        stats.session_log.append(SessionRecord(user, arm, time.monotonic(), slates, clicks, purchases, reward_sum, revenue))
         m.sessions.inc()

@@ -176,3 +176,35 @@ def test_the_worker_counts_transitions_reward_clicks_purchases_and_sessions_per_
     assert value("shelfq_streams_arm_clicks_total", "myopic") == 2 and value("shelfq_streams_arm_purchases_total", "myopic") == 2
     assert m.registry.get_sample_value("shelfq_streams_transitions_total") == 8  # the arm-less ones count overall
     assert m.registry.get_sample_value("shelfq_streams_reward_total") == 24.0
+
+
+# -- the demo's live figures per arm ---------------------------------------------------------
+
+
+def test_the_demo_reports_each_arm_over_the_run_and_its_second_half_with_intervals() -> None:
+    import numpy as np
+
+    from shelfq.demo_report import live_arms
+    from simulator.runner import SessionRecord
+
+    rng = np.random.default_rng(0)
+    log = []
+    for i in range(4000):  # the longterm arm earns 6 per session, the myopic one 4; both 1 in the first half
+        arm = ("longterm", "myopic", None)[i % 3]
+        ended = float(i) / 4000 * 100
+        mean = 1.0 if ended < 50 else {"longterm": 6.0, "myopic": 4.0, None: 2.0}[arm]
+        slates = int(rng.integers(1, 6))
+        reward = float(rng.poisson(mean))
+        log.append(SessionRecord(i % 50, arm, ended, slates, min(slates, int(reward)), int(reward > 3), reward, 2 * reward))
+    out = live_arms(log, started=0.0, ended=100.0)
+    assert set(out["arms"]) == {"longterm", "myopic"} and out["unassigned_sessions"] == sum(r.arm is None for r in log)
+    late = {arm: out["arms"][arm]["second_half"] for arm in ("longterm", "myopic")}
+    for arm, expected in (("longterm", 6.0), ("myopic", 4.0)):
+        cell = late[arm]["reward_per_session"]
+        assert cell["ci95"][0] < expected < cell["ci95"][1]
+        assert abs(late[arm]["revenue_per_session"]["mean"] - 2 * cell["mean"]) < 1e-3
+        assert 0 < late[arm]["ctr"]["ci95"][0] < late[arm]["ctr"]["mean"] < late[arm]["ctr"]["ci95"][1] <= 1
+    assert out["arms"]["longterm"]["all"]["sessions"] == sum(r.arm == "longterm" for r in log)
+    ratio = out["longterm_vs_myopic"]
+    assert ratio["second_half"]["intervals_separate"] and ratio["second_half"]["ci95"][0] < 1.5 < ratio["second_half"]["ci95"][1]
+    assert ratio["all"]["ratio"] < ratio["second_half"]["ratio"]
