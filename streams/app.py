@@ -35,6 +35,7 @@ from contracts.settings import Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from streams.config import StreamsConfig
 from streams.join import INPUTS, Join, Output, Record
+from streams.limits import message_size, refused_for_size
 from streams.metrics import StreamsMetrics
 from streams.sequence import DeliveryOrder, HoleReader, HoleUnreadable
 from streams.stalls import StallWatch
@@ -124,6 +125,10 @@ class JoinWorker:
         self._record_writes: dict[str, tuple[int, Record | None]] = {}
         self._user_writes: dict[str, tuple[int, UserState]] = {}
         self._flush_lock = asyncio.Lock()
+        self.max_message_bytes = self.config.max_message_bytes
+        # Messages the broker refused in a batch for its size, to send again alone (the broker
+        # refuses a whole batch, so a small batch-mate is refused with a large message).
+        self._alone: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self._order = DeliveryOrder()
         # Two readers of offsets Faust did not deliver: one for holes (on the event loop), one
         # for probes of a partition's unread tail (in executor threads). Neither joins a group.
@@ -394,26 +399,66 @@ class JoinWorker:
             await self._flush()
 
     async def _flush(self) -> None:
+        await self._send_alone()
         record_topic = self.records.changelog_topic.get_topic_name()
         for key, (partition, record) in self._record_writes.items():
             if partition not in self.partitions:
                 continue  # revoked meanwhile: the new owner writes this record
             value = None if record is None else _RECORD_CODEC.dumps(record)
-            self._outbox.append((record_topic, key.encode(), value, partition, None))
+            if self._fits(record_topic, key.encode(), value, f"join record {key}", partition):
+                self._outbox.append((record_topic, key.encode(), value, partition, None))
         for user, (partition, state) in self._user_writes.items():
-            self._outbox.append((self.user_state_topic, user.encode(), encode(state), partition, None))
-            self.metrics.user_states.inc()
+            value = encode(state)
+            if self._fits(self.user_state_topic, user.encode(), value, f"the history of user {user}", partition):
+                self._outbox.append((self.user_state_topic, user.encode(), value, partition, None))
+                self.metrics.user_states.inc()
         self._record_writes, self._user_writes = {}, {}
         outbox, self._outbox = self._outbox, []
         send = self.app.producer.send
         for topic, key, value, partition, callback in outbox:
             fut = await send(topic, key, value, partition, None, None)
-            fut.add_done_callback(callback if callback is not None else lambda f, t=topic: self._on_sent(f, t))
+            fut.add_done_callback(callback if callback is not None
+                                  else lambda f, t=topic, k=key, v=value: self._on_sent(f, t, k, v))
+
+    def _fits(self, topic: str, key: bytes | None, value: bytes | None, what: str, partition: int | None) -> bool:
+        """Whether a write of the worker's own state fits the producer; if not, it is
+        dead-lettered (reason ``too_large``) and not sent, so the worker goes on. The state
+        stays in memory: only a restart before its next write that fits loses it. Inputs are
+        bounded (``max_event_bytes``), so this takes a hostile slate or impression near that
+        bound, or a ``max_message_bytes`` below it."""
+        size = message_size(key, value)
+        if size <= self.max_message_bytes:
+            return True
+        log.warning("%s is %d bytes, over SHELFQ_STREAMS_MAX_MESSAGE_BYTES (%d): not stored, dead-lettered",
+                    what, size, self.max_message_bytes)
+        self._dead_letter("too_large", f"{what} is {size} bytes, over the worker's max_message_bytes "
+                          f"({self.max_message_bytes}); kept in memory only", topic, value, key, partition, None)
+        return False
+
+    async def _send_alone(self) -> None:
+        """Send each message the broker refused in a batch again, in a batch of its own: the
+        producer is flushed before and after it, and nothing else sends meanwhile (this runs
+        under the flush lock). Its callback judges the answer. Rare: with
+        ``max_message_bytes`` at most the topics' ``max.message.bytes`` the broker never
+        refuses for size."""
+        alone, self._alone = self._alone, []
+        producer = self.app.producer
+        for topic, key, value, callback in alone:
+            await producer.flush()
+            fut = await producer.send(topic, key, value, None, None, None)
+            fut.add_done_callback(callback)
+            await producer.flush()
 
     def _handle(self, out: Output, started: float, origin: tuple[int, int] | None = None) -> None:
         for transition in out.transitions:
-            self._outbox.append((self.transitions_topic, transition.user_id.encode(), encode(transition), None,
-                                 lambda fut, t=transition: self._on_acked(fut, t, started)))
+            key, value = transition.user_id.encode(), encode(transition)
+            size = message_size(key, value)
+            if size > self.max_message_bytes:  # send() would raise: never queue it
+                self._transition_too_large(transition, key, value, f"it is {size} bytes, over the worker's "
+                                           f"max_message_bytes ({self.max_message_bytes})")
+                continue
+            self._outbox.append((self.transitions_topic, key, value, None,
+                                 lambda fut, t=transition, v=value: self._on_acked(fut, t, started, v)))
         for dl in out.dead_letters:
             # The event in hand is the one dead-lettered unless it was held earlier (then its
             # offset is not known here).
@@ -422,7 +467,16 @@ class JoinWorker:
                               dl.event.user_id.encode(), partition, offset)
         self._record_writes.update(out.writes)
 
-    def _on_acked(self, fut: Any, transition: Transition, started: float) -> None:
+    def _on_acked(self, fut: Any, transition: Transition, started: float, value: bytes, alone: bool = False) -> None:
+        if not fut.cancelled() and refused_for_size(fut.exception()):
+            key = transition.user_id.encode()
+            if not alone:  # perhaps a batch-mate's fault: judged when sent alone; in flight meanwhile
+                self._alone.append((self.transitions_topic, key, value,
+                                    lambda f, t=transition: self._on_acked(f, t, started, value, alone=True)))
+                return
+            self._transition_too_large(transition, key, value, f"the broker refused it ({message_size(key, value)} "
+                                       f"bytes, sent alone; over the topic's max.message.bytes): {fut.exception()}")
+            return
         if fut.cancelled() or fut.exception() is not None:
             # Not on the broker: emit it again at the next watermark step rather than lose it.
             log.warning("transition %s was not delivered (%s); it will be sent again",
@@ -434,14 +488,40 @@ class JoinWorker:
         self.metrics.count_transition(transition)  # overall and by experiment arm
         self._record_writes.update(self.join.acked(transition).writes)
 
-    def _on_sent(self, fut: Any, topic: str) -> None:
+    def _transition_too_large(self, transition: Transition, key: bytes, value: bytes, detail: str) -> None:
+        """A transition that cannot be sent is dead-lettered, and its record settled as if the
+        broker had it: re-emitting it (at every watermark step, or after every restart) could
+        never succeed, and would hold its record open for ever."""
+        log.warning("transition %s dead-lettered: %s", transition.transition_id, detail)
+        self._dead_letter("too_large", f"transition {transition.transition_id}: {detail}", self.transitions_topic,
+                          value, key, None, None)
+        self._record_writes.update(self.join.acked(transition).writes)
+
+    def _on_sent(self, fut: Any, topic: str, key: bytes | None = None, value: bytes | None = None,
+                 alone: bool = False) -> None:
         """Any other send (join records, user-state, dead letters) that fails stops the worker:
-        its source offsets must not be committed, and a restart replays from them."""
+        its source offsets must not be committed, and a restart replays from them. A dead
+        letter the broker refuses for its size is sent again alone, and dropped (logged) if
+        refused alone."""
         if fut.cancelled() or fut.exception() is None:
             return
+        exc = fut.exception()
+        if topic == self.dlq_topic and refused_for_size(exc):
+            if not alone:
+                self._alone.append((topic, key, value, lambda f: self._on_sent(f, topic, key, value, alone=True)))
+                return
+            self.metrics.send_failures.labels(topic).inc()
+            log.error("the broker refused a dead letter of %d bytes sent alone (over the max.message.bytes of %s): "
+                      "%s; it is dropped", message_size(key, value), topic, exc)
+            return
         self.metrics.send_failures.labels(topic).inc()
-        log.error("a message to %s was not delivered (%s); stopping the worker", topic, fut.exception())
-        asyncio.ensure_future(self.app.crash(fut.exception()))
+        if refused_for_size(exc):
+            log.error("the broker refused a message to %s for its size (%s): SHELFQ_STREAMS_MAX_MESSAGE_BYTES (%d) "
+                      "must be at most the topic's max.message.bytes; stopping the worker",
+                      topic, exc, self.max_message_bytes)
+        else:
+            log.error("a message to %s was not delivered (%s); stopping the worker", topic, exc)
+        asyncio.ensure_future(self.app.crash(exc))
 
     def _update_user_state(self, partition: int, fb: Feedback) -> None:
         """Append the interaction to the user's history; its table write publishes user-state."""
@@ -455,10 +535,18 @@ class JoinWorker:
 
     def _dead_letter(self, reason: str, detail: str, topic: str, value: bytes | None, key: bytes | None,
                      partition: int | None, offset: int | None) -> None:
-        record = dead_letter(COMPONENT, reason, topic, value, key=key, partition=partition, offset=offset,
-                             detail=detail, max_value_bytes=self.settings.dlq_max_value_bytes)
-        self._outbox.append((self.dlq_topic, key, encode(record), None, None))
         self.metrics.dead_letters.labels(reason).inc()
+        # Its value is cut to dlq_max_value_bytes; should the letter still not fit (a tiny
+        # max_message_bytes, or JSON escapes that multiply the value), cut shorter, then none.
+        for cut in (self.settings.dlq_max_value_bytes, self.max_message_bytes // 8, 0):
+            record = encode(dead_letter(COMPONENT, reason, topic, value, key=key, partition=partition, offset=offset,
+                                        detail=detail, max_value_bytes=min(cut, self.settings.dlq_max_value_bytes)))
+            if message_size(key, record) <= self.max_message_bytes:
+                self._outbox.append((self.dlq_topic, key, record, None, None))
+                return
+        self.metrics.send_failures.labels(self.dlq_topic).inc()
+        log.error("a dead letter (%s, %s) is %d bytes even without its value, over max_message_bytes (%d): dropped",
+                  reason, topic, message_size(key, record), self.max_message_bytes)
 
     def _report(self) -> None:
         """Move the join's outcome counts into the metrics; refresh the gauges."""
@@ -491,6 +579,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         table_standby_replicas=0,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # The worker measures every output against this before it sends (streams.limits).
+        producer_max_request_size=config.max_message_bytes,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         broker_commit_interval=config.commit_interval_s,

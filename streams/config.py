@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from contracts.errors import ConfigError
 from streams.join import JoinConfig
+from streams.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class StreamsConfig:
     a commit, while it has unread messages, before Faust's stall detector logs an ERROR
     (Faust's ``stream_processing_timeout`` and ``broker_commit_livelock_soft_timeout``; its
     default, 5 minutes). The worker's own guard (``streams.stalls``) acts after 15 s."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """The largest message the worker sends (Faust's ``producer_max_request_size``, counted as
+    aiokafka counts it: the record batch that carries it alone). An output over it is
+    dead-lettered (reason ``too_large``) instead of sent; keep it at most the broker's and the
+    output topics' ``max.message.bytes``."""
     metrics_port: int = 9101
     """Port of /metrics (0 turns the endpoint off)."""
     metrics_addr: str = "0.0.0.0"
@@ -80,6 +86,7 @@ class StreamsConfig:
             "commit_interval_s": num("SHELFQ_STREAMS_COMMIT_INTERVAL_S"),
             "session_timeout_s": num("SHELFQ_STREAMS_SESSION_TIMEOUT_S"),
             "stall_timeout_s": num("SHELFQ_STREAMS_STALL_TIMEOUT_S"),
+            "max_message_bytes": num("SHELFQ_STREAMS_MAX_MESSAGE_BYTES", int),
             "metrics_port": num("SHELFQ_STREAMS_METRICS_PORT", int),
             "metrics_addr": env.get("SHELFQ_STREAMS_METRICS_ADDR"),
         }.items() if v is not None}
@@ -99,6 +106,9 @@ class StreamsConfig:
             raise ConfigError(f"streams: fetch_min_bytes must be >= 1, got {self.fetch_min_bytes}")
         if self.stall_timeout_s <= 0:
             raise ConfigError(f"streams: stall_timeout_s must be > 0, got {self.stall_timeout_s}")
+        if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES:
+            raise ConfigError(f"streams: max_message_bytes must be >= {MIN_MAX_MESSAGE_BYTES} (a dead letter must fit), "
+                              f"got {self.max_message_bytes}")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"streams: metrics_port must be a TCP port or 0, got {self.metrics_port}")
 

@@ -195,6 +195,72 @@ def test_inputs_written_in_transactions_leave_holes_the_worker_passes(settings: 
     assert {k: committed.get(k) for k in ends} == ends
 
 
+def oversized_session(request: str, user: str, ts: float, context_chars: int) -> list[tuple[str, object]]:
+    """A one-item slate whose state carries 64 context entries of ``context_chars`` characters
+    (a transition carries the context twice), its impression and its exit: it closes at once."""
+    from contracts.events import Feedback, Impression, Slate, State
+
+    sid = f"s-{request}"
+    state = State(context={f"k{i}": "x" * context_chars for i in range(64)})
+    return [("slates", Slate(request_id=request, user_id=user, session_id=sid, ts=ts, items=["big"], scores=[1.0],
+                             propensities=[1.0], policy="random", state=state)),
+            ("impressions", Impression(request_id=request, user_id=user, session_id=sid, ts=ts + 0.01, items=["big"])),
+            ("feedback", Feedback(request_id=request, user_id=user, session_id=sid, ts=ts + 0.1, event="exit"))]
+
+
+def test_transitions_too_large_to_send_are_dead_lettered_once_and_the_rest_flow(settings: Settings, workers: list[Worker],
+                                                                                tmp_path: Path) -> None:
+    """One transition is over the worker's SHELFQ_STREAMS_MAX_MESSAGE_BYTES (refused by its
+    producer before any send), one over the transitions topic's max.message.bytes (the broker
+    refuses its whole batch; sent again alone, refused alone). Both become dead letters, their
+    batch-mates and everything else arrive, the worker keeps running, and a restarted worker
+    does not send them again."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient(settings.confluent_config())
+    limit = ConfigEntry("max.message.bytes", "20000", incremental_operation=AlterConfigOpType.SET)
+    for f in admin.incremental_alter_configs([ConfigResource("TOPIC", settings.topic("transitions"),
+                                                             incremental_configs=[limit])]).values():
+        f.result(30)
+    env = {"SHELFQ_STREAMS_MAX_MESSAGE_BYTES": "30000"}
+    first = start(workers, settings, tmp_path, **env)
+    first.wait_owning(settings.partitions)
+    traffic = synthetic_traffic(users=12, requests_per_user=2, slate_size=3, seed=31, gap_s=0.2, tag="size")
+    now = time.time()
+    produce(settings, traffic, shift=now)
+    producer = ReliableProducer(settings)
+    # ~27 KB: over the topic's 20,000 bytes, under the worker's 30,000; ~34 KB: over both.
+    for request, chars in (("refused", 200), ("over", 250)):
+        for topic, event in oversized_session(request, f"u-{request}", now + 0.5, chars):
+            producer.produce(settings.topic(topic), encode(event), event.user_id)  # type: ignore[attr-defined]
+    producer.flush()
+    oversized = {"refused:0", "over:0"}
+
+    def too_large(values: list[bytes]) -> list[DeadLetter]:
+        return [d for d in (decode(v, DeadLetter) for v in values) if d.reason == "too_large"]
+
+    letters = too_large(collect(settings, "dlq", lambda v: len(too_large(v)) >= 2, timeout=60))
+    assert sorted(next(t for t in oversized if t in d.detail) for d in letters) == sorted(oversized), letters
+    assert all(d.topic == settings.topic("transitions") for d in letters)
+    assert "sent alone" in next(d for d in letters if "refused:0" in d.detail).detail
+    got = transitions_of(collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(traffic.expected)))
+    assert set(got) == set(traffic.expected), "every other transition arrives, the refused one's batch-mates too"
+    assert first.proc.poll() is None and first.metric("shelfq_dead_letters_total", 'reason="too_large"') == 2
+    time.sleep(3)  # the settled records are written and the offsets committed (every second)
+    first.stop()
+
+    second = start(workers, settings, tmp_path, **env)
+    second.wait_owning(settings.partitions)
+    after = synthetic_traffic(users=6, requests_per_user=2, slate_size=3, seed=32, gap_s=0.2, tag="after")
+    produce(settings, after, shift=time.time())
+    expected = {**traffic.expected, **after.expected}
+    got = transitions_of(collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(expected)))
+    assert set(got) == set(expected)
+    time.sleep(3)  # a record restored unsettled would be due at once: its exit has passed
+    assert len(too_large(collect(settings, "dlq", lambda v: False, timeout=5))) == 2, "not emitted again"
+    assert second.metric("shelfq_dead_letters_total", 'reason="too_large"') == 0
+
+
 def test_two_workers_split_the_load(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
     a = start(workers, settings, tmp_path)
     b = start(workers, settings, tmp_path)

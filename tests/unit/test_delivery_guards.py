@@ -238,7 +238,8 @@ def test_the_user_state_changelog_is_declared_without_acks_and_the_stall_timeout
 
 
 @pytest.mark.parametrize("name, value", [("SHELFQ_STREAMS_STALL_TIMEOUT_S", "0"), ("SHELFQ_STREAMS_BATCH_WAIT_S", "0"),
-                                         ("SHELFQ_STREAMS_FETCH_WAIT_S", "-1"), ("SHELFQ_STREAMS_FETCH_MIN_BYTES", "0")])
+                                         ("SHELFQ_STREAMS_FETCH_WAIT_S", "-1"), ("SHELFQ_STREAMS_FETCH_MIN_BYTES", "0"),
+                                         ("SHELFQ_STREAMS_MAX_MESSAGE_BYTES", "1000")])
 def test_impossible_fetch_and_stall_settings_are_config_errors(name: str, value: str) -> None:
     from contracts.errors import ConfigError
 

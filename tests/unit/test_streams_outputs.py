@@ -1,0 +1,206 @@
+"""What the streams worker sends, and what it does with what cannot be sent: outputs over the
+producer's size limit, refusals for size by the broker, user histories against replays.
+
+Faust's producer is replaced by a recorder that models what matters here: the client refuses a
+message over its limit at ``send``, the broker refuses a whole batch (every message sent since
+the last flush to one topic) over the topic's limit. tests/integration/test_streams.py runs
+real workers against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka.errors import MessageSizeTooLargeError
+
+from contracts.events import DeadLetter, Feedback, Impression, Slate, State, Transition, decode, encode
+from contracts.settings import Settings
+from streams.app import _RECORD_CODEC, create_app
+from streams.config import StreamsConfig
+from streams.join import JoinConfig
+from streams.limits import message_size
+
+PREFIX = "outputs."
+
+
+class RecordingProducer:
+    """Sends are held until ``flush``; then each topic's held messages form one batch, refused
+    as a whole if it is over ``broker_limit``."""
+
+    def __init__(self, client_limit: int, broker_limit: int | None = None) -> None:
+        self.client_limit, self.broker_limit = client_limit, broker_limit
+        self.held: list[tuple[str, bytes | None, bytes | None, asyncio.Future]] = []
+        self.delivered: list[tuple[str, bytes | None, bytes | None]] = []
+        self.refused: list[tuple[str, bytes | None, bytes | None]] = []
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []  # in the order send() was called
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: Any, timestamp: Any,
+                   headers: Any) -> asyncio.Future:
+        if message_size(key, value) > self.client_limit:
+            raise AssertionError(f"send() of {message_size(key, value)} bytes would raise ProducerSendError")
+        fut = asyncio.get_running_loop().create_future()
+        self.held.append((topic, key, value, fut))
+        self.sent.append((topic, key, value))
+        return fut
+
+    async def flush(self) -> None:
+        held, self.held = self.held, []
+        by_topic: dict[str, list] = {}
+        for entry in held:
+            by_topic.setdefault(entry[0], []).append(entry)
+        for entries in by_topic.values():
+            size = sum(message_size(k, v) for _t, k, v, _f in entries)
+            refused = self.broker_limit is not None and size > self.broker_limit
+            for topic, key, value, fut in entries:
+                if refused:
+                    self.refused.append((topic, key, value))
+                    fut.set_exception(MessageSizeTooLargeError())
+                else:
+                    self.delivered.append((topic, key, value))
+                    fut.set_result(None)
+        await asyncio.sleep(0)  # let the done callbacks run
+
+    def on(self, logical: str) -> list[tuple[bytes | None, bytes | None]]:
+        return [(k, v) for t, k, v in self.delivered if t == PREFIX + logical]
+
+
+def worker_with(producer: RecordingProducer, **config: Any):
+    app, worker = create_app(Settings.from_env(topic_prefix=PREFIX),
+                             StreamsConfig(join=JoinConfig(window_s=10, allowed_lateness_s=0), **config))
+    app.producer = producer
+    worker.assign({0})
+    return app, worker
+
+
+def big_context(entries: int, chars: int) -> dict[str, str]:
+    return {f"k{i}": "x" * chars for i in range(entries)}
+
+
+def session(request: str, user: str, ts: float, items: list[str], context: dict | None = None) -> list[tuple[str, Any]]:
+    """A slate, its impression and the session's exit: every item closes at once."""
+    state = State(context=context or {})
+    return [
+        ("slates", Slate(request_id=request, user_id=user, session_id=f"s-{request}", ts=ts, items=items,
+                         scores=[1.0] * len(items), propensities=[1.0] * len(items), policy="random", state=state)),
+        ("impressions", Impression(request_id=request, user_id=user, session_id=f"s-{request}", ts=ts + 0.01,
+                                   items=items)),
+        ("feedback", Feedback(request_id=request, user_id=user, session_id=f"s-{request}", ts=ts + 0.1, event="exit")),
+    ]
+
+
+def process(worker, events: list[tuple[str, Any]], now: float) -> None:
+    for offset, (topic, event) in enumerate(events):
+        worker._process(PREFIX + topic, 0, offset, event.user_id.encode(), encode(event), time.monotonic(), now)
+
+
+def transition_ids(values: list[tuple[bytes | None, bytes | None]]) -> list[str]:
+    return sorted(decode(v, Transition).transition_id for _k, v in values)
+
+
+def letters(producer: RecordingProducer) -> list[DeadLetter]:
+    return [decode(v, DeadLetter) for _k, v in producer.on("dlq")]
+
+
+def test_a_transition_over_the_size_limit_is_dead_lettered_and_never_emitted_again() -> None:
+    producer = RecordingProducer(client_limit=20_000)
+    app, worker = worker_with(producer, max_message_bytes=20_000)
+    assert app.conf.producer_max_request_size == 20_000, "the limit is the producer's"
+    now = time.time()
+    # The transition carries the context twice (state and next_state): ~26 KB; its record ~13 KB.
+    events = session("big", "u1", now, ["a"], big_context(64, 200)) + session("small", "u2", now, ["b", "c"])
+
+    async def scenario() -> None:
+        process(worker, events, now)
+        await worker.flush()
+        await producer.flush()
+        await worker.flush()  # the records the acks settled
+        await producer.flush()
+        record = worker.join.records["big"]
+        assert record.closed_at is not None and record.emitted == [0], "settled as if acknowledged"
+        for later in (now + 20, now + 60):  # windows long past: nothing left to emit
+            worker._handle(worker.join.tick(0, later), time.monotonic())
+            await worker.flush()
+            await producer.flush()
+
+    asyncio.run(scenario())
+    assert transition_ids(producer.on("transitions")) == ["small:0", "small:1"]
+    [letter] = letters(producer)
+    assert letter.reason == "too_large" and letter.topic == PREFIX + "transitions" and "big:0" in letter.detail
+    assert letter.truncated and letter.key == "u1"
+    changelog = worker.records.changelog_topic.get_topic_name()
+    stored = [_RECORD_CODEC.loads(v) for t, k, v in producer.delivered if t == changelog and k == b"big" and v]
+    assert stored[-1].closed_at is not None, "the settled record is stored: a restart does not re-emit it"
+    assert worker.join.pending_items() == 0
+    assert worker.metrics.dead_letters.labels("too_large")._value.get() == 1
+
+
+def test_a_size_refusal_by_the_broker_is_judged_alone_and_its_batch_mates_are_delivered() -> None:
+    producer = RecordingProducer(client_limit=1_000_000, broker_limit=20_000)
+    _app, worker = worker_with(producer)
+    now = time.time()
+    events = session("big", "u1", now, ["a"], big_context(64, 200)) + session("small", "u2", now, ["b", "c"])
+
+    async def scenario() -> None:
+        process(worker, events, now)
+        await worker.flush()
+        await producer.flush()  # one batch of three transitions, over the topic's limit: all refused
+        assert len([t for t, _k, _v in producer.refused if t == PREFIX + "transitions"]) == 3
+        for _ in range(3):
+            await worker.flush()  # each sent again alone
+            await producer.flush()
+        assert worker.join.records["big"].closed_at is not None, "settled"
+        for later in (now + 20, now + 60):
+            worker._handle(worker.join.tick(0, later), time.monotonic())
+            await worker.flush()
+            await producer.flush()
+
+    asyncio.run(scenario())
+    assert transition_ids(producer.on("transitions")) == ["small:0", "small:1"]
+    [letter] = letters(producer)
+    assert letter.reason == "too_large" and "big:0" in letter.detail and "sent alone" in letter.detail
+    # Sent once in the batch and once alone, never again.
+    assert sum(1 for t, k, _v in producer.sent if t == PREFIX + "transitions" and k == b"u1") == 2
+    assert worker.metrics.transitions._value.get() == 2
+    assert worker.join.pending_items() == 0
+
+
+def test_a_dead_letter_too_large_for_the_limit_is_cut_shorter() -> None:
+    producer = RecordingProducer(client_limit=4096)
+    _app, worker = worker_with(producer, max_message_bytes=4096)
+    # 3,000 control characters: valid UTF-8 that JSON writes as \u0001, six bytes each.
+    value = b'{"schema": "shelfq.feedback.v1", "x": "' + b"\x01" * 3000 + b'"}'
+
+    async def scenario() -> None:
+        worker._process(PREFIX + "feedback", 0, 5, b"u1", value, time.monotonic(), time.time())
+        await worker.flush()
+        await producer.flush()
+
+    asyncio.run(scenario())
+    [(key, sent)] = producer.on("dlq")
+    assert message_size(key, sent) <= 4096
+    letter = decode(sent, DeadLetter)
+    assert letter.reason == "invalid" and letter.truncated and letter.offset == 5 and letter.value_bytes == len(value)
+
+
+def test_a_join_record_too_large_to_store_is_dead_lettered_and_the_worker_goes_on() -> None:
+    producer = RecordingProducer(client_limit=8192)
+    _app, worker = worker_with(producer, max_message_bytes=8192)
+    now = time.time()
+    [(_topic, slate)] = session("held", "u1", now, ["a"], big_context(64, 150))[:1]
+
+    async def scenario() -> None:
+        process(worker, [("slates", slate)], now)  # waits for its impression: a record ~10 KB
+        await worker.flush()
+        await producer.flush()
+        process(worker, session("small", "u2", now, ["b"]), now)
+        await worker.flush()
+        await producer.flush()
+
+    asyncio.run(scenario())
+    [letter] = letters(producer)
+    assert letter.reason == "too_large" and "join record held" in letter.detail
+    assert letter.topic == worker.records.changelog_topic.get_topic_name()
+    assert not [k for t, k, _v in producer.sent if k == b"held" and t != PREFIX + "dlq"], "never sent"
+    assert "held" in worker.join.records, "kept in memory"
+    assert transition_ids(producer.on("transitions")) == ["small:0"]
