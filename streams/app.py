@@ -26,6 +26,7 @@ from typing import Any
 import faust
 import msgspec
 from faust.serializers import codecs
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from contracts.dlq import dead_letter
@@ -83,6 +84,23 @@ codecs.register("shelfq-utf8", _Utf8Codec())
 _RECORD_CODEC = _MsgpackRecordCodec()
 codecs.register("shelfq-join-record", _RECORD_CODEC)
 codecs.register("shelfq-user-state", _UserStateCodec())
+
+
+class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka's consumer hands this to its fetcher when it starts, before any fetch.
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+
+class ReadCommittedConsumer(faust_aiokafka.Consumer):
+    """Faust's consumer, reading committed records only. Faust reads read_uncommitted unless
+    its processing guarantee is exactly_once (and offers no setting): records of a
+    transaction that a producer of our inputs aborted would be joined into transitions."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class JoinTable(faust.Table):
@@ -371,13 +389,16 @@ class JoinWorker:
         return self._admin
 
     def _end_offsets(self) -> dict[TP, int]:
-        from confluent_kafka import TopicPartition
+        """Each input partition's last stable offset: the end of what a read_committed
+        consumer can read now (a transaction still open is not input yet)."""
+        from confluent_kafka import IsolationLevel, TopicPartition
         from confluent_kafka.admin import OffsetSpec
 
         request = {TopicPartition(full, p): OffsetSpec.latest() for full in self.logical for p in self.partitions}
         if not request:
             return {}
-        futures = self._admin_client().list_offsets(request, request_timeout=5)
+        futures = self._admin_client().list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED,
+                                                    request_timeout=5)
         return {TP(tp.topic, tp.partition): f.result(timeout=10).offset for tp, f in futures.items()}
 
     def _committed_offsets(self) -> dict[TP, int]:
@@ -595,6 +616,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         # assigns itself nothing, and only a metadata refresh shows the change and rejoins.
         consumer_metadata_max_age_ms=10_000,
     )
+    # Read committed records only, as the worker's own readers of holes and tails do.
+    app.transport.Consumer = ReadCommittedConsumer
     records = JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon, partitions=settings.partitions)
     # A changelog, declared as Faust declares its own (acks=False): only recovery reads it, and
     # no offset of it is ever committed. With acks on, Faust's stall detector took its assigned

@@ -74,10 +74,11 @@ class HoleReader:
     subscribed, so it joins no group and commits nothing."""
 
     def __init__(self, config: dict[str, Any], timeout_s: float = 10.0) -> None:
-        # Faust's consumer reads uncommitted records too: so must this one, or it would leave
-        # out what Faust delivers.
+        # Committed records only, as the worker's Faust consumer reads them
+        # (streams.app.ReadCommittedConsumer): records of an aborted transaction must never be
+        # joined, and the two must agree, or a hole would be filled with what Faust skips.
         self._config = {**config, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                        "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 10}
+                        "isolation.level": "read_committed", "fetch.wait.max.ms": 10}
         self.timeout_s = timeout_s
         self._consumer: Any = None
         self._lock = threading.Lock()  # reads may run in executor threads; close comes from the loop

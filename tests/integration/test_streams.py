@@ -195,6 +195,38 @@ def test_inputs_written_in_transactions_leave_holes_the_worker_passes(settings: 
     assert {k: committed.get(k) for k in ends} == ends
 
 
+def test_records_of_an_aborted_transaction_produce_no_transitions(settings: Settings, workers: list[Worker],
+                                                                  tmp_path: Path) -> None:
+    """A producer of our inputs that aborts a transaction leaves its records in the log; only
+    a read_committed consumer skips them. Faust's consumer and the worker's own readers of
+    holes and tails must all skip them: an aborted transaction, a committed one, and an
+    aborted one at the end of every partition it wrote to; only the committed one's
+    transitions come out, its windows close though the log ends in aborted records."""
+    import msgspec
+    from confluent_kafka import Producer
+
+    worker = start(workers, settings, tmp_path)
+    worker.wait_owning(settings.partitions)
+    aborted = synthetic_traffic(users=8, requests_per_user=2, slate_size=3, seed=41, gap_s=0.2, tag="aborted")
+    committed = synthetic_traffic(users=8, requests_per_user=2, slate_size=3, seed=42, gap_s=0.2, tag="kept")
+    tail = synthetic_traffic(users=8, requests_per_user=2, slate_size=3, seed=43, gap_s=0.2, tag="tail")
+    producer = Producer(settings.confluent_config(**{"transactional.id": f"txn-{uuid.uuid4().hex[:8]}"}))
+    producer.init_transactions(30)
+    shift = time.time()
+    for traffic, commit in ((aborted, False), (committed, True), (tail, False)):
+        producer.begin_transaction()
+        for topic, key, event in traffic.events:
+            producer.produce(settings.topic(topic), encode(msgspec.structs.replace(event, ts=event.ts + shift)), key)
+        producer.flush(30)  # on the broker, then aborted: what a read_uncommitted consumer reads
+        producer.commit_transaction(30) if commit else producer.abort_transaction(30)
+
+    collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(committed.expected), timeout=90)
+    time.sleep(6)  # a few windows: what was read of the aborted ones would be out by now
+    got = transitions_of(collect(settings, "transitions", lambda v: False, timeout=5))
+    assert set(got) == set(committed.expected), sorted(set(got) - set(committed.expected))[:10]
+    assert worker.metric("shelfq_streams_input_events_total") == len(committed.events)
+
+
 def oversized_session(request: str, user: str, ts: float, context_chars: int) -> list[tuple[str, object]]:
     """A one-item slate whose state carries 64 context entries of ``context_chars`` characters
     (a transition carries the context twice), its impression and its exit: it closes at once."""

@@ -245,3 +245,34 @@ def test_impossible_fetch_and_stall_settings_are_config_errors(name: str, value:
 
     with pytest.raises(ConfigError, match=name.removeprefix("SHELFQ_STREAMS_").lower()):
         StreamsConfig.from_env({name: value})
+
+
+def test_faust_and_the_hole_readers_read_committed_records_only() -> None:
+    """Records of an aborted transaction must reach the join by no path: Faust's consumer
+    (read_uncommitted unless exactly_once, with no setting) and the worker's readers of holes
+    and tails agree on read_committed, and unread input ends at the last stable offset."""
+    import confluent_kafka
+
+    async def consumer_isolation() -> str:
+        app, _worker = create_app(Settings.from_env(topic_prefix="stalls."), StreamsConfig())
+        client = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return client._isolation_level
+        finally:
+            await client.stop()
+
+    assert asyncio.run(consumer_isolation()) == "read_committed"
+    worker = worker_with(RecordingConsumer())
+    assert worker._holes._config["isolation.level"] == worker._probe._config["isolation.level"] == "read_committed"
+
+    asked: list = []
+
+    class Admin:
+        def list_offsets(self, request: dict, **kw) -> dict:
+            asked.append(kw.get("isolation_level"))
+            return {}
+
+    worker.partitions = {0}
+    worker._admin = Admin()
+    worker._end_offsets()
+    assert asked == [confluent_kafka.IsolationLevel.READ_COMMITTED]
