@@ -144,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     bpolicy.add_argument("--quick", action="store_true", help="tiny budgets (seconds): the smoke test's version")
     bpolicy.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
+    breplay = bsub2.add_parser("replay", parents=[common], help="a shop's log through the real pipeline, predict then reveal: HR@10 and NDCG@10 vs popularity and a Markov chain",
+                               description="Replay the positive events (clicks, add-to-carts, purchases) of a log in the `shelfq replay` formats, in time order, through fresh topics with a streams worker (5 s join window), a learner (its defaults) and an agent: for each event a request for its user (a slate of 10), then the reveal: the true item in the slate gives an impression of the slate and a click on it, otherwise an organic impression of the true item alone (inline state, propensity 1) and a click; each session ends with an exit. A popularity list, popularity without the user's own items and a first-order Markov chain predict the same events, predict then update. Reports HR@10 and NDCG@10 of each, overall and for the second half, and what the agent served. SHELFQ_* settings reach the components. See docs/replay.md.")
+    breplay.add_argument("log", help="the log: *.csv, or *.jsonl / *.ndjson / *.json (docs/replay.md)")
+    breplay.add_argument("--format", choices=["csv", "jsonl"], help="the log's format (default: from its suffix)")
+    breplay.add_argument("--limit", type=int, metavar="N", help="replay only the first N positive events")
+    breplay.add_argument("--rate", type=float, default=10.0, help="events replayed per second (default 10)")
+    breplay.add_argument("--exploration", choices=["greedy", "epsilon"], default="greedy",
+                         help="the agent's exploration (default greedy; epsilon: SHELFQ_AGENT_EPSILON, default 0.1)")
+    breplay.add_argument("--user-gap-s", type=float, default=1.0, help="wall-clock seconds between a user's reveal and their next request, so the click reaches user-state first (default 1)")
+    breplay.add_argument("--session-gap-s", type=float, default=1800.0, help="log time without an event that ends a user's session (default 1800)")
+    breplay.add_argument("--skip-bad", action="store_true", help="replay the valid events of a log with bad lines")
+    breplay.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+
     simulate = sub.add_parser("simulate", parents=[common], help="drive simulated shoppers through the real topics (a stand-in frontend)",
                               description="Publish the simulated catalog to items, then run shopper sessions against the running agent: each session sends requests, waits for slates (a random slate after --slate-timeout-s, counted), publishes impressions and feedback (click, add_to_cart, purchase, exit) and stops when the shopper exits. Shoppers have category interests and price sensitivity; bait items (high appeal, low quality) win clicks and shorten sessions. Seeded: the same --seed gives the same shoppers. Needs a running broker, the topics, and an agent and a streams worker to be useful.")
     simulate.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (default 0: stop after --seconds)")
@@ -373,6 +386,17 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress goes to stderr
     if args.target == "policy":
         return _bench_policy(args, log)
+    if args.target == "replay":
+        from shelfq.bench_replay import ReplayBenchConfig, lines, run_bench as bench_replay
+
+        config = ReplayBenchConfig(rate=args.rate, limit=args.limit, exploration=args.exploration, user_gap_s=args.user_gap_s,
+                                   session_gap_s=args.session_gap_s, fmt=args.format, skip_bad=args.skip_bad)
+        with _broker_for(settings):
+            figures = bench_replay(settings, args.log, config, report=log)
+        print("\n".join(lines(figures)))
+        if args.json:
+            print(json.dumps(figures))
+        return 0
     if args.target == "agent":
         from shelfq.bench_agent import run_bench as bench_agent
 
