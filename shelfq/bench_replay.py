@@ -302,9 +302,20 @@ class ReplayBench:
         self.report(f"[{elapsed:5.0f}s] {len(done)}/{len(events)} events | HR@{K} agent {agent:.3f}, popularity "
                     f"{popular:.3f}, markov {markov:.3f} | model v{version} | slate timeouts {timeouts}")
 
+    def settle(self, expected: int, timeout: float) -> None:
+        """Wait (at most ``timeout``) until the join has emitted the ``expected`` transitions of the
+        reveals: every session ended with an exit, so none waits for its window."""
+        deadline = time.monotonic() + timeout
+        while self._metric("streams", "shelfq_streams_transitions_total") < expected and time.monotonic() < deadline:
+            self.check()
+            time.sleep(0.5)
+
     def figures(self) -> dict[str, float]:
         """The components' own counters, read before they stop."""
+        from shelfq.demo import scrape
+
         return {"transitions": self._metric("streams", "shelfq_streams_transitions_total"),
+                "streams_dead_letters": scrape(self.components["streams"].port).get("shelfq_dead_letters_total", 0.0),
                 "learner_transitions": sum(self._metric("learner", f'shelfq_learner_transitions_total{{outcome="{o}"}}')
                                            for o in ("new", "duplicate")),
                 "learner_steps": self._metric("learner", "shelfq_learner_train_steps_total"),
@@ -323,6 +334,9 @@ def run_bench(settings: Settings, source: str | Path, config: ReplayBenchConfig,
     try:
         bench.start(items)
         served = asyncio.run(bench.drive(events, baselines))
+        # One transition per shown item: the slate's items when it held the true one, else the organic one.
+        expected = sum(len(s.items) if e.item in s.items else 1 for s, e in zip(served, events))
+        bench.settle(expected, timeout=30.0)
         counters = bench.figures()
     finally:
         bench.stop()
@@ -350,6 +364,7 @@ def run_bench(settings: Settings, source: str | Path, config: ReplayBenchConfig,
             "state_fresh_share": round(sum(fresh) / len(fresh), 4) if fresh else None,
             "distinct_items_second_half": len({i for s in served[half:] for i in s.items}),
         },
+        "transitions_expected": expected,
         **{name: int(value) for name, value in counters.items()},
         "rate": config.rate,
         "seconds": round(time.monotonic() - started, 1),
