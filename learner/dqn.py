@@ -215,7 +215,7 @@ class DQN:
         """Double DQN on every shown item: (loss, TD errors, Q of the logged actions)."""
         cfg = self.config
         # Q(s, a) of the logged actions, with the position offset.
-        q = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions, candidates).q
+        q = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions).q
         with torch.no_grad():
             if cfg.gamma > 0:
                 # Double DQN: the online net picks a' in C, the target net values it.
@@ -236,8 +236,7 @@ class DQN:
         a click on the clicked rows and the value of no click on the uniform rows of slates that
         got no feedback. Returns (loss, TD errors, Qbar) of the clicked rows."""
         cfg = self.config
-        logged = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions,
-                                    candidates, b.slates)
+        logged = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions, b.slates)
         # Choice model: the log-likelihood of "clicked" / "not clicked" of shown items, drawn uniformly.
         uniform = torch.arange(len(b.clicks), device=b.clicks.device) < b.uniform
         click_loss = -torch.where(b.clicks, logged.log_click, logged.log_no_click)[uniform].float().mean()

@@ -3,12 +3,14 @@
     user side   history (item + event embeddings) -> GRU | LSTM | 1-D CNN -> h, plus context
     item side   phi(a) = hashed id embedding + category and price-band embeddings (item features,
                 from ``items``) (+ projected title embedding when content is on)
-    dueling     Q(s, a) = V(s) + A(s, a) - mean over the candidate set C of A(s, c),
-                A(s, a) = u(s) . phi(a)
+    value       Q(s, a) = V(s) + A(s, a),  A(s, a) = u(s) . phi(a)
 
-The advantage is a dot product, so scoring 1,000 candidates is one matrix product, and the mean
-over C needs only the mean of the candidates' vectors. In training a learned per-position
-offset absorbs position bias (``logged``); ranking (``q_candidates``) leaves it out.
+The advantage is a dot product, so scoring 1,000 candidates is one matrix product. There is no
+dueling baseline (the mean advantage over a candidate set): training's candidate set (a sample
+of the catalog) and serving's (the request's, often the whole catalog) differ, so the baseline
+shifted Q between the two, and SlateQ's slates depend on Q's level against the no-click value;
+without it the long-term learner earned more in ``shelfq bench policy``. In training a learned
+per-position offset absorbs position bias (``logged``); ranking (``q_candidates``) leaves it out.
 
 With ``objective="slateq"`` (``learner.slateq``) Q is the value of an item *given that it is
 clicked*, and a click head on the same user state gives the click logit of every item:
@@ -167,7 +169,7 @@ class QNetwork(nn.Module):
         """Q(s, c) for every state in the batch and every candidate: [B] x [K] -> [B, K]; the
         candidates as item rows, or as their item vectors ``phi`` when the caller has them."""
         phi = self.item_vectors(candidates) if phi is None else phi
-        q = user.value.unsqueeze(1) + user.advantage @ phi.T - self._baseline(user.advantage, phi).unsqueeze(1)
+        q = user.value.unsqueeze(1) + user.advantage @ phi.T
         cross = self._cross(user, candidates)
         return q if cross is None else q + cross[..., 1]
 
@@ -183,24 +185,24 @@ class QNetwork(nn.Module):
 
     def logged(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
                context_weights: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor,
-               candidates: torch.Tensor, slates: torch.Tensor | None = None) -> Logged:
-        """Q(s, a) of the logged actions [B] against the baseline of C and, with SlateQ and the
+               slates: torch.Tensor | None = None) -> Logged:
+        """Q(s, a) of the logged actions [B] and, with SlateQ and the
         slates' item rows [B, W], the log-probabilities that each action was and was not
         clicked under the choice model (``learner.slateq``).
 
         The position offset joins whichever of the two the position explains: the reward of
         an item-wise Q, the clicks of SlateQ (a click's value does not depend on where the item
-        was shown). One lookup in the item table serves the history, the actions, the slates
-        and the candidates: each lookup's backward pass fills a dense gradient of the whole
+        was shown). One lookup in the item table serves the history, the actions and the
+        slates: each lookup's backward pass fills a dense gradient of the whole
         table, the biggest cost of a CPU step after the encoder."""
         B, L = items.shape
         W = 0 if slates is None or not self.slateq else slates.shape[1]
-        rows = [items.reshape(-1), actions, candidates] + ([slates.reshape(-1)] if W else [])
+        rows = [items.reshape(-1), actions] + ([slates.reshape(-1)] if W else [])
         embedded = self._embed(torch.cat(rows))
-        history, acted, cands, shown = embedded.split([B * L, B, len(candidates), B * W])
+        history, acted, shown = embedded.split([B * L, B, B * W])
         user = self._encode(history.view(B, L, -1), items, events, context, context_weights)
         phi = self.item_out(acted)
-        q = user.value + (user.advantage * phi).sum(-1) - self._baseline(user.advantage, self.item_out(cands))
+        q = user.value + (user.advantage * phi).sum(-1)
         cross = self._cross(user, actions.unsqueeze(1))
         if cross is not None:
             q = q + cross[:, 0, 1]
@@ -221,10 +223,6 @@ class QNetwork(nn.Module):
         log_rest = torch.logsumexp(torch.cat([torch.zeros_like(logit).unsqueeze(1), others], 1), dim=1)
         log_all = torch.logaddexp(log_rest, logit)
         return Logged(q, logit - log_all, log_rest - log_all, user.no_click)
-
-    def _baseline(self, advantage: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        """The dueling baseline [B]: the mean advantage over the candidates' vectors ``phi``."""
-        return advantage @ phi.mean(0)
 
     def _offsets(self, positions: torch.Tensor) -> torch.Tensor | float:
         return self.position(positions).squeeze(-1) if self.position is not None else 0.0
