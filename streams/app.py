@@ -420,26 +420,47 @@ class JoinWorker:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Outputs first, then user histories; the join records only once the broker has
+        those histories. A record and the history its feedback went to are two writes to two
+        topics, and a crash may land between them; the feedback is then read again. Were the
+        record on the broker and the history not, the replay would be a duplicate to the join
+        and the interaction lost from the history: the order rules that out. Were the history
+        there and the record not, the replay attributes it again, and the history, which
+        recognises what it holds (``_update_user_state``), does not count it twice."""
         await self._send_alone()
+        record_writes, user_writes = self._record_writes, self._user_writes
+        self._record_writes, self._user_writes = {}, {}
+        for user, (partition, state) in user_writes.items():
+            value = encode(state)
+            if self._fits(self.user_state_topic, user.encode(), value, f"the history of user {user}", partition):
+                self._outbox.append((self.user_state_topic, user.encode(), value, partition, None))
+                self.metrics.user_states.inc()
+        outbox, self._outbox = self._outbox, []
+        histories = await self._send(outbox)
+        if histories:  # one round trip, in flushes that attributed feedback only
+            await asyncio.wait(histories)
+            if any(f.cancelled() or f.exception() is not None for f in histories):
+                return  # _on_sent stops the worker: its records must not go without their histories
         record_topic = self.records.changelog_topic.get_topic_name()
-        for key, (partition, record) in self._record_writes.items():
+        for key, (partition, record) in record_writes.items():
             if partition not in self.partitions:
                 continue  # revoked meanwhile: the new owner writes this record
             value = None if record is None else _RECORD_CODEC.dumps(record)
             if self._fits(record_topic, key.encode(), value, f"join record {key}", partition):
                 self._outbox.append((record_topic, key.encode(), value, partition, None))
-        for user, (partition, state) in self._user_writes.items():
-            value = encode(state)
-            if self._fits(self.user_state_topic, user.encode(), value, f"the history of user {user}", partition):
-                self._outbox.append((self.user_state_topic, user.encode(), value, partition, None))
-                self.metrics.user_states.inc()
-        self._record_writes, self._user_writes = {}, {}
         outbox, self._outbox = self._outbox, []
-        send = self.app.producer.send
+        await self._send(outbox)
+
+    async def _send(self, outbox: list[tuple[str, bytes | None, bytes | None, int | None, Any]]) -> list[Any]:
+        """Hand ``outbox`` to the producer; returns the futures of its user-state writes."""
+        send, histories = self.app.producer.send, []
         for topic, key, value, partition, callback in outbox:
             fut = await send(topic, key, value, partition, None, None)
             fut.add_done_callback(callback if callback is not None
                                   else lambda f, t=topic, k=key, v=value: self._on_sent(f, t, k, v))
+            if topic == self.user_state_topic:
+                histories.append(fut)
+        return histories
 
     def _fits(self, topic: str, key: bytes | None, value: bytes | None, what: str, partition: int | None) -> bool:
         """Whether a write of the worker's own state fits the producer; if not, it is
@@ -545,11 +566,18 @@ class JoinWorker:
         asyncio.ensure_future(self.app.crash(exc))
 
     def _update_user_state(self, partition: int, fb: Feedback) -> None:
-        """Append the interaction to the user's history; its table write publishes user-state."""
+        """Append the interaction to the user's history; its table write publishes user-state.
+
+        An interaction the history already holds (the same item, kind and event time) is a
+        replay, not a new one: feedback whose history reached the broker before a crash, and
+        its join record did not, is read and attributed again (``_flush``)."""
         previous = self.histories.data.get(fb.user_id)
         history = list(previous.history) if previous is not None else []
         if fb.item_id is not None:
-            history.append(Interaction(item_id=fb.item_id, event=fb.event, ts=fb.ts))  # type: ignore[arg-type]
+            interaction = Interaction(item_id=fb.item_id, event=fb.event, ts=fb.ts)  # type: ignore[arg-type]
+            if interaction in history:
+                return
+            history.append(interaction)
         state = UserState(user_id=fb.user_id, history=history[-self.config.join.history_length:], ts=fb.ts)
         self.histories.data[fb.user_id] = state
         self._user_writes[fb.user_id] = (partition, state)

@@ -83,6 +83,34 @@ def assert_same_except_emission_time(copies: list[Transition]) -> None:
                                 if getattr(first, f) != getattr(other, f)}
 
 
+def expected_histories(traffic: SyntheticTraffic, shift: float) -> dict[str, list[tuple[str, str, float]]]:
+    """Each user's interactions as user-state must hold them: every distinct feedback on an
+    item once (the traffic's duplicates are exact copies), sorted."""
+    from contracts.events import Feedback
+
+    seen: dict[str, set[tuple[str, str, float]]] = defaultdict(set)
+    for _topic, _key, event in traffic.events:
+        if isinstance(event, Feedback) and event.item_id is not None:
+            seen[event.user_id].add((event.item_id, event.event, round(event.ts + shift, 6)))
+    return {user: sorted(interactions) for user, interactions in seen.items()}
+
+
+def read_histories(settings: Settings, expected: dict[str, list], timeout: float = 30.0) -> dict[str, list]:
+    """The newest user-state of each user, as sorted (item, event, ts), once it matches
+    ``expected`` or at the timeout."""
+    from contracts.events import UserState
+
+    def newest(values: list[bytes]) -> dict[str, list]:
+        states = {}
+        for v in values:
+            state = decode(v, UserState)
+            states[state.user_id] = sorted((i.item_id, i.event, round(i.ts, 6)) for i in state.history)
+        return states
+
+    return newest(read_topic(settings, "user-state", lambda v: all(newest(v).get(u) == h for u, h in expected.items()),
+                             timeout))
+
+
 def test_events_in_transitions_out_with_expected_rewards(settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
     worker = start(workers, settings, tmp_path)
     worker.wait_owning(settings.partitions)
@@ -134,11 +162,13 @@ def test_kill_9_mid_stream_loses_no_transition(settings: Settings, workers: list
     first.wait_owning(settings.partitions)
     early = synthetic_traffic(users=30, requests_per_user=3, slate_size=4, seed=5, gap_s=0.2, tag="early")
     late = synthetic_traffic(users=30, requests_per_user=3, slate_size=4, seed=6, gap_s=0.2, tag="late")
-    produce(settings, early, shift=time.time())
+    early_shift = time.time()
+    produce(settings, early, shift=early_shift)
     # Kill as soon as transitions start to flow: some windows are closed, some open, some acked.
     collect(settings, "transitions", lambda v: len(v) >= 10, timeout=60)
     first.kill9()
-    produce(settings, late, shift=time.time())
+    late_shift = time.time()
+    produce(settings, late, shift=late_shift)
 
     second = start(workers, settings, tmp_path)
     second.wait_owning(settings.partitions)
@@ -150,6 +180,11 @@ def test_kill_9_mid_stream_loses_no_transition(settings: Settings, workers: list
     for tid, copies in got.items():
         assert (copies[0].reward, copies[0].done) == (expected[tid].reward, expected[tid].done), tid
         assert_same_except_emission_time(copies)
+    # Every user's history holds each interaction once, none lost or counted twice by the kill.
+    histories = {**expected_histories(early, early_shift), **expected_histories(late, late_shift)}
+    stored = read_histories(settings, histories)
+    assert {u: stored.get(u) for u in histories} == histories
+    assert not any(h for u, h in stored.items() if u not in histories), "only users with interactions have any"
 
 
 def test_inputs_written_in_transactions_leave_holes_the_worker_passes(settings: Settings, workers: list[Worker],

@@ -12,9 +12,9 @@ import asyncio
 import time
 from typing import Any
 
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
 
-from contracts.events import DeadLetter, Feedback, Impression, Slate, State, Transition, decode, encode
+from contracts.events import DeadLetter, Feedback, Impression, Slate, State, Transition, UserState, decode, encode
 from contracts.settings import Settings
 from streams.app import _RECORD_CODEC, create_app
 from streams.config import StreamsConfig
@@ -28,8 +28,9 @@ class RecordingProducer:
     """Sends are held until ``flush``; then each topic's held messages form one batch, refused
     as a whole if it is over ``broker_limit``."""
 
-    def __init__(self, client_limit: int, broker_limit: int | None = None) -> None:
-        self.client_limit, self.broker_limit = client_limit, broker_limit
+    def __init__(self, client_limit: int = 1_000_000, broker_limit: int | None = None,
+                 failing_topic: str | None = None) -> None:
+        self.client_limit, self.broker_limit, self.failing_topic = client_limit, broker_limit, failing_topic
         self.held: list[tuple[str, bytes | None, bytes | None, asyncio.Future]] = []
         self.delivered: list[tuple[str, bytes | None, bytes | None]] = []
         self.refused: list[tuple[str, bytes | None, bytes | None]] = []
@@ -53,7 +54,9 @@ class RecordingProducer:
             size = sum(message_size(k, v) for _t, k, v, _f in entries)
             refused = self.broker_limit is not None and size > self.broker_limit
             for topic, key, value, fut in entries:
-                if refused:
+                if topic == self.failing_topic:
+                    fut.set_exception(RequestTimedOutError())
+                elif refused:
                     self.refused.append((topic, key, value))
                     fut.set_exception(MessageSizeTooLargeError())
                 else:
@@ -63,6 +66,16 @@ class RecordingProducer:
 
     def on(self, logical: str) -> list[tuple[bytes | None, bytes | None]]:
         return [(k, v) for t, k, v in self.delivered if t == PREFIX + logical]
+
+
+async def flush(worker, producer: RecordingProducer) -> None:
+    """The worker's flush, with the broker answering whenever it waits."""
+    task = asyncio.ensure_future(worker.flush())
+    while not task.done():
+        await asyncio.sleep(0)
+        await producer.flush()
+    await task
+    await producer.flush()
 
 
 def worker_with(producer: RecordingProducer, **config: Any):
@@ -112,16 +125,13 @@ def test_a_transition_over_the_size_limit_is_dead_lettered_and_never_emitted_aga
 
     async def scenario() -> None:
         process(worker, events, now)
-        await worker.flush()
-        await producer.flush()
-        await worker.flush()  # the records the acks settled
-        await producer.flush()
+        await flush(worker, producer)
+        await flush(worker, producer)  # the records the acks settled
         record = worker.join.records["big"]
         assert record.closed_at is not None and record.emitted == [0], "settled as if acknowledged"
         for later in (now + 20, now + 60):  # windows long past: nothing left to emit
             worker._handle(worker.join.tick(0, later), time.monotonic())
-            await worker.flush()
-            await producer.flush()
+            await flush(worker, producer)
 
     asyncio.run(scenario())
     assert transition_ids(producer.on("transitions")) == ["small:0", "small:1"]
@@ -143,17 +153,14 @@ def test_a_size_refusal_by_the_broker_is_judged_alone_and_its_batch_mates_are_de
 
     async def scenario() -> None:
         process(worker, events, now)
-        await worker.flush()
-        await producer.flush()  # one batch of three transitions, over the topic's limit: all refused
+        await flush(worker, producer)  # one batch of three transitions, over the topic's limit: all refused
         assert len([t for t, _k, _v in producer.refused if t == PREFIX + "transitions"]) == 3
         for _ in range(3):
-            await worker.flush()  # each sent again alone
-            await producer.flush()
+            await flush(worker, producer)  # each sent again alone
         assert worker.join.records["big"].closed_at is not None, "settled"
         for later in (now + 20, now + 60):
             worker._handle(worker.join.tick(0, later), time.monotonic())
-            await worker.flush()
-            await producer.flush()
+            await flush(worker, producer)
 
     asyncio.run(scenario())
     assert transition_ids(producer.on("transitions")) == ["small:0", "small:1"]
@@ -173,8 +180,7 @@ def test_a_dead_letter_too_large_for_the_limit_is_cut_shorter() -> None:
 
     async def scenario() -> None:
         worker._process(PREFIX + "feedback", 0, 5, b"u1", value, time.monotonic(), time.time())
-        await worker.flush()
-        await producer.flush()
+        await flush(worker, producer)
 
     asyncio.run(scenario())
     [(key, sent)] = producer.on("dlq")
@@ -191,11 +197,9 @@ def test_a_join_record_too_large_to_store_is_dead_lettered_and_the_worker_goes_o
 
     async def scenario() -> None:
         process(worker, [("slates", slate)], now)  # waits for its impression: a record ~10 KB
-        await worker.flush()
-        await producer.flush()
+        await flush(worker, producer)
         process(worker, session("small", "u2", now, ["b"]), now)
-        await worker.flush()
-        await producer.flush()
+        await flush(worker, producer)
 
     asyncio.run(scenario())
     [letter] = letters(producer)
@@ -204,3 +208,77 @@ def test_a_join_record_too_large_to_store_is_dead_lettered_and_the_worker_goes_o
     assert not [k for t, k, _v in producer.sent if k == b"held" and t != PREFIX + "dlq"], "never sent"
     assert "held" in worker.join.records, "kept in memory"
     assert transition_ids(producer.on("transitions")) == ["small:0"]
+
+
+def clicks(request: str, user: str, ts: float, item: str = "a") -> list[tuple[str, Any]]:
+    """A slate and impression of one request, a click and a cart on ``item``: its window stays open."""
+    shown = session(request, user, ts, [item, "other"])[:2]
+    return shown + [("feedback", Feedback(request_id=request, user_id=user, session_id=f"s-{request}", ts=ts + 0.1 + k,
+                                          event=kind, item_id=item)) for k, kind in enumerate(("click", "add_to_cart"))]
+
+
+def history_of(worker, user: str) -> list[tuple[str, str]]:
+    state = worker.histories.data[user]
+    return [(i.item_id, i.event) for i in state.history]
+
+
+def test_the_join_records_wait_until_the_histories_their_feedback_went_to_are_on_the_broker() -> None:
+    """Were a record on the broker and its history not, a crash between the two would lose the
+    interaction from the history: the replay is a duplicate to the restored record."""
+    producer = RecordingProducer()
+    _app, worker = worker_with(producer)
+    changelog = worker.records.changelog_topic.get_topic_name()
+    process(worker, clicks("r1", "u1", time.time()), time.time())
+
+    async def scenario() -> None:
+        flushing = asyncio.ensure_future(worker.flush())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [k for t, k, _v in producer.sent if t == PREFIX + "user-state"] == [b"u1"]
+        assert not [k for t, k, _v in producer.sent if t == changelog], "no record before its history is acked"
+        assert not flushing.done()
+        await producer.flush()  # the broker acknowledges the history
+        await flushing
+        assert [k for t, k, _v in producer.sent if t == changelog] == [b"r1"]
+
+    asyncio.run(scenario())
+
+
+def test_a_history_the_broker_did_not_take_holds_its_records_back_and_stops_the_worker() -> None:
+    producer = RecordingProducer(failing_topic=PREFIX + "user-state")
+    app, worker = worker_with(producer)
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    app.crash = crash
+    process(worker, clicks("r1", "u1", time.time()), time.time())
+
+    async def scenario() -> None:
+        await flush(worker, producer)
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert isinstance(crashed[0], RequestTimedOutError)
+    assert not [k for t, k, _v in producer.sent if t == worker.records.changelog_topic.get_topic_name()]
+
+
+def test_feedback_replayed_after_its_history_was_stored_is_not_counted_twice() -> None:
+    """The history reached the broker, the record did not: a restarted worker restores the
+    history, finds no record, and attributes the replayed feedback again."""
+    now = time.time()
+    producer = RecordingProducer()
+    _app, first = worker_with(producer)
+    process(first, clicks("r1", "u1", now), now)
+    asyncio.run(flush(first, producer))
+    stored = decode([v for t, k, v in producer.delivered if t == PREFIX + "user-state"][-1], UserState)
+    assert [(i.item_id, i.event) for i in stored.history] == [("a", "click"), ("a", "add_to_cart")]
+
+    _app, restarted = worker_with(RecordingProducer())
+    restarted.histories.data["u1"] = stored  # what recovery restores from user-state
+    process(restarted, clicks("r1", "u1", now), now)  # the replay: no record was restored
+    assert history_of(restarted, "u1") == [("a", "click"), ("a", "add_to_cart")]
+    assert restarted.join.outcomes[("feedback", "duplicate")] == 0, "attributed again by the join"
+    process(restarted, clicks("r2", "u1", now + 5, item="b"), now + 5)  # new interactions still count
+    assert history_of(restarted, "u1") == [("a", "click"), ("a", "add_to_cart"), ("b", "click"), ("b", "add_to_cart")]
