@@ -382,6 +382,9 @@ def lines(result: dict[str, Any]) -> list[str]:
     a = result["agent"]
     out.append(f"agent: {a['slates']} slates ({a['slate_timeouts']} timeouts), {a['model_share']:.0%} from a model "
                f"({a['model_share_second_half']:.0%} in the second half, last version {a['last_model_version']}), "
-               f"state held the last click in {a['state_fresh_share'] if a['state_fresh_share'] is not None else '-'} "
-               f"of slates; learner: {result['learner_steps']} steps on {result['learner_transitions']} transitions")
+               + (f"the state held the user's last click in {a['state_fresh_share']:.0%} of slates; "
+                  if a["state_fresh_share"] is not None else "")
+               + f"learner: {result['learner_steps']} steps on {result['learner_transitions']} transitions; join: "
+               f"{result['transitions']} of {result['transitions_expected']} transitions, "
+               f"{result['streams_dead_letters']} dead letters")
     return out
