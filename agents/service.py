@@ -41,7 +41,7 @@ from agents.metrics import AgentMetrics
 from agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, SlateChoice
 from contracts.errors import EventError
 from contracts.events import Item, Request, Slate, State, UserState, encode
-from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer
+from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer, topic_partitions
 from contracts.models import ModelHeaders
 from contracts.settings import Settings
 from contracts.topics import ITEMS, MODELS, REQUESTS, SLATES, USER_STATE
@@ -49,6 +49,7 @@ from learner.artifact import LoadedModel, load_model
 
 log = logging.getLogger("shelfq.agent")
 CACHE_EVERY_S = 0.05
+WATCH_RETRY_S = 5.0  # the model watcher starts again this long after a failure
 
 
 def build_state(request: Request, user: UserState | None) -> State:
@@ -339,23 +340,30 @@ class ModelWatcher:
         self._thread.join(10)
 
     def _run(self) -> None:
+        # Whatever goes wrong (the broker away, the topic not there yet), the agent keeps serving
+        # what it has and the watcher starts again: a thread that died would leave a stale model
+        # serving for ever.
+        while not self._halt.is_set():
+            try:
+                self._watch()
+            except Exception as exc:  # noqa: BLE001 - logged, retried; the agent keeps serving
+                self.error = exc
+                log.warning("model watcher: %s; watching again in %.0f s", exc, WATCH_RETRY_S)
+                self._halt.wait(WATCH_RETRY_S)
+
+    def _watch(self) -> None:
         big = self.settings.model_max_bytes + (1 << 16)
         consumer = Consumer(self.settings.confluent_config(**{
             "group.id": f"{self.settings.topic_prefix}agent-models", "enable.auto.commit": False,
             "fetch.max.bytes": big, "max.partition.fetch.bytes": big, "enable.partition.eof": False}))
         topic = self.settings.topic(MODELS)
         try:
-            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-            partitions = list(meta.partitions) if meta is not None and meta.error is None else [0]
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in topic_partitions(consumer, topic)])
             while not self._halt.is_set():
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error() is not None or msg.key() not in self.versions:
                     continue
                 self._consider(msg)
-        except BaseException as exc:  # noqa: BLE001 - logged; the agent keeps serving what it has
-            self.error = exc
-            log.error("model watcher stopped: %s", exc)
         finally:
             consumer.close()
 
@@ -369,6 +377,10 @@ class ModelWatcher:
             model = load_model(msg.value(), msg.headers(), policy=policy)
         except EventError as exc:
             self.on_rejected(exc, msg.value(), policy, msg.partition(), msg.offset())
+            return
+        except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the watcher; said, not served
+            self.on_rejected(EventError("value", "invalid", f"the loader failed: {exc!r}"), msg.value(), policy,
+                             msg.partition(), msg.offset())
             return
         self.versions[key] = model.headers.version
         self.on_model(model)
