@@ -140,6 +140,7 @@ class Agent:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         self._models.start()
+        clean = False
         try:
             while not stop.is_set():
                 if max_seconds is not None and time.monotonic() - started >= max_seconds:
@@ -158,9 +159,15 @@ class Agent:
                 if time.monotonic() - last_commit >= self.config.commit_interval_s:
                     self.commit()
                     last_commit = time.monotonic()
+            clean = True
         finally:
             self._models.stop()
-            self.commit()
+            if clean:
+                self.commit()
+            else:
+                # Stopped by an error: the batch in hand may be unanswered, so its offsets (and
+                # those since the last commit) stay uncommitted and are read again next time.
+                self.producer.flush()
         return RunStats(answered, skipped, time.monotonic() - started)
 
     def commit(self) -> None:

@@ -277,3 +277,29 @@ def test_two_arms_answer_each_user_from_its_arm_and_the_join_carries_the_arm(set
                 and worker.metric("shelfq_streams_arm_clicks_total", 'arm="my"') == len(slates) - sessions_lt,
                 "the per-arm counters of the join")
     assert worker.metric("shelfq_streams_arm_reward_total", 'arm="lt"') == sessions_lt  # one click each
+
+
+def test_an_agent_stopped_by_an_error_leaves_the_unanswered_requests_for_the_next_one(settings: Settings) -> None:
+    from agents.config import AgentConfig
+    from agents.service import Agent
+
+    produce_catalog(settings)
+    ids = send_requests(settings, 3, "crash")
+    config = AgentConfig(metrics_port=0, deadline_s=3600.0)
+    first = Agent(settings, config)
+
+    def fail(requests):  # noqa: ANN001, ANN202 - a fault in the middle of a batch
+        raise RuntimeError("fault while answering")
+
+    first.answer = fail  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="fault while answering"):
+            first.run(max_seconds=60)
+    finally:
+        first.close()
+    second = Agent(settings, config)  # the same group: it reads on from what was committed
+    try:
+        second.run(max_seconds=60, max_requests=3)
+    finally:
+        second.close()
+    assert set(slates_for(settings, ids)) == set(ids)
