@@ -448,7 +448,9 @@ def _bench_policy(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         config = dataclasses.replace(base, learner=learner, **overrides(args, PolicyBenchConfig))
     except ValueError as exc:
         raise ConfigError(f"bench policy: {exc}") from None
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # As the learner: one torch thread per core but one (the simulator and the encoder passes
+    # of evaluation take the other).
+    torch.set_num_threads(config.learner.threads or max(1, (os.cpu_count() or 2) - 1))
     result = run_bench(config, report=log)
     for group in ("returning", "new"):
         for name in ("longterm_vs_myopic", "longterm_vs_popularity"):
