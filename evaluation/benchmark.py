@@ -36,7 +36,7 @@ import numpy as np
 from agents.policies import DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy
 from contracts.events import Item, Transition, UserState
 from evaluation.bench_config import PolicyBenchConfig
-from evaluation.offline import METRICS, mean_ci95, run_seed
+from evaluation.offline import METRICS, copy_world, mean_ci95, run_seed
 from learner.artifact import LoadedModel, load_model, model_message
 from learner.config import LearnerConfig
 from learner.dqn import DQN
@@ -103,7 +103,7 @@ def _evaluate(make: Callable[[], Any], cfg: PolicyBenchConfig, world: World, see
               observe: Callable[[Any], Callable[[UserState], None]] | None = None) -> dict[str, float]:
     users = range(cfg.returning_users) if group == "returning" else range(cfg.returning_users, cfg.world.users)
     policy = make()
-    return run_seed(policy, seed, cfg.eval_sessions, slate_size=cfg.slate_size, world=copy.deepcopy(world),
+    return run_seed(policy, seed, cfg.eval_sessions, slate_size=cfg.slate_size, world=copy_world(world),
                     users=users, observe=observe(policy) if observe is not None else None)
 
 

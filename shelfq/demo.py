@@ -321,6 +321,7 @@ class Demo:
         from contracts.events import UserState, decode
         from contracts.topics import USER_STATE
         from evaluation.logs import newest_model, read_to_end
+        from evaluation.offline import compare
 
         cfg = self.config
         # Popularity as the agent's fallback had it at the end: from the live run's user-state.
@@ -345,8 +346,8 @@ class Demo:
                  f"{len(groups['returning'])} returning shoppers (their live histories) and as many of "
                  f"{len(groups['new'])} new ones (greedy slates; popularity from the live run's {len(states)} user-state records)")
         started = time.monotonic()
-        comparison = {group: {"users": len(users), "policies": compare_in(self.world, users, factories, range(cfg.seeds),
-                                                                          cfg.sessions_per_seed)}
+        comparison = {group: {"users": len(users), "policies": compare(factories, range(cfg.seeds), cfg.sessions_per_seed,
+                                                                          world=self.world, users=users)}
                       for group, users in groups.items()}
         return {"policies": comparison["returning"]["policies"], "comparison": comparison, "model_versions": versions,
                 "comparison_s": round(time.monotonic() - started, 1)}
@@ -377,12 +378,6 @@ def returning_world(world: Any, histories: dict[int, list[Any]]) -> Any:
     return live
 
 
-def copy_world(world: Any) -> Any:
-    """A deep copy of a simulator world whose histories' interactions (immutable events) are
-    shared, not copied: a tenth of the time of ``copy.deepcopy`` with 2,000 full histories."""
-    return copy.deepcopy(world, {id(world.histories): {user: list(h) for user, h in world.histories.items()}})
-
-
 def shopper_groups(world: Any) -> dict[str, list[int]]:
     """Returning shoppers (those with a live session; their histories are in the world) and
     new ones (the rest of the population).
@@ -395,25 +390,6 @@ def shopper_groups(world: Any) -> dict[str, list[int]]:
     """
     came = set(world.histories)
     return {"returning": sorted(came), "new": [u for u in range(world.config.users) if u not in came]}
-
-
-def compare_in(world: Any, users: list[int], policies: dict[str, Callable[[], Any]], seeds: Any,
-               sessions: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """``evaluation.offline.compare``'s table for sessions of ``users`` in copies of ``world``:
-    every policy meets the same shoppers, histories and session draws of each seed."""
-    from evaluation.offline import METRICS, mean_ci95, run_seed
-
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, make in policies.items():
-        per_seed: dict[str, list[float]] = {m: [] for m in METRICS}
-        for seed in seeds:
-            for metric, value in run_seed(make(), seed, sessions, world=copy_world(world), users=users).items():
-                per_seed[metric].append(value)
-        table[name] = {}
-        for metric, values in per_seed.items():
-            m, lo, hi = mean_ci95(values)
-            table[name][metric] = {"mean": m, "ci95": [lo, hi], "per_seed": [round(v, 4) for v in values]}
-    return table
 
 
 def run_demo(settings: Settings, config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
