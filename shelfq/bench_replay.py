@@ -46,6 +46,7 @@ from contracts.events import DEFAULT_HISTORY_LENGTH, Feedback, Impression, Inter
 from contracts.settings import Settings
 from evaluation.sequential import K, PREDICTORS, Positive, Score, catalog, positives, prequential, score, sessions, summary
 
+FAUST_TOPICS = ("streams-join-records-changelog", "streams-__assignor-__leader")
 ORGANIC = "organic"  # the policy of an impression the agent did not choose
 #: The join's settings for this bench (a child's environment overrides them): transitions
 #: within seconds, as the demo runs it.
@@ -197,7 +198,9 @@ class ReplayBench:
         from shelfq.topic_admin import delete_topics
 
         try:
-            delete_topics(self.settings, [spec.name for spec in topic_specs(self.settings).values()])
+            # The streams worker's own topics (Faust's) too, as ``bench join`` deletes them.
+            delete_topics(self.settings, [spec.name for spec in topic_specs(self.settings).values()]
+                          + [self.settings.topic(name) for name in FAUST_TOPICS])
         except Exception as exc:  # noqa: BLE001 - a failed cleanup must not hide the run's result
             self.report(f"could not delete this run's topics ({exc}); prefix {self.settings.topic_prefix}")
         shutil.rmtree(self.checkpoints, ignore_errors=True)

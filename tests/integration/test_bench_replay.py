@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from confluent_kafka.admin import AdminClient
+
 from contracts.settings import Settings
 from evaluation.sequence_log import generate
 from evaluation.sequential import PREDICTORS, prequential, summary
@@ -18,8 +20,13 @@ from shelfq.bench_replay import ReplayBenchConfig, load
 EVENTS = 300
 
 
+def _bench_topics(settings: Settings) -> set[str]:
+    return {t for t in AdminClient(settings.confluent_config()).list_topics(timeout=10).topics if t.startswith("bench-replay-")}
+
+
 def test_bench_replay_scores_the_agent_beside_the_baselines_on_the_same_events(base_settings: Settings,
                                                                               tmp_path: Path) -> None:
+    before = _bench_topics(base_settings)  # another run's, if one is going on
     log = tmp_path / "shop.jsonl"
     log.write_text("\n".join(generate(users=60, seed=3)) + "\n")
     env = {**os.environ, "SHELFQ_PARTITIONS": "3"}
@@ -54,3 +61,5 @@ def test_bench_replay_scores_the_agent_beside_the_baselines_on_the_same_events(b
     assert figures["transitions"] == figures["transitions_expected"] >= EVENTS
     assert figures["streams_dead_letters"] == 0
     assert 0 < figures["learner_transitions"] <= figures["transitions"]
+    # Its topics, Faust's own included, are gone.
+    assert _bench_topics(base_settings) <= before
