@@ -18,17 +18,18 @@ ones, and the draws are over the allowed items alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from agents import exploration
-from contracts.events import DEFAULT_REWARD_WEIGHTS, MAX_SLATE_SIZE, State, UserState
+from contracts.events import DEFAULT_REWARD_WEIGHTS, MAX_SLATE_SIZE, Item, State, UserState
 from learner import slateq
 from learner.artifact import LoadedModel
 from learner.features import Featurizer
+from learner.item_features import attribute_rows
 from learner.network import UserVectors
 
 EVENT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
@@ -141,11 +142,24 @@ class DQNPolicy:
                  categories: dict[str, str | None] | None = None, name: str = "dqn") -> None:
         """``name`` is what slates say chose them: the served model's policy key."""
         self.explorer, self.categories, self.name = explorer, categories if categories is not None else {}, name
+        self._known: dict[str, Item] = {}  # the catalog as the agent knows it (replaced, never mutated)
         self.swap(model)
+
+    def know_items(self, items: Iterable[Item]) -> None:
+        """Catalog items, perhaps newer than the served model: rows the model has no category
+        or price band for get theirs, so a new item is scored as its kind from its first
+        request, not only once the next model version knows it."""
+        fresh = {item.item_id: item for item in items}
+        if fresh:
+            self._known = {**self._known, **fresh}
+            model, features, _odds = self._current
+            _install_items(model, features, fresh.values())
+            self._catalog_vectors = None  # phi of those rows changed
 
     def swap(self, model: LoadedModel) -> None:
         """Serve ``model`` from the next batch on (one assignment: atomic for readers)."""
         features = Featurizer(model.config.hash_buckets, model.config.history_length, model.config.context_buckets)
+        _install_items(model, features, self._known.values())
         # What each slate position multiplies a SlateQ model's click odds by.
         odds = np.exp(model.network.position_logits(MAX_SLATE_SIZE).numpy().astype(np.float64))
         self._current = (model, features, odds)
@@ -214,6 +228,15 @@ class DQNPolicy:
 
     def _similarity(self, ask: Ask) -> exploration.Similarity:
         return category_similarity([self.categories.get(c) for c in ask.candidates])
+
+
+def _install_items(model: LoadedModel, features: Featurizer, items: Iterable[Item]) -> None:
+    """The category and price band of ``items`` into ``model``'s rows that have none."""
+    items = list(items)
+    if model.config.item_features and items:
+        rows = torch.from_numpy(features.buckets([i.item_id for i in items])).long()
+        attributes = torch.from_numpy(attribute_rows((i.category, i.price) for i in items))
+        model.network.set_item_features(rows, attributes, only_unknown=True)
 
 
 def _explore(explorer: Explorer, shortlisted: Sequence[tuple[Ask, Scored]], rng: np.random.Generator, policy: str,

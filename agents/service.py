@@ -282,16 +282,20 @@ class Agent:
             state: UserState = r.event  # type: ignore[assignment]
             self.users[state.user_id] = state
             self.popularity.observe(state)
-        for r in self.items_reader.poll(timeout=0, max_messages=5000):
+        polled = self.items_reader.poll(timeout=0, max_messages=5000)
+        fresh: list[Item] = []
+        for r in polled:
             self._catalog_ids = None
             if r.event is None:
                 self.items.pop(r.key or "", None)
             else:
                 self.items[r.event.item_id] = r.event  # type: ignore[union-attr]
-        if self.dqn:
+                fresh.append(r.event)  # type: ignore[arg-type]
+        if self.dqn and polled:  # only when the catalog changed: this runs every few ms
             categories = {i: item.category for i, item in self.items.items()}
             for dqn in self.dqn.values():
                 dqn.categories = categories
+                dqn.know_items(fresh)
         self.metrics.cache.labels("items").set(len(self.items))
         self.metrics.cache.labels("users").set(len(self.users))
         self.metrics.cache.labels("popular").set(len(self.popularity))
@@ -305,8 +309,9 @@ class Agent:
                         policy, model.headers.version)
         dqn = self.dqn.get(policy)
         if dqn is None:  # a new mapping, not an insert: the request path may be iterating the old one
-            self.dqn = {**self.dqn, policy: DQNPolicy(model, self.explorer,
-                                                      {i: item.category for i, item in self.items.items()}, name=policy)}
+            fresh = DQNPolicy(model, self.explorer, {i: item.category for i, item in self.items.items()}, name=policy)
+            fresh.know_items(list(self.items.values()))
+            self.dqn = {**self.dqn, policy: fresh}
         else:
             dqn.swap(model)
         self._first_use_pending.add(policy)
