@@ -8,8 +8,8 @@
 >>> dqn.learn_one(t) is None                            # not enough data for a step yet
 True
 >>> stats = dqn.learn_one(msgspec.structs.replace(t, transition_id="req-9f1c:2", position=2, action="sku-34"))
->>> stats.step, dqn.learn_one(t)    # 2 transitions x replay_ratio 4 = 4 steps of 2; a repeat is ignored
-(4, None)
+>>> stats.step, dqn.learn_one(t)    # 2 transitions x replay_ratio 2 = 2 steps of 2; a repeat is ignored
+(2, None)
 """
 
 from __future__ import annotations
