@@ -193,6 +193,25 @@ class Settings:
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(raw: str) -> bool:
+    """A boolean setting's value: one word set for every ``SHELFQ_*`` variable.
+
+    >>> parse_bool("Yes"), parse_bool("off")
+    (True, False)
+    >>> parse_bool("maybe")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected one of 1, true, yes, on, 0, false, no, off; got 'maybe'
+    """
+    word = raw.strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError(f"expected one of {', '.join(TRUE_WORDS + FALSE_WORDS)}; got {raw!r}")
+    return word in TRUE_WORDS
+
+
 def _parse(name: str, raw: str, annotation: Any) -> Any:
     kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     try:
@@ -201,9 +220,7 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
         if kind == "float":
             return float(raw)
         if kind == "bool":
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
+            return parse_bool(raw)
         if kind == "Path":
             return Path(raw).expanduser()
     except ValueError:
@@ -259,7 +276,10 @@ def aiokafka_kwargs(bootstrap: str, props: Mapping[str, str]) -> dict[str, Any]:
     if ssl_files or kwargs.get("security_protocol", "").endswith("SSL"):
         from aiokafka.helpers import create_ssl_context
 
-        verify = ssl_files.pop("verify", "true").lower() != "false"
+        try:
+            verify = parse_bool(ssl_files.pop("verify", "true"))
+        except ValueError as exc:
+            raise ConfigError(f"Kafka property 'enable.ssl.certificate.verification': {exc}") from None
         context = create_ssl_context(**ssl_files)
         if not verify:
             context.check_hostname = False
@@ -291,9 +311,7 @@ def fields_from_env(cls: type, prefix: str, env: Mapping[str, str] | None = None
         kind = str(f.type)
         try:
             if kind == "bool":
-                if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                    raise ValueError(raw)
-                kw[f.name] = raw.lower() in ("1", "true", "yes", "on")
+                kw[f.name] = parse_bool(raw)
             else:
                 kw[f.name] = {"int": int, "float": float, "Path": Path}.get(kind, str)(raw)
         except ValueError:
