@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from confluent_kafka.admin import AdminClient
 
 from contracts.settings import Settings
 from contracts.topics import topic_specs
+from shelfq.ports import free_port  # noqa: F401 - the tests import it from here
 from shelfq.topic_admin import delete_topics, ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,12 +45,6 @@ def settings(base_settings: Settings) -> Iterator[Settings]:
 @pytest.fixture
 def group_id() -> str:
     return f"test-group-{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def aiokafka_round_trip(settings: Settings, topic: str, key: bytes, value: bytes, group_id: str) -> bytes:
