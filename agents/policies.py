@@ -164,6 +164,9 @@ class DQNPolicy:
         odds = np.exp(model.network.position_logits(MAX_SLATE_SIZE).numpy().astype(np.float64))
         self._current = (model, features, odds)
         self._catalog_vectors: tuple[LoadedModel, Sequence[str], torch.Tensor, torch.Tensor] | None = None
+        # Again once it serves: items that know_items (the request thread) added while this ran
+        # went into the model before; rows that have theirs are left as they are.
+        _install_items(model, features, self._known.values())
 
     @property
     def model(self) -> LoadedModel:

@@ -309,9 +309,13 @@ class Agent:
                         policy, model.headers.version)
         dqn = self.dqn.get(policy)
         if dqn is None:  # a new mapping, not an insert: the request path may be iterating the old one
-            fresh = DQNPolicy(model, self.explorer, {i: item.category for i, item in self.items.items()}, name=policy)
-            fresh.know_items(list(self.items.values()))
+            # This is the watcher's thread: take one snapshot of the items cache (a C-level copy,
+            # whole under the GIL), never iterate the live dict the request thread changes.
+            known = list(self.items.values())
+            fresh = DQNPolicy(model, self.explorer, {i.item_id: i.category for i in known}, name=policy)
+            fresh.know_items(known)
             self.dqn = {**self.dqn, policy: fresh}
+            fresh.know_items(list(self.items.values()))  # items that arrived meanwhile
         else:
             dqn.swap(model)
         self._first_use_pending.add(policy)
@@ -394,5 +398,5 @@ class ModelWatcher:
             self.on_rejected(EventError("value", "invalid", f"the loader failed: {exc!r}"), msg.value(), policy,
                              msg.partition(), msg.offset())
             return
+        self.on_model(model)  # first: a version whose hand-over failed is read again after the retry
         self.versions[key] = model.headers.version
-        self.on_model(model)

@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from contracts.errors import ConfigError, EventError
 from contracts.models import DTYPE_BYTES, ModelHeaders, read_safetensors_index
 from learner.config import NETWORK_FIELDS, LearnerConfig
+from learner.item_features import CATEGORY_BUCKETS, PRICE_BANDS
 from learner.network import QNetwork
 
 _TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
@@ -122,6 +123,7 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise EventError(f"value.{name}", "non_finite", "weights contain NaN or infinity")
+    _check_item_attributes(tensors.get("item_attributes"))
     try:
         network = QNetwork(config)
         network.load_state_dict(tensors, strict=True)
@@ -129,3 +131,16 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
         raise EventError("value", "invalid", f"tensors do not load: {str(exc)[:300]}") from None
     network.eval()
     return LoadedModel(network, meta, config)
+
+
+def _check_item_attributes(table: torch.Tensor | None) -> None:
+    """The item-attribute table indexes two embeddings: every entry within them, the padding
+    row empty (an index out of range would fail every request scored, not the load)."""
+    if table is None:
+        return
+    for column, (name, rows) in enumerate((("category", CATEGORY_BUCKETS), ("price band", PRICE_BANDS))):
+        values = table[:, column]
+        if bool((values < 0).any()) or bool((values >= rows).any()):
+            raise EventError("value.item_attributes", "out_of_range", f"{name} rows must be in 0..{rows - 1}")
+    if bool((table[0] != 0).any()):
+        raise EventError("value.item_attributes", "invalid", "the padding row 0 must have no attributes")

@@ -54,3 +54,22 @@ def test_the_agent_gives_an_item_newer_than_its_model_its_category() -> None:
     policy.know_items([Item(item_id=GOOD[0].item_id, category="toys", price=3.0, ts=T0)])
     known = policy.scores([Ask(State(history=[]), [GOOD[0].item_id], 1)])[0][0]
     assert known > after[1] + 1.0
+
+
+def test_a_model_whose_item_table_indexes_past_its_embeddings_is_refused() -> None:
+    import pytest
+    import torch
+
+    from contracts.errors import EventError
+    from learner.item_features import CATEGORY_BUCKETS
+    from learner.network import QNetwork
+
+    config = LearnerConfig(hash_buckets=64, context_buckets=8)
+    for row, column, value in ((5, 0, CATEGORY_BUCKETS), (5, 1, -1), (0, 0, 3)):
+        network = QNetwork(config)
+        with torch.no_grad():
+            network.item_attributes[row, column] = value
+        value_bytes, headers = model_message(network, config, version=1)
+        with pytest.raises(EventError) as info:
+            load_model(value_bytes, headers.to_headers())
+        assert info.value.field == "value.item_attributes", (row, column, value)
