@@ -174,11 +174,16 @@ def _run_worker(settings: Settings, n: int, expected_transitions: int, window_s:
         return WorkerRun(end - start, int(transitions), 1000 * _quantile(0.5, buckets),
                          1000 * _quantile(0.99, buckets), rss)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a worker cleanly, or kill it after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def measure_pending_memory(items: int = 1_000_000) -> dict:
@@ -305,11 +310,7 @@ def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, i
         if proc.poll() is not None:
             raise RuntimeError(f"the worker died; its log: {log.name}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         delete_topics(bench, [spec.name for spec in topic_specs(bench).values()]
                       + [bench.topic("streams-join-records-changelog"), bench.topic("streams-__assignor-__leader")])
     return {
