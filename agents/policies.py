@@ -191,12 +191,12 @@ class DQNPolicy:
             for members in groups.values():
                 rows, phi = self._item_vectors(model, features, asks[members[0]].candidates)
                 some = UserVectors(*(x[members] if x is not None else None for x in user))
-                q = net.q_candidates(some, rows, phi=phi)
                 if some.click is None:
+                    q = net.q_candidates(some, rows, phi=phi)
                     for row, b in enumerate(members):
                         out[b] = Scored(q[row].numpy())
                     continue
-                logits = net.click_logits(some, rows, phi=phi)
+                q, logits = net.q_and_click_logits(some, rows, phi=phi)
                 score = slateq.item_scores(q, logits, some.no_click).numpy()
                 v, q, none = slateq.attraction(logits).numpy(), q.numpy(), some.no_click.tolist()
                 for row, b in enumerate(members):

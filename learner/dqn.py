@@ -248,10 +248,9 @@ class DQN:
             if cfg.gamma > 0 and bootstrap.any():
                 nxt: UserVectors = self.target.user(b.next_items[bootstrap], b.next_events[bootstrap],
                                                     b.context[bootstrap], b.context_weights[bootstrap])
-                phi = self.target.item_vectors(candidates)
-                next_v[bootstrap] = slate_value(
-                    self.target.q_candidates(nxt, candidates, phi=phi).float(), self.target.click_logits(nxt, candidates, phi=phi).float(),
-                    cfg.slate_size, self.target.position_logits(cfg.slate_size).float(), nxt.no_click.float())
+                qbar, logits = self.target.q_and_click_logits(nxt, candidates)
+                next_v[bootstrap] = slate_value(qbar.float(), logits.float(), cfg.slate_size,
+                                                self.target.position_logits(cfg.slate_size).float(), nxt.no_click.float())
             # r + gamma * (1 - done) * V(s'): for a click, and for no click (whose r is 0)
             y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_v
         # Huber losses on both values, plus the choice model's log loss.

@@ -173,6 +173,18 @@ class QNetwork(nn.Module):
         cross = self._cross(user, candidates)
         return q if cross is None else q + cross[..., 1]
 
+    def q_and_click_logits(self, user: UserVectors, candidates: torch.Tensor, *,
+                           phi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q_candidates`` and ``click_logits`` of a SlateQ network together, the cross features
+        computed once (they cost [B, L, K]: the agent's and the target's hot path)."""
+        if user.click is None:
+            raise ValueError("this network has no click head (objective is not slateq)")
+        phi = self.item_vectors(candidates) if phi is None else phi
+        q = user.value.unsqueeze(1) + user.advantage @ phi.T
+        logits = user.click[:, :1] + user.click[:, 1:] @ phi.T
+        cross = self._cross(user, candidates)
+        return (q, logits) if cross is None else (q + cross[..., 1], logits + cross[..., 0])
+
     def click_logits(self, user: UserVectors, candidates: torch.Tensor | None = None, *,
                      phi: torch.Tensor | None = None) -> torch.Tensor:
         """SlateQ's click logits of every candidate, position left out: [B] x [K] -> [B, K]."""
