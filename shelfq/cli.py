@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures, with a same-run baseline",
-                           description="Benchmarks on the real broker. Each prints its figures and a ratio against a baseline measured in the same run (these machines are noisy); --json prints one JSON object as the last line. With the default bootstrap and no broker running, the embedded broker is started and stopped afterwards.")
+                           description="Benchmarks: policy (learning, in the simulator) needs no broker; the others run on the real broker. Each prints its figures and a ratio against a baseline measured in the same run (these machines are noisy); --json prints one JSON object as the last line. With the default bootstrap and no broker running, the embedded broker is started and stopped afterwards.")
     bsub2 = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     bjoin = bsub2.add_parser("join", parents=[common], help="the streams join: events/s, emit latency, memory, vs. a plain consume-and-produce",
                              description="Load synthetic shoppers into fresh topics, copy them with a plain confluent-kafka consume-and-produce (the baseline), read them with a Faust agent that does nothing (Faust's own ceiling), then join them with a `shelfq streams` worker. Reports input_events_per_s, transitions_per_s, emit_latency_p50_ms, emit_latency_p99_ms, rss_mb, passthrough_events_per_s, ratio, faust_noop_events_per_s, ratio_to_faust_noop, and the join's memory for 1,000,000 pending items.")
