@@ -34,7 +34,25 @@ ENV_PREFIX = "SHELFQ_"
 KAFKA_ENV_PREFIX = "SHELFQ_KAFKA_"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 KAFKA_LOGGER = logging.getLogger("shelfq.kafka")
-_SECRET_NAME = re.compile(r"password|secret|token|\.pem$|jaas")
+# Names of the client properties whose values are, or may hold, secrets: passwords and
+# passphrases, client secrets and tokens, private keys and PEM blobs, JAAS and OAUTHBEARER
+# configs (they carry credentials inline), keytabs and the kinit command that reads them.
+# Both spellings match: librdkafka's dotted names and aiokafka's underscored keywords.
+_SECRET_NAME = re.compile(
+    r"password|passphrase|secret|token|jaas|private|keytab|kinit"
+    r"|oauthbearer[._]config|[._]pem$|(?:^|[._])key$"
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a Kafka client property's value is hidden as a ``Secret``.
+
+    >>> [is_secret_name(n) for n in ("sasl.password", "sasl.oauthbearer.config", "ssl.key.pem")]
+    [True, True, True]
+    >>> [is_secret_name(n) for n in ("sasl.username", "ssl.key.location", "security.protocol")]
+    [False, False, False]
+    """
+    return _SECRET_NAME.search(name.lower()) is not None
 
 
 class Secret:
@@ -119,7 +137,7 @@ class Settings:
         if "bootstrap.servers" in self.kafka:
             raise ConfigError("set the bootstrap servers with SHELFQ_BOOTSTRAP_SERVERS, not a Kafka property")
         # Hide secrets however the mapping was built, and freeze it.
-        hidden = {k: Secret(_reveal(v)) if _SECRET_NAME.search(k) else v for k, v in self.kafka.items()}
+        hidden = {k: Secret(_reveal(v)) if is_secret_name(k) else v for k, v in self.kafka.items()}
         object.__setattr__(self, "kafka", MappingProxyType(hidden))
 
     @classmethod

@@ -97,6 +97,51 @@ def test_secrets_never_show() -> None:
     assert s.redacted()["kafka"]["sasl.password"] == "***"
 
 
+# Every client property whose value is, or may hold, a secret: librdkafka's names, the Java
+# client's (users copy them from a cluster's docs) and aiokafka's keywords.
+SECRET_PROPERTIES = [
+    "sasl.password", "sasl.jaas.config", "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config",
+    "sasl.oauthbearer.config", "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.client.credentials.client.secret",
+    "sasl.oauthbearer.assertion.private.key.pem", "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.file", "sasl.oauthbearer.token.endpoint.url",
+    "sasl.kerberos.keytab", "sasl.kerberos.kinit.cmd",
+    "ssl.key.password", "ssl.key.pem", "ssl.certificate.pem", "ssl.ca.pem", "https.ca.pem",
+    "ssl.keystore.password", "ssl.keystore.key", "ssl.truststore.password", "ssl.truststore.certificates.pem",
+    "sasl_plain_password", "sasl_oauth_token_provider", "ssl_key",
+]
+PLAIN_PROPERTIES = [
+    "security.protocol", "sasl.mechanism", "sasl.username", "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id", "sasl.oauthbearer.scope", "sasl.kerberos.principal",
+    "sasl.kerberos.service.name", "ssl.ca.location", "ssl.key.location", "ssl.certificate.location",
+    "ssl.keystore.location", "ssl.endpoint.identification.algorithm", "client.id", "sasl_plain_username",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_PROPERTIES)
+def test_every_secret_bearing_property_is_hidden(name: str) -> None:
+    s = Settings.from_env({}, kafka={name: "the-value-42"})
+    assert s.kafka[name] == Secret("the-value-42")
+    for text in (repr(s), str(s), str(s.redacted()), repr(s.kafka), repr(dict(s.kafka))):
+        assert "the-value-42" not in text
+    assert s.redacted()["kafka"][name] == "***"
+    assert s.confluent_config()[name] == "the-value-42"  # hidden, not lost
+
+
+def test_secret_properties_from_the_environment_are_hidden() -> None:
+    env = {"SHELFQ_KAFKA_" + name.upper().replace(".", "_"): f"v{i}-secret-value"
+           for i, name in enumerate(SECRET_PROPERTIES) if "_" not in name and "-" not in name}
+    s = Settings.from_env(env)
+    assert len(s.kafka) == len(env) and all(isinstance(v, Secret) for v in s.kafka.values())
+    assert "secret-value" not in repr(s) + str(s.redacted())
+
+
+@pytest.mark.parametrize("name", PLAIN_PROPERTIES)
+def test_settings_that_hold_no_secret_stay_readable(name: str) -> None:
+    s = Settings.from_env({}, kafka={name: "shown"})
+    assert s.kafka[name] == "shown" and s.redacted()["kafka"][name] == "shown"
+
+
 def test_settings_command_hides_secrets(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in SASL_SSL_ENV.items():
         monkeypatch.setenv(key, value)
