@@ -1,10 +1,11 @@
 """Models can only come from the learner: on a broker that authenticates with SASL/SCRAM and
 authorizes with Kafka's StandardAuthorizer, the learner's principal publishes a model, the
-agent's principal reads it and is refused when it writes to ``models`` itself.
+agent's principal reads it and is refused when it writes to ``models`` itself; the streams
+worker and a frontend do their work with nothing more than their own ACLs.
 
 The broker is this module's own (not the suite's): one embedded KRaft node with an extra
-SASL_PLAINTEXT listener. The principals hold the ACLs docs/security.md gives the learner and
-the agent, and every client is configured only through ``SHELFQ_KAFKA_*`` variables.
+SASL_PLAINTEXT listener. Each principal holds the ACLs docs/security.md gives its component,
+and every client is configured only through ``SHELFQ_KAFKA_*`` variables.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import (
@@ -32,14 +34,17 @@ from confluent_kafka.admin import (
 )
 
 from contracts.errors import ShelfqError
+from contracts.events import Feedback, Transition, UserState, decode, encode
+from contracts.examples import EXAMPLES
 from contracts.kafka import ReliableProducer
 from contracts.settings import Settings
 from shelfq.broker import KAFKA_DEPLOY_DIR, EmbeddedBroker
 from shelfq.topic_admin import ensure_topics
-from tests.integration.conftest import free_port
+from tests.integration.conftest import ShelfqProcess, free_port, read_topic
 
 PREFIX = "acl."
-PASSWORDS = {"admin": "admin-pw-1", "learner": "learner-pw-2", "agent": "agent-pw-3"}
+PASSWORDS = {"admin": "admin-pw-1", "learner": "learner-pw-2", "agent": "agent-pw-3", "streams": "streams-pw-4",
+             "frontend": "frontend-pw-5"}
 
 # The PLAINTEXT and CONTROLLER listeners stay open to User:ANONYMOUS, a super user: the embedded
 # broker's readiness probe, inter-broker and controller traffic use them. Everything this test
@@ -62,9 +67,10 @@ def allow(principal: str, kind: ResourceType, name: str, *operations: AclOperati
 
 
 TOPIC, GROUP, READ, WRITE = ResourceType.TOPIC, ResourceType.GROUP, AclOperation.READ, AclOperation.WRITE
-PREFIXED = ResourcePatternType.PREFIXED
+CREATE, PREFIXED = AclOperation.CREATE, ResourcePatternType.PREFIXED
 
-# What docs/security.md grants the learner and the agent (READ and WRITE imply DESCRIBE).
+# What docs/security.md grants each component (READ and WRITE imply DESCRIBE). Readers that
+# join no group still name one, and librdkafka looks up its coordinator: hence the group ACLs.
 ACLS = [
     *allow("learner", TOPIC, f"{PREFIX}transitions", READ),
     *allow("learner", TOPIC, f"{PREFIX}items", READ),
@@ -78,6 +84,20 @@ ACLS = [
     *allow("agent", TOPIC, f"{PREFIX}slates", WRITE),
     *allow("agent", TOPIC, f"{PREFIX}dlq", WRITE),
     *allow("agent", GROUP, f"{PREFIX}agent", READ, pattern=PREFIXED),
+    *allow("streams", TOPIC, f"{PREFIX}slates", READ),
+    *allow("streams", TOPIC, f"{PREFIX}impressions", READ),
+    *allow("streams", TOPIC, f"{PREFIX}feedback", READ),
+    *allow("streams", TOPIC, f"{PREFIX}transitions", WRITE),
+    *allow("streams", TOPIC, f"{PREFIX}user-state", READ, WRITE),
+    *allow("streams", TOPIC, f"{PREFIX}dlq", WRITE),
+    *allow("streams", TOPIC, f"{PREFIX}streams-", READ, WRITE, CREATE, pattern=PREFIXED),  # Faust's own topics
+    *allow("streams", GROUP, f"{PREFIX}streams", READ, pattern=PREFIXED),
+    *allow("frontend", TOPIC, f"{PREFIX}requests", WRITE),
+    *allow("frontend", TOPIC, f"{PREFIX}impressions", WRITE),
+    *allow("frontend", TOPIC, f"{PREFIX}feedback", WRITE),
+    *allow("frontend", TOPIC, f"{PREFIX}items", WRITE),
+    *allow("frontend", TOPIC, f"{PREFIX}slates", READ),
+    *allow("frontend", GROUP, f"{PREFIX}frontend-slates", READ),
 ]
 
 
@@ -197,8 +217,9 @@ def test_the_agent_may_not_write_models(cluster: SecuredCluster) -> None:
     settings = cluster.settings("agent")
     reports: dict[str, KafkaError | None] = {}
     producer = Producer(settings.confluent_config(**{"enable.idempotence": True, "message.timeout.ms": 20000}))
-    for logical in ("slates", "models"):
-        producer.produce(settings.topic(logical), b"{}", b"dqn",
+    slate = msgspec.structs.replace(EXAMPLES["slates"][1], request_id="req-acl-probe", user_id="u-acl-probe")
+    for logical, value in (("slates", encode(slate)), ("models", b"not a model")):
+        producer.produce(settings.topic(logical), value, b"u-acl-probe" if logical == "slates" else b"dqn",
                          on_delivery=lambda err, msg, logical=logical: reports.__setitem__(logical, err))
     assert producer.flush(30) == 0
     assert reports["slates"] is None, f"the agent writes its slates: {reports['slates']}"
@@ -210,3 +231,33 @@ def test_the_agent_may_not_write_models(cluster: SecuredCluster) -> None:
     with pytest.raises(ShelfqError, match="acl.models: Broker: Topic authorization failed"):
         reliable.flush(30)
 
+
+
+def test_the_streams_worker_and_a_frontend_work_with_their_own_acls(cluster: SecuredCluster, tmp_path: Path) -> None:
+    from frontend.client import ShopClient
+
+    (_, slate), (_, impression), (_, purchase) = EXAMPLES["slates"], EXAMPLES["impressions"], EXAMPLES["feedback"]
+    leave = Feedback(request_id=purchase.request_id, user_id=purchase.user_id, session_id=purchase.session_id,
+                     ts=purchase.ts + 1, event="exit")
+    with ShopClient(cluster.settings("frontend")) as shop:  # reads slates from now on
+        agent = ReliableProducer(cluster.settings("agent"), "agent")
+        agent.produce(cluster.settings("agent").topic("slates"), encode(slate), slate.user_id)
+        agent.flush(30)
+        for event in (impression, purchase, leave):
+            shop.send(event)
+        shop.flush()
+        deadline = time.monotonic() + 30
+        while shop.slates_received < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert shop.slates_received == 1 and shop.failure is None
+
+    worker = ShelfqProcess(["streams"], cluster.settings("streams"), tmp_path / "streams.log", env=cluster.env("streams"))
+    admin = cluster.settings("admin")
+    try:
+        values = read_topic(admin, "transitions", lambda v: len(v) >= 3, timeout=90)
+    finally:
+        assert worker.stop() == 0, (tmp_path / "streams.log").read_text()[-3000:]
+    assert sorted(decode(v, Transition).transition_id for v in values) == [f"{slate.request_id}:{i}" for i in range(3)]
+    [state] = [decode(v, UserState) for v in read_topic(admin, "user-state", lambda v: len(v) >= 1, timeout=30)]
+    assert [(i.item_id, i.event) for i in state.history][-1] == (purchase.item_id, "purchase")
+    assert read_topic(admin, "dlq", lambda v: True, timeout=5) == []
