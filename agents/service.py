@@ -43,6 +43,7 @@ from contracts.errors import EventError
 from contracts.events import Item, Request, Slate, State, UserState, encode
 from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer, topic_partitions
 from contracts.models import ModelHeaders
+from contracts.outage import BrokerWatch, install
 from contracts.settings import Settings
 from contracts.topics import ITEMS, MODELS, REQUESTS, SLATES, USER_STATE
 from learner.artifact import LoadedModel, load_model
@@ -102,8 +103,12 @@ class Agent:
                                       producer=self.producer, offset_reset="earliest",
                                       **{"session.timeout.ms": int(config.session_timeout_s * 1000),
                                          "heartbeat.interval.ms": 3000, "fetch.wait.max.ms": 5})
-        self.users_reader = CompactedReader(settings, "agent", USER_STATE, producer=self.producer)
-        self.items_reader = CompactedReader(settings, "agent", ITEMS, producer=self.producer)
+        #: Waits out a broker outage (``contracts.outage``): started, or running, without one.
+        self.watch = install(BrokerWatch("agent", settings.bootstrap, settings.broker_outage_s, self._probe))
+        self.users_reader = self.watch.wait_out(
+            lambda: CompactedReader(settings, "agent", USER_STATE, producer=self.producer), "reading user-state")
+        self.items_reader = self.watch.wait_out(
+            lambda: CompactedReader(settings, "agent", ITEMS, producer=self.producer), "reading items")
         self.users: dict[str, UserState] = {}
         self.items: dict[str, Item] = {}
         self._catalog_ids: list[str] | None = None
@@ -147,6 +152,7 @@ class Agent:
                     break
                 if max_requests is not None and answered + skipped >= max_requests:
                     break
+                self.watch.check()  # raises once the broker was away for longer than the bound
                 self._refresh_caches()
                 received = self.consumer.poll(timeout=0.05, max_messages=1)
                 if received:
@@ -157,25 +163,31 @@ class Agent:
                     answered, skipped = answered + a, skipped + s
                 self.producer.poll(0)
                 if time.monotonic() - last_commit >= self.config.commit_interval_s:
-                    self.commit()
+                    self.commit(stop)
                     last_commit = time.monotonic()
             clean = True
         finally:
             self._models.stop()
             if clean:
-                self.commit()
+                self.commit(stop)
             else:
                 # Stopped by an error: the batch in hand may be unanswered, so its offsets (and
                 # those since the last commit) stay uncommitted and are read again next time.
                 self.producer.flush()
         return RunStats(answered, skipped, time.monotonic() - started)
 
-    def commit(self) -> None:
-        """Slates (and dead letters) durable first, then the requests' offsets."""
-        self.producer.flush()
-        self.consumer.commit()
+    def commit(self, stop: threading.Event | None = None) -> None:
+        """Slates (and dead letters) durable first, then the requests' offsets. While the broker
+        is away both wait (up to ``broker_outage_s``; a stop ends the wait, leaving the offsets
+        uncommitted): the slates stay queued, and the offsets are committed once they are out."""
+        self.watch.wait_out(self.producer.flush, "sending slates", stop)
+        self.watch.wait_out(self.consumer.commit, "committing offsets", stop)
         self.metrics.consumer.set_lag(self.consumer.lag())
         self.metrics.consumer.sync_dead_letters(self.consumer.dlq.by_reason)
+
+    def _probe(self) -> None:
+        """Raises unless the broker answers a metadata request (``BrokerWatch``)."""
+        self.consumer._consumer.list_topics(self.settings.topic(REQUESTS), timeout=2)
 
     def close(self) -> None:
         self.consumer.close()

@@ -15,10 +15,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from contracts.errors import ConfigError, EventError, ShelfqError
 from contracts.events import Event, decode
-from contracts.settings import Settings
+from contracts.outage import (
+    LIBRDKAFKA_NOISE,
+    ConnectionNoise,
+    Unacknowledged,
+    report_client_error,
+)
+from contracts.settings import KAFKA_LOGGER, Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC, ITEMS, MODELS
 
 Key = bytes | str | None
+# A broker that is down is said once by the component's BrokerWatch, not 20 times a second.
+KAFKA_LOGGER.addFilter(ConnectionNoise(*LIBRDKAFKA_NOISE))
 
 
 def _key_bytes(key: Key) -> bytes | None:
@@ -61,10 +69,16 @@ class ReliableProducer:
     batch, so a refused message is first sent again alone (after ``flush`` has delivered
     everything queued before it: it lands after them) and only judged if refused alone.
     A model too large for the ``models`` topic is a configuration error: ``ConfigError``.
+
+    While the broker is away, messages stay queued for longer than ``broker_outage_s`` (the
+    client's ``message.timeout.ms``), so a component that waits out an outage loses none: a
+    ``flush`` that times out meanwhile raises ``Unacknowledged``, and may be called again.
     """
 
     def __init__(self, settings: Settings, component: str | None = None, **config: Any) -> None:
-        conf = {"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random"}
+        conf = {"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random",
+                "message.timeout.ms": int(max(300.0, settings.broker_outage_s + 60.0) * 1000),
+                "error_cb": report_client_error}
         conf.update(config)
         full = settings.confluent_config(**conf)
         self._producer = Producer(full)
@@ -196,7 +210,7 @@ class ReliableProducer:
         if not remaining:
             remaining = self._judge_refused(deadline)
         if remaining:
-            raise ShelfqError(f"{remaining} messages still unacknowledged after {timeout}s")
+            raise Unacknowledged(f"{remaining} messages still unacknowledged after {timeout}s")
         if self._failures:
             failures, self._failures = self._failures, []
             raise ShelfqError(f"{len(failures)} deliveries failed, first: {failures[0]}")
@@ -260,6 +274,7 @@ class EventConsumer:
         self.dlq = DeadLetterWriter(settings, component, producer)
         conf = {
             "group.id": group_id,
+            "error_cb": report_client_error,
             "enable.auto.commit": False,
             "auto.offset.reset": offset_reset,
             "enable.partition.eof": False,
@@ -373,7 +388,7 @@ class CompactedReader:
         self.dlq = DeadLetterWriter(settings, component, producer)
         self._consumer = Consumer(settings.confluent_config(**{
             "group.id": f"{settings.topic_prefix}{component}-cache",  # required; never committed
-            "enable.auto.commit": False, "enable.partition.eof": False}))
+            "enable.auto.commit": False, "enable.partition.eof": False, "error_cb": report_client_error}))
         partitions = topic_partitions(self._consumer, self.topic)
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
 

@@ -118,6 +118,10 @@ class Settings:
     """JVM heap of the embedded broker (-Xmx); small, to leave the cores' memory to the pipeline."""
     broker_start_timeout_s: float = 90.0
     """How long `broker start` waits for the broker to accept connections."""
+    broker_outage_s: float = 300.0
+    """How long the streams worker, the learner and the agent wait out a broker they cannot
+    reach (stopped, restarting, a network fault), retrying with backoff, before they exit
+    non-zero. Nothing uncommitted is lost either way: offsets follow the work they cover."""
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -130,6 +134,8 @@ class Settings:
                 raise ConfigError(f"{name}: must be a TCP port, got {getattr(self, name)}")
         if self.broker_port == self.controller_port:
             raise ConfigError("broker_port and controller_port must differ")
+        if not self.broker_outage_s > 0:
+            raise ConfigError(f"broker_outage_s: must be > 0, got {self.broker_outage_s}")
         if self.model_max_bytes < self.max_event_bytes:
             raise ConfigError("model_max_bytes: must be >= max_event_bytes")
         if not re.fullmatch(r"[A-Za-z0-9._-]*", self.topic_prefix):

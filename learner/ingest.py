@@ -183,6 +183,7 @@ def _child_main(conn: Connection, env: dict[str, Any], batch_size: int, limit: i
 class _Child:
     def __init__(self, conn: Connection, env: dict[str, Any], batch_size: int, limit: int | None, parent: int) -> None:
         from contracts.kafka import EventConsumer
+        from contracts.outage import BrokerWatch, install
         from contracts.settings import Settings
         from contracts.topics import TRANSITIONS
         from learner.features import Featurizer
@@ -198,6 +199,11 @@ class _Child:
         self.consumer = EventConsumer(settings, "learner", env["group_id"], [TRANSITIONS], on_assign=self._on_assign,
                                       decoders={TRANSITIONS: decoder}, **env["consumer"])
         self.read = 0
+        topic = settings.topic(TRANSITIONS)
+        # The trainer's watch says when the broker goes and comes back; this one waits out the
+        # commits and gives up past the same bound (the trainer then reports the error).
+        self.watch = install(BrokerWatch("learner ingestion", settings.bootstrap, settings.broker_outage_s,
+                                         lambda: self.consumer._consumer.list_topics(topic, timeout=2)))
 
     def _on_assign(self, partitions: list[Any]) -> None:
         """Read on from what was handed to the trainer (at start: its checkpoint's offsets)."""
@@ -210,6 +216,7 @@ class _Child:
         self.conn.send_bytes(_ENCODER.encode(["ready"]))
         try:
             while os.getppid() == self.parent:
+                self.watch.check()
                 if self._serve_requests():
                     return
                 want = self.batch_size if self.limit is None else min(self.batch_size, self.limit - self.read)
@@ -243,6 +250,7 @@ class _Child:
             if kind == "stop":
                 return True
             if kind == "commit":
-                self.consumer.commit({(t, p): o for t, p, o in body[0]})
+                offsets = {(t, p): o for t, p, o in body[0]}
+                self.watch.wait_out(lambda offsets=offsets: self.consumer.commit(offsets), "committing offsets")
                 self.conn.send_bytes(_ENCODER.encode(["committed"]))
         return False

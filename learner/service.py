@@ -24,6 +24,7 @@ from contracts.errors import ConfigError, EventError
 from contracts.events import Item
 from contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
 from contracts.models import ModelHeaders, read_safetensors_index
+from contracts.outage import BrokerWatch, install
 from contracts.settings import Settings
 from contracts.topics import ITEMS, MODELS, TRANSITIONS
 from learner.artifact import model_message
@@ -72,13 +73,17 @@ class Learner:
         self._ingest: Ingest | None = None
         self.version = 0
         self._restore()
-        published = latest_published_version(settings, config.policy)
+        self.producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes + (1 << 16)})
+        #: Waits out a broker outage (``contracts.outage``): started, or running, without one.
+        self.watch = install(BrokerWatch("learner", settings.bootstrap, settings.broker_outage_s, self._probe))
+        published = self.watch.wait_out(lambda: latest_published_version(settings, config.policy),
+                                        "reading the models topic")
         if published > self.version:
             log.info("models topic already has %s version %d (after the checkpoint); continuing after it",
                      config.policy, published)
             self.version = published
-        self.producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes + (1 << 16)})
-        self.items = CompactedReader(settings, "learner", ITEMS, producer=self.producer)
+        self.items = self.watch.wait_out(lambda: CompactedReader(settings, "learner", ITEMS, producer=self.producer),
+                                         "reading items")
         self.metrics.model_version.set(self.version)
         self._last_publish = self._last_checkpoint = time.monotonic()
         self._steps_at_publish = self.dqn.step
@@ -106,6 +111,7 @@ class Learner:
                     break
                 if max_transitions is not None and consumed >= max_transitions and not self.dqn.due():
                     break
+                self.watch.check()  # raises once the broker was away for longer than the bound
                 if now >= self._next_items:
                     self._read_items()
                     self._next_items = now + ITEMS_EVERY_S
@@ -161,6 +167,10 @@ class Learner:
         self.items.close()
         self.producer.flush()
 
+    def _probe(self) -> None:
+        """Raises unless the broker answers a metadata request (``BrokerWatch``)."""
+        self.producer._producer.list_topics(self.models_topic, timeout=2)
+
     # -- pieces ------------------------------------------------------------------------------
 
     def _train_one(self) -> None:
@@ -186,7 +196,7 @@ class Learner:
         value, headers = model_message(self.dqn.online, self.config, self.version,
                                        extra={"step": self.dqn.step})
         self.producer.produce(self.models_topic, value, key=self.config.policy, headers=headers.to_headers())
-        self.producer.flush()
+        self.watch.wait_out(self.producer.flush, "publishing a model")  # the broker away: it stays queued
         self._last_publish, self._steps_at_publish = time.monotonic(), self.dqn.step
         self.metrics.model_version.set(self.version)
         self.metrics.last_publish.set(time.time())
@@ -211,8 +221,8 @@ class Learner:
         path = save_checkpoint(self.config.checkpoint_dir, tensors, arrays, state)
         # Only now, and exactly the offsets the checkpoint holds (ingestion may have read on).
         committed = {tp: o for tp, o in self.offsets.items() if self._committed.get(tp) != o}
-        if self._ingest is not None:
-            self._ingest.commit(committed)
+        if self._ingest is not None:  # the child waits out an outage, up to the same bound
+            self._ingest.commit(committed, timeout=self.settings.broker_outage_s + 60.0)
         self._committed.update(committed)
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoints.inc()

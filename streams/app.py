@@ -32,6 +32,7 @@ from faust.types import TP
 from contracts.dlq import dead_letter
 from contracts.errors import EventError
 from contracts.events import Feedback, Interaction, Transition, UserState, decode, encode
+from contracts.outage import BrokerUnreachable, BrokerWatch, ConnectionNoise, install
 from contracts.settings import Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from streams.config import StreamsConfig
@@ -45,6 +46,24 @@ log = logging.getLogger("shelfq.streams")
 COMPONENT = "streams"
 REPORT_EVERY_S = 2.0
 STALL_AFTER_S = 15.0
+BACKLOG_WARN_EVERY_S = 30.0  # a failing read of the offsets is said this often at most
+
+# aiokafka logs each failed connection, metadata update, fetch and coordinator request at
+# ERROR, dozens a second while the broker is down: one WARNING a minute (the worker's
+# BrokerWatch says when it goes and comes back), each telling the watch.
+_AIOKAFKA_NOISE = ConnectionNoise("Unable connect to node", "Unable to update metadata", "Failed fetch messages",
+                                  "Group Coordinator Request failed", "Heartbeat session expired",
+                                  "marking coordinator dead", "NodeNotReadyError", "Connection refused")
+for _name in ("aiokafka.client", "aiokafka.conn", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator"):
+    logging.getLogger(_name).addFilter(_AIOKAFKA_NOISE)
+
+
+def quiet_handlers() -> None:
+    """The same filter on the handlers Faust's worker set up (records of aiokafka.client were
+    seen to reach them unfiltered in a worker, though not in isolation)."""
+    for handler in logging.getLogger().handlers:
+        if _AIOKAFKA_NOISE not in handler.filters:
+            handler.addFilter(_AIOKAFKA_NOISE)
 
 
 class _MsgpackRecordCodec(codecs.Codec):
@@ -162,6 +181,11 @@ class JoinWorker:
         self._reported = self.join.outcomes.copy()
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in INPUTS}
         self._stalls = StallWatch(STALL_AFTER_S)
+        self._backlog_warned = 0.0
+        self._watching: asyncio.Future | None = None
+        #: Waits out a broker outage (``contracts.outage``): the clients reconnect on their own,
+        #: Faust's producer keeps what it could not send and its commit waits for the coordinator.
+        self.watch = install(BrokerWatch("streams worker", s.bootstrap, s.broker_outage_s, self._ping_broker))
 
     def on_recovered(self, partitions: set[int]) -> None:
         """Take up ``partitions``, and learn where Faust starts delivering each of them (in the
@@ -314,7 +338,11 @@ class JoinWorker:
                 starts = await loop.run_in_executor(None, self._committed_offsets)
             ends = await loop.run_in_executor(None, self._end_offsets)
         except Exception as exc:  # noqa: BLE001 - keep the last known backlog
-            log.warning("could not read offsets for the watermark: %s", exc)
+            self.watch.lost(str(exc))
+            now = time.monotonic()
+            if now - self._backlog_warned >= BACKLOG_WARN_EVERY_S:  # every tick while the broker is away
+                self._backlog_warned = now
+                log.warning("could not read offsets for the watermark: %s", exc)
             return
         if assignment != self._assignments:
             return  # partitions changed hands while the broker answered: ask again next tick
@@ -381,11 +409,30 @@ class JoinWorker:
         except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile; the next tick looks again
             log.warning("could not seek %s:%d to %d: %s", tp.topic, tp.partition, position, exc)
 
+    def watch_broker(self) -> None:
+        """While the broker may be away, ask it (in the background, off the event loop) whether
+        it is back; stop the worker once it was away for longer than ``broker_outage_s``."""
+        if self.watch.settled or (self._watching is not None and not self._watching.done()):
+            return
+        self._watching = asyncio.ensure_future(self._check_broker())
+
+    async def _check_broker(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.watch.check)
+        except BrokerUnreachable as exc:
+            log.error("%s", exc)
+            await self.app.crash(exc)
+
+    def _ping_broker(self) -> None:
+        self._admin_client().list_topics(timeout=2)
+
     def _admin_client(self) -> Any:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            self._admin = AdminClient(self.settings.confluent_config())
+            from contracts.outage import report_client_error
+
+            self._admin = AdminClient(self.settings.confluent_config(error_cb=report_client_error))
         return self._admin
 
     def _end_offsets(self) -> dict[TP, int]:
@@ -628,6 +675,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         table_standby_replicas=0,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # Outputs wait for a broker that is away for as long as the worker waits for it.
+        producer_request_timeout=max(1200.0, settings.broker_outage_s + 60.0),
         # The worker measures every output against this before it sends (streams.limits).
         producer_max_request_size=config.max_message_bytes,
         consumer_auto_offset_reset="earliest",
@@ -693,7 +742,10 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
 
     @app.timer(interval=config.tick_s)
     async def tick() -> None:
-        await worker.refresh_backlog()
+        quiet_handlers()
+        worker.watch_broker()
+        if not worker.watch.down:  # else the last known backlog stands until it is back
+            await worker.refresh_backlog()
         worker.on_tick()
         await worker.flush()
 

@@ -1,0 +1,133 @@
+"""Waiting out a broker outage (contracts.outage): retries with backoff, quiet logs, and a
+bound past which a component exits non-zero with one clear message."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from contracts.errors import ConfigError
+from contracts.outage import (
+    BrokerUnreachable,
+    BrokerWatch,
+    ConnectionNoise,
+    Unacknowledged,
+    is_transient,
+)
+from contracts.settings import Settings
+from shelfq.ports import free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def transport_failure() -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
+
+def test_a_call_is_repeated_with_backoff_until_the_broker_is_back(caplog: pytest.LogCaptureFixture) -> None:
+    clock, calls = Clock(), []
+
+    def commit() -> str:
+        calls.append(clock.now)
+        if clock.now < 20:
+            raise transport_failure()
+        return "committed"
+
+    watch = BrokerWatch("agent", "b:9092", 300, lambda: None, clock=clock, sleep=clock.sleep)
+    with caplog.at_level(logging.INFO, logger="shelfq.outage"):
+        assert watch.wait_out(commit, "committing offsets") == "committed"
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps[:4] == [0.5, 1.0, 2.0, 4.0] and max(gaps) == 8.0
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert "unreachable" in caplog.records[0].getMessage() and "back after" in caplog.records[1].getMessage()
+    assert not watch.down
+
+
+def test_past_the_bound_the_wait_ends_with_a_clear_error() -> None:
+    clock = Clock()
+
+    def flush() -> None:
+        clock.now += 30  # a flush that times out
+        raise Unacknowledged("3 messages still unacknowledged after 30s")
+
+    watch = BrokerWatch("learner", "b:9092", 100, lambda: None, clock=clock, sleep=clock.sleep)
+    with pytest.raises(BrokerUnreachable, match=r"learner: the broker at b:9092 was unreachable for 1\d\d s .*"
+                                                r"SHELFQ_BROKER_OUTAGE_S = 100 s.*start the learner again"):
+        watch.wait_out(flush, "publishing a model")
+    assert 100 < clock.now <= 140
+
+
+def test_other_errors_are_not_waited_for() -> None:
+    watch = BrokerWatch("agent", "b:9092", 300, lambda: None)
+    refused = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert not is_transient(refused) and not is_transient(ValueError("x"))
+    with pytest.raises(KafkaException):
+        watch.wait_out(lambda: (_ for _ in ()).throw(refused), "committing")
+    assert watch.settled
+
+
+def test_a_success_that_needed_no_broker_does_not_say_it_is_back(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    probe_ok = [False]
+
+    def probe() -> None:
+        if not probe_ok[0]:
+            raise transport_failure()
+
+    watch = BrokerWatch("agent", "b:9092", 300, probe, clock=clock, sleep=clock.sleep)
+    with caplog.at_level(logging.INFO, logger="shelfq.outage"):
+        watch.lost("1/1 brokers are down")
+        watch.check()
+        watch.wait_out(lambda: None, "sending slates")  # nothing queued: proves nothing
+        assert watch.down
+        clock.now += 10
+        probe_ok[0] = True
+        watch.check()
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"] and not watch.down
+
+
+def test_connection_failures_become_one_warning_a_minute() -> None:
+    noise = ConnectionNoise("Connect to ipv")
+    record = lambda msg: logging.LogRecord("shelfq.kafka", logging.ERROR, "", 0, msg, (), None)
+    first, second = record("FAIL [rdkafka#consumer-1]: Connect to ipv4#127.0.0.1:9092 failed"), record(
+        "FAIL [rdkafka#consumer-2]: Connect to ipv4#127.0.0.1:9092 failed")
+    other = record("something else went wrong")
+    assert noise.filter(first) and first.levelname == "WARNING" and first.levelno == logging.WARNING
+    assert not noise.filter(second)
+    assert noise.filter(other) and other.levelno == logging.ERROR
+
+
+def test_the_bound_is_a_setting_of_at_least_five_minutes_by_default() -> None:
+    assert Settings().broker_outage_s >= 300
+    assert Settings.from_env({"SHELFQ_BROKER_OUTAGE_S": "2.5"}).broker_outage_s == 2.5
+    with pytest.raises(ConfigError, match="broker_outage_s"):
+        Settings(broker_outage_s=0)
+
+
+def test_an_agent_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non_zero() -> None:
+    env = {**os.environ, "SHELFQ_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "SHELFQ_BROKER_OUTAGE_S": "2",
+           "SHELFQ_AGENT_METRICS_PORT": "0"}
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "shelfq", "agent", "--max-seconds", "120"], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert "shelfq: error: agent: the broker at 127.0.0.1:" in run.stderr
+    assert "SHELFQ_BROKER_OUTAGE_S = 2 s" in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.count("ERROR") == 0 and run.stderr.count("shelfq: error:") == 1
