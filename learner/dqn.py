@@ -109,7 +109,7 @@ class DQN:
         self.dedupe = Deduper(config.dedupe_capacity)
         self.step = 0
         self.duplicates = 0
-        self._credit = 0.0  # transitions consumed but not yet trained on (x replay_ratio)
+        self.credit = 0.0  # transitions consumed but not yet trained on (x replay_ratio); checkpointed
 
     # -- online API --------------------------------------------------------------------------
 
@@ -133,12 +133,12 @@ class DQN:
         for slate, action, reward in zip((s for s, k in zip(slates, keep) if k),
                                          (a for a, k in zip(actions, keep) if k), rewards):
             observe(slate, action, reward)
-        self._credit += new * self.config.replay_ratio
+        self.credit += new * self.config.replay_ratio
         return new
 
     def due(self) -> bool:
         """Whether the transitions added so far pay for another step (``replay_ratio``)."""
-        return self._credit >= self.config.batch_size and len(self.replay) >= self.config.learning_starts
+        return self.credit >= self.config.batch_size and len(self.replay) >= self.config.learning_starts
 
     def train_due(self) -> StepStats | None:
         """Train as many steps as the transitions added since the last call pay for."""
@@ -186,7 +186,7 @@ class DQN:
         """One double-DQN (or SlateQ) update; returns the loss, mean |TD error| and mean Q."""
         b, candidates, indices = sampled
         cfg = self.config
-        self._credit = max(0.0, self._credit - cfg.batch_size)
+        self.credit = max(0.0, self.credit - cfg.batch_size)
         with autocast(self.device):
             loss, td, q = (self._item_loss if cfg.objective == "item" else self._slateq_loss)(b, candidates)
         # Gradient step with global-norm clipping.

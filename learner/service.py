@@ -216,7 +216,7 @@ class Learner:
         state = {
             "step": d.step, "version": self.version, "network": self.config.network(),
             "offsets": [[t, p, o] for (t, p), o in sorted(self.offsets.items())],
-            "dedupe": d.dedupe.keys(), "catalog": ids, "credit": d._credit, "optimizer": optim_meta,
+            "dedupe": d.dedupe.keys(), "catalog": ids, "credit": d.credit, "optimizer": optim_meta,
         }
         path = save_checkpoint(self.config.checkpoint_dir, tensors, arrays, state)
         # Only now, and exactly the offsets the checkpoint holds (ingestion may have read on).
@@ -245,7 +245,7 @@ class Learner:
                                  clicks_required=self.config.objective == "slateq")
         d.catalog.load(ck.state["catalog"], ck.arrays["catalog.scores"])
         d.dedupe.load(ck.state["dedupe"])
-        d.step, d._credit = int(ck.state["step"]), float(ck.state["credit"])
+        d.step, d.credit = int(ck.state["step"]), float(ck.state["credit"])
         self.version = int(ck.state["version"])
         self.offsets = {(t, p): o for t, p, o in ck.state["offsets"]}
         log.info("restored %s: step %d, version %d, %d transitions in replay", ck.path, d.step, self.version, len(d.replay))
