@@ -383,6 +383,9 @@ class ModelWatcher:
         big = self.settings.model_max_bytes + (1 << 16)
         consumer = Consumer(self.settings.confluent_config(**{
             "group.id": f"{self.settings.topic_prefix}agent-models", "enable.auto.commit": False,
+            # Models are published in transactions (learner.publisher): one that a fenced
+            # learner could not commit is never served.
+            "isolation.level": "read_committed",
             "fetch.max.bytes": big, "max.partition.fetch.bytes": big, "enable.partition.eof": False}))
         topic = self.settings.topic(MODELS)
         try:

@@ -6,6 +6,11 @@ kill -9 therefore rolls the learner back to its last checkpoint and it reads on 
 the offsets that checkpoint recorded: no transition is skipped, and none is counted twice
 (the steps taken after the checkpoint are lost and taken again). Model versions never repeat:
 a restart continues after the highest version found on the ``models`` topic.
+
+One learner per policy: models go out in transactions under the policy's transactional id
+(``learner.publisher``), so a second learner started for the policy fences the first, which
+stops at its next publish with ``LearnerFenced`` (exit status 1), publishing nothing more and
+writing no further checkpoint or commit: what it had read is read again by its successor.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from learner.config import LearnerConfig
 from learner.dqn import DQN, StepStats
 from learner.ingest import Ingest
 from learner.metrics import LearnerMetrics
+from learner.publisher import ModelPublisher
 
 log = logging.getLogger("shelfq.learner")
 ITEMS_EVERY_S = 1.0
@@ -73,9 +79,12 @@ class Learner:
         self._ingest: Ingest | None = None
         self.version = 0
         self._restore()
-        self.producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes + (1 << 16)})
+        self.producer = ReliableProducer(settings)  # dead letters; models go through self.models
         #: Waits out a broker outage (``contracts.outage``): started, or running, without one.
         self.watch = install(BrokerWatch("learner", settings.bootstrap, settings.broker_outage_s, self._probe))
+        # First: registering the policy's transactional id fences an earlier learner of the
+        # policy and settles its open transaction, so the version read next is final.
+        self.models = ModelPublisher(settings, config.policy, self.watch)
         published = self.watch.wait_out(lambda: latest_published_version(settings, config.policy),
                                         "reading the models topic")
         if published > self.version:
@@ -143,7 +152,10 @@ class Learner:
                     self._next_lag = now + LAG_EVERY_S
         finally:
             try:
-                self.checkpoint()  # and commit through the child, before it goes
+                # A fenced learner's successor reads on from the committed offsets: what this
+                # one read since is read again there rather than kept in a replay nobody serves.
+                if not self.models.fenced:
+                    self.checkpoint()  # and commit through the child, before it goes
             finally:
                 ingest.halt()
         if self.dqn.step > self._steps_at_publish:
@@ -166,6 +178,7 @@ class Learner:
     def close(self) -> None:
         self.items.close()
         self.producer.flush()
+        self.models.close()
 
     def _probe(self) -> None:
         """Raises unless the broker answers a metadata request (``BrokerWatch``)."""
@@ -191,12 +204,13 @@ class Learner:
                 or time.monotonic() - self._last_publish >= self.config.publish_every_s)
 
     def publish(self) -> ModelHeaders:
-        """Send the online network as the next model version and wait for the broker."""
-        self.version += 1
-        value, headers = model_message(self.dqn.online, self.config, self.version,
+        """Send the online network as the next model version and wait until the broker holds
+        it committed (while the broker is away, up to ``broker_outage_s``). Raises
+        ``LearnerFenced`` once another learner of the policy took over."""
+        value, headers = model_message(self.dqn.online, self.config, self.version + 1,
                                        extra={"step": self.dqn.step})
-        self.producer.produce(self.models_topic, value, key=self.config.policy, headers=headers.to_headers())
-        self.watch.wait_out(self.producer.flush, "publishing a model")  # the broker away: it stays queued
+        self.models.publish(self.models_topic, value, self.config.policy, headers.to_headers())
+        self.version += 1
         self._last_publish, self._steps_at_publish = time.monotonic(), self.dqn.step
         self.metrics.model_version.set(self.version)
         self.metrics.last_publish.set(time.time())
@@ -279,6 +293,7 @@ def latest_published_version(settings: Settings, policy: str, timeout: float = 1
     count: they were never a model anyone could load."""
     consumer = Consumer(settings.confluent_config(**{
         "group.id": f"{settings.topic_prefix}learner-version-probe", "enable.auto.commit": False,
+        "isolation.level": "read_committed",  # a fenced learner's aborted model is no version
         "enable.partition.eof": True, "fetch.max.bytes": settings.model_max_bytes + (1 << 16),
         "max.partition.fetch.bytes": settings.model_max_bytes + (1 << 16)}))
     topic = settings.topic(MODELS)

@@ -67,6 +67,7 @@ def allow(principal: str, kind: ResourceType, name: str, *operations: AclOperati
 
 
 TOPIC, GROUP, READ, WRITE = ResourceType.TOPIC, ResourceType.GROUP, AclOperation.READ, AclOperation.WRITE
+TXN = ResourceType.TRANSACTIONAL_ID
 CREATE, PREFIXED = AclOperation.CREATE, ResourcePatternType.PREFIXED
 
 # What docs/security.md grants each component (READ and WRITE imply DESCRIBE). Readers that
@@ -77,6 +78,7 @@ ACLS = [
     *allow("learner", TOPIC, f"{PREFIX}models", READ, WRITE),
     *allow("learner", TOPIC, f"{PREFIX}dlq", WRITE),
     *allow("learner", GROUP, f"{PREFIX}learner-", READ, pattern=PREFIXED),
+    *allow("learner", TXN, f"{PREFIX}learner-", WRITE, pattern=PREFIXED),  # models go out in transactions
     *allow("agent", TOPIC, f"{PREFIX}requests", READ),
     *allow("agent", TOPIC, f"{PREFIX}user-state", READ),
     *allow("agent", TOPIC, f"{PREFIX}items", READ),
@@ -230,6 +232,14 @@ def test_the_agent_may_not_write_models(cluster: SecuredCluster) -> None:
     reliable.produce(settings.topic("models"), b"not a model", key="dqn")
     with pytest.raises(ShelfqError, match="acl.models: Broker: Topic authorization failed"):
         reliable.flush(30)
+
+    # Nor may it take the learner's transactional id, which would fence the learner.
+    from contracts.outage import BrokerWatch
+    from learner.publisher import ModelPublisher
+
+    watch = BrokerWatch("agent", cluster.bootstrap, 30.0, lambda: None)
+    with pytest.raises(ShelfqError, match="refuses the transactional id 'acl.learner-dqn'"):
+        ModelPublisher(settings, "dqn", watch)
 
 
 
