@@ -65,8 +65,9 @@ class AgentConfig:
     max_candidates: int = 1000
     """Above this many candidates, the top ones by score are shortlisted before exploring."""
     deadline_s: float = 2.0
-    """Requests older than this (event time against the agent's clock) are skipped and
-    counted, never answered late."""
+    """Requests that waited longer than this since they reached Kafka (the broker's append
+    time against the agent's clock, not the frontend's ``ts``: ``agents.deadline``) are
+    skipped and counted, never answered late."""
     batch_size: int = 64
     """Requests scored together (micro-batch); a batch never waits to fill."""
     commit_interval_s: float = 1.0

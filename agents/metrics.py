@@ -24,8 +24,8 @@ class AgentMetrics:
                                        "(absent until one arrives).", ["arm", "policy"], registry=r)
         self.arm_model_age = Gauge("shelfq_agent_arm_model_age_seconds", "Age of each arm's model at its latest "
                                    "slate (now - its created_ts).", ["arm"], registry=r)
-        self.latency = Histogram("shelfq_agent_latency_seconds", "From the request's event time to its slate handed to "
-                                 "the producer.", buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("shelfq_agent_latency_seconds", "From the request's arrival in Kafka (the broker's "
+                                 "append time) to its slate handed to the producer.", buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("shelfq_agent_batch_size", "Requests scored together.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.batch_time = Histogram("shelfq_agent_batch_seconds", "Wall time to score and send one micro-batch.",

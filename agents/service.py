@@ -16,7 +16,9 @@ shorter; with none, the request is dead-lettered as ``unanswerable`` (a slate ho
 one item).
 
 Requests are read in micro-batches that never wait to fill: one blocking poll for the first,
-then whatever else is already fetched. Slates are flushed before the requests' offsets are
+then whatever else is already fetched. A request that waited in Kafka longer than the deadline
+is skipped; its age counts from the broker's append time, not from its frontend's clock
+(``agents.deadline``). Slates are flushed before the requests' offsets are
 committed, so a crash re-answers requests rather than losing them. Replicas in one consumer
 group share the partitions.
 """
@@ -32,16 +34,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
 
 from agents.arms import Arm, ArmSplit
 from agents.config import AgentConfig
+from agents.deadline import arrival_time, past_deadline
 from agents.exclusion import allowed_mask, excluded_items
 from agents.metrics import AgentMetrics
 from agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, SlateChoice
 from contracts.errors import EventError
 from contracts.events import Item, Request, Slate, State, UserState, encode
-from contracts.kafka import CompactedReader, EventConsumer, ReliableProducer, topic_partitions
+from contracts.kafka import CompactedReader, EventConsumer, Received, ReliableProducer, topic_partitions
 from contracts.models import ModelHeaders
 from contracts.outage import BrokerWatch, install
 from contracts.settings import Settings
@@ -131,6 +134,7 @@ class Agent:
             log.info("experiment arms: %s", ", ".join(f"{a.name}={a.policy} ({a.weight:g})" for a in self.arms))
         self._next_cache = 0.0
         self.slates_topic = settings.topic(SLATES)
+        self._said_create_time = False
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -158,7 +162,7 @@ class Agent:
                 if received:
                     received += self.consumer.poll(timeout=0, max_messages=self.config.batch_size - 1)
                     t0 = time.perf_counter()
-                    a, s = self.answer([r.event for r in received])  # type: ignore[misc]
+                    a, s = self.answer([r.event for r in received], self._arrivals(received))  # type: ignore[misc]
                     self.metrics.batch_time.observe(time.perf_counter() - t0)
                     answered, skipped = answered + a, skipped + s
                 self.producer.poll(0)
@@ -189,6 +193,17 @@ class Agent:
         """Raises unless the broker answers a metadata request (``BrokerWatch``)."""
         self.consumer._consumer.list_topics(self.settings.topic(REQUESTS), timeout=2)
 
+    def _arrivals(self, received: Sequence[Received]) -> list[float]:
+        """When each request reached Kafka (``agents.deadline``); says once if the requests
+        topic does not store the broker's time, so the frontends' clocks still decide."""
+        if not self._said_create_time and any(r.timestamp_type != TIMESTAMP_LOG_APPEND_TIME for r in received):
+            self._said_create_time = True
+            log.warning("%s stores its producers' timestamps, not the broker's: the deadline counts from the "
+                        "requests' own ts, so a frontend whose clock is off has its requests skipped (behind) or "
+                        "answered late (ahead); run `shelfq topics create` to set message.timestamp.type="
+                        "LogAppendTime", self.settings.topic(REQUESTS))
+        return [arrival_time(r.event.ts, r.timestamp_type, r.timestamp_ms) for r in received]  # type: ignore[union-attr]
+
     def close(self) -> None:
         self.consumer.close()
         self.users_reader.close()
@@ -197,14 +212,15 @@ class Agent:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def answer(self, requests: Sequence[Request]) -> tuple[int, int]:
+    def answer(self, requests: Sequence[Request], arrivals: Sequence[float] | None = None) -> tuple[int, int]:
         """Score and answer a micro-batch, each arm's requests with its policy; returns
-        (answered, skipped)."""
+        (answered, skipped). ``arrivals``: when each request reached Kafka (``agents.deadline``;
+        by default their own ``ts``), what the deadline and the latency count from."""
         now = time.time()
-        by_arm: dict[int, tuple[list[Request], list[Ask]]] = {}  # in the order arms first appear
+        by_arm: dict[int, tuple[list[Request], list[Ask], list[float]]] = {}  # in the order arms first appear
         fresh = 0
-        for req in requests:
-            if now - req.ts > self.config.deadline_s:
+        for req, arrived in zip(requests, arrivals if arrivals is not None else [r.ts for r in requests], strict=True):
+            if past_deadline(now, arrived, self.config.deadline_s):
                 self.metrics.requests.labels("skipped").inc()
                 continue
             candidates = req.candidates if req.candidates is not None else self._catalog()
@@ -217,15 +233,17 @@ class Agent:
                 self._unanswerable(req, f"no candidates: all {len(candidates)} are excluded (the request's exclude, "
                                         f"or exclude_seen={self.config.exclude_seen} over the user's history)")
                 continue
-            reqs, asks = by_arm.setdefault(self.split.index_of(req.user_id) if self.experiment else 0, ([], []))
+            reqs, asks, arrived_at = by_arm.setdefault(self.split.index_of(req.user_id) if self.experiment else 0,
+                                                       ([], [], []))
             reqs.append(req)
             asks.append(ask)
+            arrived_at.append(arrived)
             fresh += 1
         if not fresh:
             return 0, len(requests)
         self.metrics.batch_size.observe(fresh)
         unmodelled = 0
-        for index, (reqs, asks) in by_arm.items():
+        for index, (reqs, asks, arrived_at) in by_arm.items():
             arm = self.arms[index]
             dqn = self.dqn.get(arm.policy)
             policy = dqn or (self.fallback_popular if len(self.popularity) else self.fallback_random)
@@ -235,8 +253,8 @@ class Agent:
             else:
                 self._note_model_use(arm, dqn)
             sent = time.time()
-            for req, ask, choice in zip(reqs, asks, choices):
-                self._send(req, ask.state, choice, sent, arm.name or None)
+            for req, ask, choice, arrived in zip(reqs, asks, choices, arrived_at):
+                self._send(req, ask.state, choice, sent, arm.name or None, arrived)
         self.metrics.fallback.set(unmodelled / fresh)
         return fresh, len(requests) - fresh
 
@@ -256,7 +274,8 @@ class Agent:
                                detail=detail)
         self.metrics.requests.labels("unanswerable").inc()
 
-    def _send(self, req: Request, state: State, choice: SlateChoice, now: float, arm: str | None) -> None:
+    def _send(self, req: Request, state: State, choice: SlateChoice, now: float, arm: str | None,
+              arrived: float) -> None:
         slate = Slate(request_id=req.request_id, user_id=req.user_id, session_id=req.session_id or req.user_id,
                       ts=now, items=choice.items, scores=choice.scores, propensities=choice.propensities,
                       policy=choice.policy, model_version=choice.model_version, state=state, arm=arm)
@@ -265,7 +284,7 @@ class Agent:
         self.metrics.slates.labels(choice.policy).inc()
         if arm is not None:
             self.metrics.arm_slates.labels(arm, choice.policy).inc()
-        self.metrics.latency.observe(max(0.0, now - req.ts))
+        self.metrics.latency.observe(max(0.0, now - arrived))  # the deadline's clock, not the frontend's
 
     # -- caches and models -------------------------------------------------------------------
 

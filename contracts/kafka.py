@@ -235,6 +235,9 @@ class Received(NamedTuple):
     offset: int
     key: str | None
     timestamp_ms: int
+    #: What ``timestamp_ms`` is: the broker's append time (``TIMESTAMP_LOG_APPEND_TIME``) on a
+    #: topic that stores it, else the producer's (``TIMESTAMP_CREATE_TIME``).
+    timestamp_type: int = 0
 
 
 class EventConsumer:
@@ -435,4 +438,5 @@ def _receive(msg: Any, logical: str, decoder: Callable[[bytes | None], Any], dlq
                      detail=str(exc))
             return None
     return Received(event, logical, msg.partition(), msg.offset(),
-                    key.decode("utf-8", errors="replace") if key is not None else None, msg.timestamp()[1])
+                    key.decode("utf-8", errors="replace") if key is not None else None, msg.timestamp()[1],
+                    msg.timestamp()[0])

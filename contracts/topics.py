@@ -73,7 +73,8 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
     return {
         s.logical: s
         for s in (
-            spec(REQUESTS, "user_id", user_keyed, cleanup_policy="delete"),
+            # The broker's clock, not the frontend's: the agent's deadline (agents.deadline).
+            spec(REQUESTS, "user_id", user_keyed, cleanup_policy="delete", message_timestamp_type="LogAppendTime"),
             spec(SLATES, "user_id", user_keyed, cleanup_policy="delete"),
             spec(IMPRESSIONS, "user_id", user_keyed, cleanup_policy="delete"),
             spec(FEEDBACK, "user_id", user_keyed, cleanup_policy="delete"),

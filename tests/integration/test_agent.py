@@ -78,6 +78,12 @@ def slates_for(settings: Settings, ids: list[str], timeout: float = 60.0) -> dic
 
 def test_requests_in_slates_out_and_a_new_model_is_served_without_a_restart(settings: Settings, agents, tmp_path: Path) -> None:
     produce_catalog(settings)
+    # Past the deadline is what waited in Kafka for longer (agents.deadline): sent before the agent starts.
+    stale = Request(request_id="stale", user_id="u-stale", ts=time.time(), slate_size=3)
+    producer = ReliableProducer(settings)
+    producer.produce(settings.topic("requests"), encode(stale), stale.user_id)
+    producer.flush()
+    time.sleep(2.5)
     agent = AgentProcess(settings, tmp_path / "agent.log")
     agents.append(agent)
     agent.wait(lambda: agent.metric("shelfq_agent_cache_entries", 'cache="items"') >= len(CATALOG), "the items cache")
@@ -90,10 +96,6 @@ def test_requests_in_slates_out_and_a_new_model_is_served_without_a_restart(sett
     chosen = slates_for(settings, send_requests(settings, 3, "listed", candidates=["sku-1", "sku-2", "sku-3", "sku-4"]))
     assert all(set(s.items) <= {"sku-1", "sku-2", "sku-3", "sku-4"} for s in chosen.values())
 
-    stale = Request(request_id="stale", user_id="u-stale", ts=time.time() - 60, slate_size=3)
-    producer = ReliableProducer(settings)
-    producer.produce(settings.topic("requests"), encode(stale), stale.user_id)
-    producer.flush()
     agent.wait(lambda: agent.metric("shelfq_agent_requests_total", 'outcome="skipped"') >= 1, "the stale request skipped")
 
     publish_model(settings, version=1)
@@ -288,7 +290,7 @@ def test_an_agent_stopped_by_an_error_leaves_the_unanswered_requests_for_the_nex
     config = AgentConfig(metrics_port=0, deadline_s=3600.0)
     first = Agent(settings, config)
 
-    def fail(requests):  # noqa: ANN001, ANN202 - a fault in the middle of a batch
+    def fail(requests, arrivals=None):  # noqa: ANN001, ANN202 - a fault in the middle of a batch
         raise RuntimeError("fault while answering")
 
     first.answer = fail  # type: ignore[method-assign]
