@@ -75,6 +75,9 @@ class LearnerConfig:
     """Size of the next slate in SlateQ's target (the agent's usual slate size)."""
     gamma: float = 0.9
     """Discount; 0 gives the myopic click-greedy baseline with the same code."""
+    n_step: int = 1
+    """Slates of the session a target follows before it bootstraps (``learner.sessions``): 1 is
+    the one-step target; 2 and 3 also see what a click did to the slates after the next."""
     batch_size: int = 256
     """Transitions per gradient step."""
     learning_rate: float = 1e-3
@@ -152,7 +155,7 @@ class LearnerConfig:
             raise ConfigError(f"learner: encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         positive = ("embedding_dim", "hidden_dim", "hash_buckets", "history_length", "context_buckets",
                     "batch_size", "slate_size", "candidates", "replay_capacity", "dedupe_capacity", "target_period",
-                    "publish_every_steps")
+                    "publish_every_steps", "n_step")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"learner: {name} must be >= 1, got {getattr(self, name)}")
@@ -176,6 +179,9 @@ class LearnerConfig:
         if self.learning_starts < self.batch_size:
             warnings.warn(f"learner: learning_starts {self.learning_starts} < batch_size {self.batch_size}; "
                           "the first steps wait for a full batch anyway", stacklevel=2)
+        if self.n_step > 5:
+            warnings.warn(f"learner: n_step {self.n_step} > 5 follows the logging policy's slates far; "
+                          "its returns are not corrected for it", stacklevel=2)
         if self.gamma > 0.99:
             warnings.warn(f"learner: gamma {self.gamma} > 0.99 makes online targets slow to settle", stacklevel=2)
 

@@ -32,6 +32,7 @@ from learner.features import Featurizer
 from learner.item_features import attribute_rows
 from learner.network import QNetwork, UserVectors
 from learner.replay import ReplayBuffer, Sample
+from learner.sessions import LINK_FIELDS, SessionLinks, bootstrap
 from learner.slateq import item_scores, slate_value
 from learner.wire import TransitionView
 
@@ -41,14 +42,21 @@ class Batch(NamedTuple):
 
     items: torch.Tensor
     events: torch.Tensor
-    next_items: torch.Tensor
-    next_events: torch.Tensor
     context: torch.Tensor
     context_weights: torch.Tensor
     actions: torch.Tensor
     positions: torch.Tensor
     rewards: torch.Tensor
-    dones: torch.Tensor
+    next_items: torch.Tensor
+    """The state the target bootstraps from: the row's next state, or with n-step returns the
+    one after the last slate of its session followed (``learner.sessions``); so the context too."""
+    next_events: torch.Tensor
+    next_context: torch.Tensor
+    next_context_weights: torch.Tensor
+    next_rewards: torch.Tensor
+    """The discounted rewards of the session's next slates followed (0 with one-step targets)."""
+    discounts: torch.Tensor
+    """What multiplies the bootstrapped value: gamma^k times 0 where the session ended on the way."""
     clicks: torch.Tensor
     quiet: torch.Tensor
     slates: torch.Tensor
@@ -107,6 +115,7 @@ class DQN:
                                    alpha=config.priority_alpha, beta=config.priority_beta, seed=config.seed)
         self.catalog = Catalog(seed=config.seed)
         self.dedupe = Deduper(config.dedupe_capacity)
+        self.links = SessionLinks(config.dedupe_capacity)  # as many sessions as ids remembered, at most
         self.step = 0
         self.duplicates = 0
         self.credit = 0.0  # transitions consumed but not yet trained on (x replay_ratio); checkpointed
@@ -128,7 +137,12 @@ class DQN:
             return 0
         if new < len(ids):
             rows = {name: column[keep] for name, column in rows.items()}
+        first = self.replay.added
         self.replay.add(rows)
+        if self.config.n_step > 1 and all(name in rows for name in LINK_FIELDS):
+            numbers = first + np.arange(new)
+            for linked, successor in self.links.add(numbers, *(rows[name] for name in LINK_FIELDS), rows["rewards"]):
+                self.replay.link(linked, successor)
         observe, rewards = self.catalog.observe, rows["rewards"].tolist()
         for slate, action, reward in zip((s for s, k in zip(slates, keep) if k),
                                          (a for a, k in zip(actions, keep) if k), rewards):
@@ -168,19 +182,24 @@ class DQN:
 
     def sample(self) -> tuple[Batch, torch.Tensor, np.ndarray]:
         """A replay batch, the candidate rows for s' and the sampled slots."""
-        s = self.replay.sample(self.config.batch_size, CLICKED_SHARE if self.config.objective == "slateq" else 0.0)
-        return self.to_batch(s), self._rows(self.catalog.candidates(self.config.candidates, self.config.popular_share)), s.indices
+        cfg = self.config
+        s = self.replay.sample(cfg.batch_size, CLICKED_SHARE if cfg.objective == "slateq" else 0.0)
+        return self.to_batch(s), self._rows(self.catalog.candidates(cfg.candidates, cfg.popular_share)), s.indices
 
     def to_batch(self, s: Sample) -> Batch:
-        dev = self.device
+        dev, a = self.device, self.replay.arrays
+        boot = bootstrap(a, self.replay.capacity, s.indices, self.config.gamma, self.config.n_step)
 
-        def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-            return torch.from_numpy(a).to(dev, dtype, non_blocking=True)
+        def t(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(x).to(dev, dtype, non_blocking=True)
 
-        return Batch(t(s.items, torch.long), t(s.events, torch.long), t(s.next_items, torch.long),
-                     t(s.next_events, torch.long), t(s.context, torch.long), t(s.context_weights, torch.float32),
-                     t(s.actions, torch.long), t(s.positions, torch.long), t(s.rewards, torch.float32),
-                     t(s.dones, torch.float32), t(s.clicks, torch.bool), t(s.quiet, torch.bool), t(s.slates, torch.long), t(s.weights, torch.float32), s.uniform)
+        return Batch(t(s.items, torch.long), t(s.events, torch.long), t(s.context, torch.long),
+                     t(s.context_weights, torch.float32), t(s.actions, torch.long), t(s.positions, torch.long),
+                     t(s.rewards, torch.float32), t(a["next_items"][boot.rows], torch.long),
+                     t(a["next_events"][boot.rows], torch.long), t(a["context"][boot.rows], torch.long),
+                     t(a["context_weights"][boot.rows], torch.float32), t(boot.reward, torch.float32),
+                     t(boot.discount, torch.float32), t(s.clicks, torch.bool), t(s.quiet, torch.bool),
+                     t(s.slates, torch.long), t(s.weights, torch.float32), s.uniform)
 
     def train_step(self, sampled: tuple[Batch, torch.Tensor, np.ndarray]) -> StepStats:
         """One double-DQN (or SlateQ) update; returns the loss, mean |TD error| and mean Q."""
@@ -219,14 +238,14 @@ class DQN:
         with torch.no_grad():
             if cfg.gamma > 0:
                 # Double DQN: the online net picks a' in C, the target net values it.
-                next_online = self.online.user(b.next_items, b.next_events, b.context, b.context_weights)
+                next_online = self.online.user(b.next_items, b.next_events, b.next_context, b.next_context_weights)
                 best = self.online.q_candidates(next_online, candidates).argmax(dim=1, keepdim=True)
-                next_target = self.target.user(b.next_items, b.next_events, b.context, b.context_weights)
+                next_target = self.target.user(b.next_items, b.next_events, b.next_context, b.next_context_weights)
                 next_q = self.target.q_candidates(next_target, candidates).gather(1, best).squeeze(1)
             else:
                 next_q = torch.zeros_like(b.rewards)  # myopic: the target is the reward alone
-            # r + gamma * (1 - done) * Q_target(s', argmax_a' Q(s', a'))
-            y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_q.float()
+            # r + gamma * (1 - done) * Q_target(s', argmax_a' Q(s', a')) (n-step: the session's next rewards first)
+            y = b.rewards + b.next_rewards + b.discounts * next_q.float()
         # Huber loss, weighted by importance sampling when replay is prioritized.
         loss = (b.weights * nn.functional.smooth_l1_loss(q.float(), y, reduction="none")).mean()
         return loss, q.float() - y, q
@@ -241,18 +260,19 @@ class DQN:
         uniform = torch.arange(len(b.clicks), device=b.clicks.device) < b.uniform
         click_loss = -torch.where(b.clicks, logged.log_click, logged.log_no_click)[uniform].float().mean()
         clicked, quiet = b.clicks, b.quiet & uniform
-        bootstrap = clicked | quiet
+        valued = (clicked | quiet) & (b.discounts > 0)  # the rows whose target needs a next slate's value
         with torch.no_grad():
             # V(s') of the next slate as the agent would build it, valued by the target network.
             next_v = torch.zeros_like(b.rewards)
-            if cfg.gamma > 0 and bootstrap.any():
-                nxt: UserVectors = self.target.user(b.next_items[bootstrap], b.next_events[bootstrap],
-                                                    b.context[bootstrap], b.context_weights[bootstrap])
+            if valued.any():
+                nxt: UserVectors = self.target.user(b.next_items[valued], b.next_events[valued],
+                                                    b.next_context[valued], b.next_context_weights[valued])
                 qbar, logits = self.target.q_and_click_logits(nxt, candidates)
-                next_v[bootstrap] = slate_value(qbar.float(), logits.float(), cfg.slate_size,
-                                                self.target.position_logits(cfg.slate_size).float(), nxt.no_click.float())
-            # r + gamma * (1 - done) * V(s'): for a click, and for no click (whose r is 0)
-            y = b.rewards + cfg.gamma * (1.0 - b.dones) * next_v
+                next_v[valued] = slate_value(qbar.float(), logits.float(), cfg.slate_size,
+                                             self.target.position_logits(cfg.slate_size).float(), nxt.no_click.float())
+            # r + gamma * (1 - done) * V(s'), for a click and for no click (whose r is 0); with
+            # n-step returns, the session's next slates' rewards and exits come first.
+            y = b.rewards + b.next_rewards + b.discounts * next_v
         # Huber losses on both values, plus the choice model's log loss.
         q, q_none = logged.q.float(), logged.no_click.float()
         value_loss = nn.functional.smooth_l1_loss(q[clicked], y[clicked]) if clicked.any() else q.sum() * 0

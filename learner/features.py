@@ -44,6 +44,9 @@ def stable_hash(text: str) -> int:
 #: The arrays a batch of transitions becomes (the replay buffer's columns).
 ROW_FIELDS = ("items", "events", "next_items", "next_events", "context", "context_weights", "actions",
               "positions", "rewards", "dones", "clicks", "quiet", "slates")
+#: What ``rows`` adds beside them for linking each row to its session's next slate
+#: (``learner.sessions``): hashed session and request ids and the impression time.
+LINK_FIELDS = ("session_keys", "request_keys", "impression_ts")
 
 
 class Featurizer:
@@ -96,7 +99,7 @@ class Featurizer:
 
     def rows(self, transitions: Sequence[Any]) -> dict[str, np.ndarray]:
         """Transitions (or the learner's ``TransitionView``s) as arrays with a leading batch
-        axis, named by ``ROW_FIELDS``. Built from flat lists, one array per field: this is the
+        axis, named by ``ROW_FIELDS`` and ``LINK_FIELDS``. Built from flat lists, one array per field: this is the
         ingestion's hot path.
 
         >>> from learner.synthetic import bait_or_build
@@ -118,6 +121,9 @@ class Featurizer:
             "clicks": np.array([bool(t.reward_parts.get("click")) for t in transitions], np.bool_),
             "quiet": np.array([_quiet(t.state.history, t.next_state.history) for t in transitions], np.bool_),
             "slates": self._slates([t.slate for t in transitions]),
+            "session_keys": _keys([t.session_id for t in transitions]),
+            "request_keys": _keys([t.request_id for t in transitions]),
+            "impression_ts": np.array([t.ts_impression for t in transitions], np.float64),
         }
 
     def _slates(self, slates: Sequence[Sequence[str]]) -> np.ndarray:
@@ -166,6 +172,13 @@ class Featurizer:
             rows, weights = self.context(state)
             hit = self._contexts[key] = (rows.tolist(), weights.tolist())
         return hit
+
+
+def _keys(ids: Sequence[str]) -> np.ndarray:
+    """Ids as 63-bit stable hashes (int64), each distinct id hashed once: a slate's rows come
+    together and share their request and session."""
+    seen: dict[str, int] = {}
+    return np.array([seen.get(i) or seen.setdefault(i, stable_hash(i) >> 1) for i in ids], np.int64)
 
 
 def _quiet(history: Sequence[Any], next_history: Sequence[Any]) -> bool:

@@ -23,6 +23,7 @@ from learner.features import MAX_CONTEXT, ROW_FIELDS
 
 _PRIORITY_EPS = 1e-3
 CLICK_COLUMNS = ("clicks", "quiet", "slates")  # what SlateQ reads, added after the first checkpoints
+LINK_COLUMN = "successors"  # added later still: checkpoints without it restore with no links
 
 
 class Sample(NamedTuple):
@@ -71,6 +72,9 @@ class ReplayBuffer:
             "quiet": np.zeros(capacity, np.bool_),
             "slates": np.zeros((capacity, slate_width), np.int32),
             "priorities": np.zeros(capacity, np.float64),
+            # The number (of rows ever added) of the next slate's row in the same session, or -1
+            # (``learner.sessions``): what n-step targets follow.
+            LINK_COLUMN: np.full(capacity, -1, np.int64),
             "cursor": np.zeros(2, np.int64),  # [next slot, transitions ever added]
         }
         self._rng = np.random.default_rng(seed)
@@ -93,6 +97,7 @@ class ReplayBuffer:
         for name in ROW_FIELDS:
             a[name][idx] = rows[name]
         a["priorities"][idx] = self._max_priority
+        a[LINK_COLUMN][idx] = -1
         a["cursor"][0] = (int(a["cursor"][0]) + n) % self.capacity
         a["cursor"][1] += n
 
@@ -131,6 +136,12 @@ class ReplayBuffer:
                       a["context"][idx], a["context_weights"][idx], a["actions"][idx], a["positions"][idx],
                       a["rewards"][idx], a["dones"][idx], a["clicks"][idx], a["quiet"][idx], a["slates"][idx], idx, weights, uniform)
 
+    def link(self, numbers: np.ndarray, successor: int) -> None:
+        """Point the rows of these numbers (of rows ever added) at row ``successor``; rows the
+        ring has overwritten since are left alone."""
+        live = numbers[numbers >= self.added - self.capacity]
+        self.arrays[LINK_COLUMN][live % self.capacity] = successor
+
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Priorities follow the latest |TD error| of each sampled transition."""
         if not self.prioritized:
@@ -148,12 +159,16 @@ class ReplayBuffer:
         (``clicks``, ``quiet``, ``slates``): an item-wise learner (``clicks_required=False``)
         restores them as zeros, which it never reads; SlateQ cannot learn from such rows."""
         missing = [name for name in CLICK_COLUMNS if name not in arrays]
+        no_links = LINK_COLUMN not in arrays
         if missing and clicks_required:
             raise ValueError(f"replay checkpoint has no {', '.join(missing)} columns (written before SlateQ); "
                              "restore it with objective=item or start from another checkpoint_dir")
         for name, current in self.arrays.items():
             if name in missing:
                 current[...] = 0
+                continue
+            if name == LINK_COLUMN and no_links:
+                current[...] = -1
                 continue
             loaded = arrays.get(name)
             if loaded is None or loaded.shape != current.shape or loaded.dtype != current.dtype:

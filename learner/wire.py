@@ -41,6 +41,7 @@ from contracts.events import (
     Reward,
     ShownItems,
     Transition,
+    Ts,
     decode_view,
     schema_of,
 )
@@ -60,6 +61,8 @@ class TransitionView(msgspec.Struct, tag_field="schema", tag=schema_of(Transitio
     """The fields of a transition the learner trains on."""
 
     transition_id: Id
+    request_id: Id
+    session_id: Id
     state: StateView
     action: Id
     position: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SLATE_SIZE)]
@@ -68,6 +71,7 @@ class TransitionView(msgspec.Struct, tag_field="schema", tag=schema_of(Transitio
     reward_parts: dict[str, Count]
     next_state: StateView
     done: bool
+    ts_impression: Ts
 
 
 def decode_transition(data: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> TransitionView:

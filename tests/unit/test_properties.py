@@ -60,7 +60,7 @@ from contracts.models import DTYPE_BYTES, HEADER_KEYS, ModelHeaders, read_safete
 from learner.artifact import LoadedModel, load_model, model_message
 from learner.checkpoint import Checkpoint, load_checkpoint, load_optimizer, save_checkpoint
 from learner.config import LearnerConfig
-from learner.features import Featurizer
+from learner.features import LINK_FIELDS, Featurizer
 from learner.network import QNetwork
 from learner.wire import decode_transition
 
@@ -182,6 +182,9 @@ FEATURIZER = Featurizer(hash_buckets=64, history_length=5, context_buckets=16, s
 
 
 def check_rows(arrays: dict[str, np.ndarray] | tuple[np.ndarray, ...]) -> None:
+    if isinstance(arrays, dict):  # the session-link columns: 63-bit keys and impression times
+        links = [arrays.pop(name) for name in LINK_FIELDS]
+        assert all(k.dtype == np.int64 and (k >= 0).all() for k in links[:2]) and np.isfinite(links[2]).all()
     for a in (arrays.values() if isinstance(arrays, dict) else arrays):
         if a.dtype.kind == "f":
             assert a.dtype == np.float32 and np.isfinite(a).all()
