@@ -47,12 +47,14 @@ class SlateChoice(NamedTuple):
 class Ask(NamedTuple):
     """One request as a policy sees it: the logged state, its candidates, the slate size, and
     which candidates the slate may hold (a bool mask aligned with them; None: all). The slate
-    size is at most the number of allowed candidates."""
+    size is at most the number of allowed candidates. ``user_id`` is whose request it is (the
+    learned policies read the state, not the id; the benchmark's oracles read it)."""
 
     state: State
     candidates: Sequence[str]
     slate_size: int
     allowed: np.ndarray | None = None
+    user_id: str | None = None
 
 
 class Policy(Protocol):

@@ -84,7 +84,7 @@ def form_ask(request: Request, user: UserState | None, candidates: Sequence[str]
     n = len(candidates) if allowed is None else int(allowed.sum())
     if n == 0:
         return None
-    return Ask(state, candidates, min(request.slate_size, n, max_candidates), allowed)
+    return Ask(state, candidates, min(request.slate_size, n, max_candidates), allowed, request.user_id)
 
 
 class RunStats(NamedTuple):

@@ -12,7 +12,9 @@ for new ones? No Kafka: the Gymnasium simulator and the learner's and agent's ow
 3. **Evaluation.** For each evaluation seed, every policy serves the same sessions, greedily,
    in its own copy of the world as logging left it: ``eval_sessions`` sessions of returning
    shoppers (with their histories) and as many of shoppers never seen (the rest of the
-   population, empty histories).
+   population, empty histories). Two oracles that read the shoppers' latent state serve them
+   too (``evaluation.oracles``): a ceiling beside the learners, and in
+   ``ceiling_longterm_vs_myopic`` what the long-term effect is worth in this world at best.
 
 Figures are paired: for training seed t and evaluation seed e, ``longterm(t, e) / myopic(t, e)``
 and ``longterm(t, e) / popularity(e)`` meet the same shoppers. The reported interval is
@@ -37,6 +39,7 @@ from agents.policies import DQNPolicy, Explorer, Popularity, PopularityPolicy, R
 from contracts.events import Item, Transition, UserState
 from evaluation.bench_config import PolicyBenchConfig
 from evaluation.offline import METRICS, copy_world, mean_ci95, run_seed
+from evaluation.oracles import ORACLE_POLICIES, OraclePolicy
 from learner.artifact import LoadedModel, load_model, model_message
 from learner.config import LearnerConfig
 from learner.dqn import DQN
@@ -99,11 +102,14 @@ def _served(dqn: DQN) -> LoadedModel:
     return load_model(value, headers.to_headers())
 
 
-def _evaluate(make: Callable[[], Any], cfg: PolicyBenchConfig, world: World, seed: int, group: str,
+def _evaluate(make: Callable[[World], Any], cfg: PolicyBenchConfig, world: World, seed: int, group: str,
               observe: Callable[[Any], Callable[[UserState], None]] | None = None) -> dict[str, float]:
+    """One policy's figures on one evaluation seed; ``make`` gets the world the sessions run in
+    (the oracles read it)."""
     users = range(cfg.returning_users) if group == "returning" else range(cfg.returning_users, cfg.world.users)
-    policy = make()
-    return run_seed(policy, seed, cfg.eval_sessions, slate_size=cfg.slate_size, world=copy_world(world),
+    sessions_world = copy_world(world)
+    policy = make(sessions_world)
+    return run_seed(policy, seed, cfg.eval_sessions, slate_size=cfg.slate_size, world=sessions_world,
                     users=users, observe=observe(policy) if observe is not None else None)
 
 
@@ -126,11 +132,12 @@ def run_bench(cfg: PolicyBenchConfig = PolicyBenchConfig(), report: Callable[[st
             train_s += time.perf_counter() - t0
             report(f"trained {name} seed {t}: {cfg.steps} steps in {time.perf_counter() - t0:.0f} s")
     counts = logs.popularity()
-    makers: dict[str, list[Callable[[], Any]]] = {
-        "random": [RandomPolicy],
-        "popularity": [lambda: PopularityPolicy(copy.deepcopy(counts), Explorer("greedy"))],
-        **{name: [lambda m=m: DQNPolicy(m, Explorer("greedy"), name=m.headers.policy) for m in models[name]]
+    makers: dict[str, list[Callable[[World], Any]]] = {
+        "random": [lambda _w: RandomPolicy()],
+        "popularity": [lambda _w: PopularityPolicy(copy.deepcopy(counts), Explorer("greedy"))],
+        **{name: [lambda _w, m=m: DQNPolicy(m, Explorer("greedy"), name=m.headers.policy) for m in models[name]]
            for name in ("myopic", "longterm")},
+        **{name: [lambda w, name=name: OraclePolicy(w, name)] for name in ORACLE_POLICIES},
     }
     feeds_popularity = {"popularity": lambda policy: policy.popularity.observe}
     result: dict[str, Any] = {}
@@ -151,9 +158,11 @@ def run_bench(cfg: PolicyBenchConfig = PolicyBenchConfig(), report: Callable[[st
             "longterm_vs_myopic": paired_ratio(reward["longterm"], reward["myopic"]),
             "longterm_vs_popularity": paired_ratio(reward["longterm"], reward["popularity"]),
             "myopic_vs_popularity": paired_ratio(reward["myopic"], reward["popularity"]),
+            # the same ratio between the oracles: how much the long-term effect is worth here
+            "ceiling_longterm_vs_myopic": paired_ratio(reward["oracle-quality"], reward["oracle-myopic"]),
             "policies": policies,
         }
-        report(f"{group}: " + ", ".join(f"{n} {policies[n]['reward_per_session']:.3f}" for n in POLICIES)
+        report(f"{group}: " + ", ".join(f"{n} {policies[n]['reward_per_session']:.3f}" for n in POLICIES + ORACLE_POLICIES)
                + f"; long-term / myopic {result[group]['longterm_vs_myopic']['ratio']:.3f} "
                f"{result[group]['longterm_vs_myopic']['ci95']}, long-term / popularity "
                f"{result[group]['longterm_vs_popularity']['ratio']:.3f} {result[group]['longterm_vs_popularity']['ci95']}")

@@ -103,7 +103,8 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
             started += 1
     request = 0
     while live:
-        choices = policy.rank([Ask(info["state"], candidates, slate_size) for _env, info, _c in live], policy_rng)
+        choices = policy.rank([Ask(info["state"], candidates, slate_size, user_id=info["user_id"])
+                               for _env, info, _c in live], policy_rng)
         nxt = []
         for (env, info, converted), choice in zip(live, choices):
             action = [world.index[i] for i in choice.items]

@@ -15,16 +15,25 @@ from simulator.world import Session, World, WorldConfig
 ORACLES = ("click-greedy", "quality-aware")
 
 
+def item_values(world: World, user: int, clicks: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """By the world's own formulas, for shopper ``user`` with ``clicks`` earlier this session:
+    each catalog item's attraction against not clicking (its logit weight at the top position)
+    and its expected immediate reward given a click (click 1, add_to_cart 2, purchase 5)."""
+    c, shopper, cfg = world.catalog, world.shoppers[user], world.config
+    log_price = np.log(c.price / world.median_price)
+    boredom = cfg.boredom * np.array([clicks.get(j, 0) for j in range(cfg.items)]) if clicks else 0.0
+    attraction = np.exp(shopper.interest[c.category] + c.appeal - shopper.price_sensitivity * log_price - boredom
+                        - cfg.no_click_utility)
+    cart = 1.0 / (1.0 + np.exp(-(4.0 * (c.quality - 0.5) + 0.5)))
+    purchase = 1.0 / (1.0 + np.exp(-(1.0 + 2.0 * (c.quality - 0.5) - 2.0 * shopper.price_sensitivity * log_price)))
+    return attraction, 1.0 + 2.0 * cart * (1.0 + 2.5 * purchase)
+
+
 def immediate_value(session: Session) -> np.ndarray:
-    """Expected immediate reward (click 1, add_to_cart 2, purchase 5) of each catalog item for
-    this shopper now, up to the slate's common logit denominator, by the world's own formulas."""
-    w = session.world
-    c, shopper = w.catalog, w.shoppers[session.user]
-    idx = np.arange(w.config.items)
-    u = (shopper.interest[c.category] + c.appeal - shopper.price_sensitivity * np.log(c.price / w.median_price)
-         - w.config.boredom * np.array([session.clicks.get(j, 0) for j in idx]))
-    value = np.array([1 + 2 * session.cart_probability(j) * (1 + 2.5 * session.purchase_probability(j)) for j in idx])
-    return np.exp(u) * value
+    """Expected immediate reward of each catalog item for this shopper now, up to the slate's
+    common logit denominator."""
+    attraction, reward = item_values(session.world, session.user, session.clicks)
+    return attraction * reward
 
 
 def session_rewards(oracle: str, seed: int, sessions: int = 400, slate_size: int = 10) -> tuple[float, float]:

@@ -252,6 +252,18 @@ class World:
     def user_id(self, user: int) -> str:
         return f"shopper-{user:05d}"
 
+    def user_of(self, user_id: str) -> int:
+        """The shopper of a ``user_id`` (the inverse of ``user_id``).
+
+        >>> world = World(WorldConfig(items=5, users=3), seed=0)
+        >>> world.user_of(world.user_id(2))
+        2
+        """
+        prefix, _, number = user_id.partition("-")
+        if prefix != "shopper" or not number.isdigit() or not 0 <= int(number) < self.config.users:
+            raise ValueError(f"not a shopper of this world: {user_id!r}")
+        return int(number)
+
     def catalog_items(self, ts: float) -> list[Item]:
         """The catalog as the ``items`` topic carries it, stamped ``ts``."""
         c = self.catalog

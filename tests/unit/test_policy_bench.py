@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from agents.policies import RandomPolicy
 from evaluation.bench_config import PolicyBenchConfig
 from evaluation.benchmark import GROUPS, POLICIES, paired_ratio
 from evaluation.offline import run_seed
+from evaluation.oracles import ORACLE_POLICIES, OraclePolicy
 from shelfq.cli import main
 from simulator.world import World, WorldConfig
 
@@ -26,11 +28,15 @@ def test_quick_run_prints_the_figures_as_one_json_line(capsys: pytest.CaptureFix
             ratio = figures[group][name]
             assert ratio["pairs"] == (quick.training_seeds * quick.eval_seeds)
             assert ratio["ci95"][0] <= ratio["ratio"] <= ratio["ci95"][1] and ratio["ratio"] > 0
-        assert set(figures[group]["policies"]) == set(POLICIES)
+        assert set(figures[group]["policies"]) == set(POLICIES + ORACLE_POLICIES)
+        assert figures[group]["ceiling_longterm_vs_myopic"]["ratio"] > 0
         for row in figures[group]["policies"].values():
             assert row["reward_per_session"] >= 0 and 0 <= row["ctr"] <= 1
             lo, hi = row["ci95"]["reward_per_session"]
             assert lo <= row["reward_per_session"] <= hi
+    # The oracles read the shoppers' minds: random earns less than either.
+    rewards = {n: row["reward_per_session"] for n, row in figures["returning"]["policies"].items()}
+    assert min(rewards["oracle-myopic"], rewards["oracle-quality"]) > rewards["random"]
     # Random slates cover the catalog; the greedy learners and popularity show fewer items.
     assert figures["returning"]["policies"]["random"]["catalog_coverage"] > figures["returning"]["policies"]["popularity"]["catalog_coverage"]
 
@@ -57,3 +63,21 @@ def test_impossible_settings_are_refused() -> None:
         PolicyBenchConfig(returning_users=2000)
     with pytest.raises(ValueError, match="gamma"):
         PolicyBenchConfig(gamma=0.0)
+
+
+def test_oracles_fill_slates_from_the_worlds_latent_values() -> None:
+    from agents.policies import Ask
+    from contracts.events import State
+    from simulator.oracles import item_values
+    world = World(WorldConfig(items=60, users=10), seed=0)
+    ask = Ask(State(), world.catalog.ids, 5, user_id=world.user_id(3))
+    rng = np.random.default_rng(0)
+    myopic = OraclePolicy(world, "oracle-myopic").rank([ask], rng)[0]
+    quality = OraclePolicy(world, "oracle-quality").rank([ask], rng)[0]
+    attraction, reward = item_values(world, 3)
+    first = world.index[myopic.items[0]]
+    assert first == int(np.argmax(attraction * reward / (1 + attraction)))  # the best item alone leads
+    assert all(world.catalog.quality[world.index[i]] >= 0.5 for i in quality.items)
+    assert len(set(quality.items)) == 5 and quality.policy == "oracle-quality"
+    with pytest.raises(ValueError, match="user_id"):
+        OraclePolicy(world, "oracle-myopic").rank([ask._replace(user_id=None)], rng)
