@@ -5,10 +5,15 @@ Synthetic shoppers are loaded into fresh topics first; then the baseline copies 
 a ``shelfq streams`` worker joins them. Throughput is input events over the time from the
 worker's first consumed event to its last (read from its /metrics every 100 ms); latency is
 estimated from its emit-latency histogram as Prometheus' histogram_quantile does.
+
+``measure_join_core`` times the pure join on the same events, no Kafka and no JSON: what the
+join's own work costs per input event (``shelfq bench join --core-only`` runs only that).
 """
 
 from __future__ import annotations
 
+import gc
+import math
 import os
 import re
 import subprocess
@@ -20,12 +25,14 @@ import uuid
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer
+from confluent_kafka.cimpl import murmur2
 
 from contracts.events import encode
 from contracts.kafka import ReliableProducer
 from contracts.settings import Settings
 from contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
-from streams.synthetic import synthetic_traffic
+from streams.join import Join, JoinConfig
+from streams.synthetic import SyntheticTraffic, synthetic_traffic
 from shelfq.ports import free_port
 
 INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
@@ -49,15 +56,14 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
                               **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
     ensure_topics(bench)
     try:
-        requests = max(1, int(events / EVENTS_PER_REQUEST))
-        users = max(1, requests // 5)
-        # Event time spans ~20 windows, so windows keep closing while the stream flows.
-        span = 20 * window_s
-        t0 = time.time() - span
-        traffic = synthetic_traffic(users=users, requests_per_user=5, slate_size=5, t0=t0, seed=1,
-                                    gap_s=span / 5, tag="b")
+        t0 = time.time() - 20 * window_s
+        traffic = bench_traffic(events, window_s, t0)
         n = len(traffic.events)
-        report(f"loading {n} events ({users} users, {requests} slates, window {window_s:g}s) into {prefix}* ...")
+        report("the pure join on the same events, no Kafka ...")
+        core = measure_join_core(traffic, settings.partitions, window_s, now=t0 + 20 * window_s)
+        report(f"  {core['join_core_us_per_event']:.1f} µs per input event")
+        report(f"loading {n} events ({len(traffic.expected) // 25} users, {len(traffic.expected) // 5} slates, "
+               f"window {window_s:g}s) into {prefix}* ...")
         producer = ReliableProducer(bench, **{"linger.ms": 20, "batch.size": 1_000_000})
         for topic, key, event in traffic.events:
             producer.produce(bench.topic(topic), encode(event), key)
@@ -88,9 +94,79 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
         "faust_noop_events_per_s": round(faust_noop, 1),
         "ratio_to_faust_noop": round(n / run.seconds / faust_noop, 3),
         "partitions": settings.partitions,
+        **core,
     }
     result.update(measure_pending_memory())
     return result
+
+
+def bench_traffic(events: int, window_s: float, t0: float) -> SyntheticTraffic:
+    """About ``events`` input events of synthetic shoppers, 5 requests of 5 items each per user,
+    whose event times span ~20 windows from ``t0``, so windows keep closing while they flow."""
+    requests = max(1, int(events / EVENTS_PER_REQUEST))
+    span = 20 * window_s
+    return synthetic_traffic(users=max(1, requests // 5), requests_per_user=5, slate_size=5, t0=t0, seed=1,
+                             gap_s=span / 5, tag="b")
+
+
+def run_core(events: int, partitions: int, window_s: float = 5.0, report=print) -> dict:
+    """``shelfq bench join --core-only``: ``measure_join_core`` alone, on the events the full
+    benchmark would load (event times end now, as there)."""
+    t0 = time.time() - 20 * window_s
+    traffic = bench_traffic(events, window_s, t0)
+    report(f"the pure join on {len(traffic.events)} events, no Kafka ...")
+    result = measure_join_core(traffic, partitions, window_s, now=t0 + 20 * window_s)
+    report(f"  {result['join_core_us_per_event']:.1f} µs per input event")
+    return {**result, "partitions": partitions}
+
+
+def measure_join_core(traffic: SyntheticTraffic, partitions: int, window_s: float, now: float,
+                      batch_size: int = 1000, repeats: int = 3, join_class: type = Join) -> dict:
+    """CPU time of the pure join per input event on ``traffic``'s events, no Kafka, no JSON:
+    each batch of ``batch_size`` (the worker's) goes through ``Join.process_batch`` at wall
+    time ``now``, then every transition it emitted is acked, as the worker does once the
+    broker has them; the join settings are the worker's in ``shelfq bench join``, and each
+    event goes to the partition the producer's partitioner gives its key. Measured the same
+    way with ``Join.process`` event by event (``join_core_single_us_per_event``). The events
+    are made before the clock starts and kept out of the garbage collector's way (gc.freeze),
+    since the worker never holds them all at once. CPU time, the least of ``repeats`` runs
+    of a fresh join: on a shared machine other work inflates a run, never shortens it.
+    ``join_class`` is for measuring another implementation of the join."""
+    if repeats < 1 or batch_size < 1:
+        raise ValueError("measure_join_core: repeats and batch_size must be at least 1")
+    config = JoinConfig(window_s=window_s, allowed_lateness_s=1.0, idle_advance_s=1.0)
+    events = [(murmur2(key.encode(), partitions), topic, event) for topic, key, event in traffic.events]
+    batches = [events[i:i + batch_size] for i in range(0, len(events), batch_size)]
+    result: dict = {}
+    for name, batched in (("join_core_us_per_event", True), ("join_core_single_us_per_event", False)):
+        best = math.inf
+        for _ in range(repeats):
+            seconds, transitions = _time_join(join_class(config), batches, now, batched)
+            best = min(best, seconds)
+        result[name] = round(1e6 * best / max(1, len(events)), 2)
+    result["join_core_events"] = len(events)
+    result["join_core_transitions"] = transitions
+    return result
+
+
+def _time_join(join: Join, batches: list[list], now: float, batched: bool) -> tuple[float, int]:
+    gc.collect()
+    gc.freeze()
+    try:
+        transitions = 0
+        start = time.process_time()
+        for batch in batches:
+            if batched:
+                outputs = join.process_batch(batch, now)
+            else:
+                outputs = [join.process(p, topic, event, now) for p, topic, event in batch]
+            for out in outputs:
+                for transition in out.transitions:
+                    join.acked(transition)
+                transitions += len(out.transitions)
+        return time.process_time() - start, transitions
+    finally:
+        gc.unfreeze()
 
 
 def _passthrough(settings: Settings, n: int) -> float:

@@ -111,11 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Benchmarks: policy (learning, in the simulator) needs no broker; the others run on the real broker. Each prints its figures and a ratio against a baseline measured in the same run (these machines are noisy); --json prints one JSON object as the last line. With the default bootstrap and no broker running, the embedded broker is started and stopped afterwards.")
     bsub2 = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     bjoin = bsub2.add_parser("join", parents=[common], help="the streams join: events/s, emit latency, memory, vs. a plain consume-and-produce",
-                             description="Load synthetic shoppers into fresh topics, copy them with a plain confluent-kafka consume-and-produce (the baseline), read them with a Faust agent that does nothing (Faust's own ceiling), then join them with a `shelfq streams` worker. Reports input_events_per_s, transitions_per_s, emit_latency_p50_ms, emit_latency_p99_ms, rss_mb, passthrough_events_per_s, ratio, faust_noop_events_per_s, ratio_to_faust_noop, and the join's memory for 1,000,000 pending items.")
+                             description="Load synthetic shoppers into fresh topics, copy them with a plain confluent-kafka consume-and-produce (the baseline), read them with a Faust agent that does nothing (Faust's own ceiling), then join them with a `shelfq streams` worker. Reports input_events_per_s, transitions_per_s, emit_latency_p50_ms, emit_latency_p99_ms, rss_mb, passthrough_events_per_s, ratio, faust_noop_events_per_s, ratio_to_faust_noop, the join's memory for 1,000,000 pending items, and join_core_us_per_event: the pure join's CPU time per input event on the same events, no Kafka (--core-only: just that, no broker).")
     bjoin.add_argument("--events", type=int, default=300_000, help="input events to load (default 300000)")
     bjoin.add_argument("--window", type=float, default=5.0, help="attribution window in seconds of event time (default 5)")
     bjoin.add_argument("--light-rate", type=float, help="also offer this many input events/s steadily to a fresh worker "
                        "and report its CPU share of one core (light_cpu_share over 60 s, idle_cpu_share over 20 s before)")
+    bjoin.add_argument("--core-only", action="store_true", help="only time the pure join on the events (join_core_us_per_event), "
+                       "no Kafka: needs no broker")
     bjoin.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     blearn = bsub2.add_parser("learner", parents=[common], help="the learner: transitions/s trained from Kafka vs. the in-memory ceiling",
@@ -418,12 +420,19 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("bench join: --events must be at least 1000")
         if args.light_rate is not None and not 0 < args.light_rate <= 10_000:
             raise ConfigError("bench join: --light-rate must be within 0 and 10000 events/s")
-        with _broker_for(settings):
-            result = run_bench(settings, args.events, window_s=args.window, report=log)
+        if args.core_only:
             if args.light_rate is not None:
-                from shelfq.bench_join import measure_light_load
+                raise ConfigError("bench join: --light-rate needs the broker; it does not go with --core-only")
+            from shelfq.bench_join import run_core
 
-                result.update(measure_light_load(settings, args.light_rate, report=log))
+            result = run_core(args.events, settings.partitions, window_s=args.window, report=log)
+        else:
+            with _broker_for(settings):
+                result = run_bench(settings, args.events, window_s=args.window, report=log)
+                if args.light_rate is not None:
+                    from shelfq.bench_join import measure_light_load
+
+                    result.update(measure_light_load(settings, args.light_rate, report=log))
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
