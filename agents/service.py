@@ -191,7 +191,7 @@ class Agent:
 
     def _probe(self) -> None:
         """Raises unless the broker answers a metadata request (``BrokerWatch``)."""
-        self.consumer._consumer.list_topics(self.settings.topic(REQUESTS), timeout=2)
+        self.consumer.probe_broker(self.settings.topic(REQUESTS), timeout=2)
 
     def _arrivals(self, received: Sequence[Received]) -> list[float]:
         """When each request reached Kafka (``agents.deadline``); says once if the requests
@@ -413,11 +413,13 @@ class ModelWatcher:
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error() is not None or msg.key() not in self.versions:
                     continue
-                self._consider(msg)
+                self.consider(msg)
         finally:
             consumer.close()
 
-    def _consider(self, msg: Any) -> None:
+    def consider(self, msg: Any) -> None:
+        """Load one ``models`` message if it is a newer version of a watched policy and hand it
+        over; report it rejected if the loader refuses it (or fails); skip an older one."""
         key: bytes = msg.key()
         policy = key.decode()
         try:

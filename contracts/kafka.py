@@ -199,6 +199,10 @@ class ReliableProducer:
         """Serve delivery reports."""
         return self._producer.poll(timeout)
 
+    def probe_broker(self, topic: str, timeout: float = 2.0) -> None:
+        """Raises unless the broker answers a metadata request for ``topic`` (``BrokerWatch``)."""
+        self._producer.list_topics(topic, timeout=timeout)
+
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every queued message; raise ``ShelfqError`` if any was not delivered.
 
@@ -344,6 +348,10 @@ class EventConsumer:
             if high >= 0:
                 lags[(tp.topic, tp.partition)] = max(0, high - max(tp.offset, 0))
         return lags
+
+    def probe_broker(self, topic: str, timeout: float = 2.0) -> None:
+        """Raises unless the broker answers a metadata request for ``topic`` (``BrokerWatch``)."""
+        self._consumer.list_topics(topic, timeout=timeout)
 
     def close(self) -> None:
         """Leave the group without committing; uncommitted events are read again next time."""

@@ -170,8 +170,8 @@ class DQN:
         """Each item's score for one state, as the agent ranks (position bias left out): Q(s, a),
         or with SlateQ the value of the item shown alone."""
         self.online.eval()
-        user = self.online.user(*self._state_tensors([state]))
-        rows = self._rows(item_ids)
+        user = self.online.user(*self.state_tensors([state]))
+        rows = self.item_rows(item_ids)
         q = self.online.q_candidates(user, rows)
         if user.click is not None:
             q = item_scores(q, self.online.click_logits(user, rows), user.no_click)
@@ -184,7 +184,7 @@ class DQN:
         """A replay batch, the candidate rows for s' and the sampled slots."""
         cfg = self.config
         s = self.replay.sample(cfg.batch_size, CLICKED_SHARE if cfg.objective == "slateq" else 0.0)
-        return self.to_batch(s), self._rows(self.catalog.candidates(cfg.candidates, cfg.popular_share)), s.indices
+        return self.to_batch(s), self.item_rows(self.catalog.candidates(cfg.candidates, cfg.popular_share)), s.indices
 
     def to_batch(self, s: Sample) -> Batch:
         dev, a = self.device, self.replay.arrays
@@ -282,7 +282,7 @@ class DQN:
     def set_items(self, items: Sequence[Item]) -> None:
         """Install the category and price band of these catalog items in both networks."""
         if self.config.item_features and len(items):
-            rows = self._rows([i.item_id for i in items])
+            rows = self.item_rows([i.item_id for i in items])
             attributes = torch.from_numpy(attribute_rows((i.category, i.price) for i in items))
             self.online.set_item_features(rows, attributes)
             self.target.set_item_features(rows, attributes)
@@ -290,14 +290,17 @@ class DQN:
     def set_content(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Install title vectors (content features) for these items in both networks."""
         if self.config.content_dim and len(item_ids):
-            rows, vecs = self._rows(item_ids), torch.from_numpy(vectors)
+            rows, vecs = self.item_rows(item_ids), torch.from_numpy(vectors)
             self.online.set_content(rows, vecs)
             self.target.set_content(rows, vecs)
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _rows(self, item_ids: Sequence[str]) -> torch.Tensor:
+    def item_rows(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """The networks' item embedding rows of these items (hash buckets), on the DQN's device."""
         return torch.from_numpy(self.features.buckets(item_ids)).to(self.device, torch.long)
 
-    def _state_tensors(self, states: Sequence[State]) -> tuple[torch.Tensor, ...]:
+    def state_tensors(self, states: Sequence[State]) -> tuple[torch.Tensor, ...]:
+        """These states as the networks' user-encoder inputs (``QNetwork.user(*tensors)``), on the
+        DQN's device."""
         return tuple(torch.from_numpy(a).to(self.device) for a in self.features.states(states))

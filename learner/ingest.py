@@ -203,7 +203,7 @@ class _Child:
         # The trainer's watch says when the broker goes and comes back; this one waits out the
         # commits and gives up past the same bound (the trainer then reports the error).
         self.watch = install(BrokerWatch("learner ingestion", settings.bootstrap, settings.broker_outage_s,
-                                         lambda: self.consumer._consumer.list_topics(topic, timeout=2)))
+                                         lambda: self.consumer.probe_broker(topic, timeout=2)))
 
     def _on_assign(self, partitions: list[Any]) -> None:
         """Read on from what was handed to the trainer (at start: its checkpoint's offsets)."""

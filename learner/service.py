@@ -182,7 +182,7 @@ class Learner:
 
     def _probe(self) -> None:
         """Raises unless the broker answers a metadata request (``BrokerWatch``)."""
-        self.producer._producer.list_topics(self.models_topic, timeout=2)
+        self.producer.probe_broker(self.models_topic, timeout=2)
 
     # -- pieces ------------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """The Faust worker around the pure join: ``create_app(settings, config)`` builds it.
 
+Faust's and aiokafka's private members are reached through ``streams.faust_internals`` only.
+
 One agent reads slates, impressions and feedback (co-partitioned by user_id) in partition
 order and feeds ``streams.join.Join``. Its records live in a changelog-backed Faust table,
 written with the partition of the request they belong to; user histories live in a second table
@@ -26,7 +28,6 @@ from typing import Any
 import faust
 import msgspec
 from faust.serializers import codecs
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from contracts.dlq import dead_letter
@@ -35,6 +36,7 @@ from contracts.events import Feedback, Interaction, Transition, UserState, decod
 from contracts.outage import BrokerUnreachable, BrokerWatch, ConnectionNoise, install
 from contracts.settings import Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
+from streams import faust_internals
 from streams.config import StreamsConfig
 from streams.join import INPUTS, Join, Output, Record
 from streams.limits import message_size, refused_for_size
@@ -103,23 +105,6 @@ codecs.register("shelfq-utf8", _Utf8Codec())
 _RECORD_CODEC = _MsgpackRecordCodec()
 codecs.register("shelfq-join-record", _RECORD_CODEC)
 codecs.register("shelfq-user-state", _UserStateCodec())
-
-
-class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # aiokafka's consumer hands this to its fetcher when it starts, before any fetch.
-        consumer._isolation_level = "read_committed"
-        return consumer
-
-
-class ReadCommittedConsumer(faust_aiokafka.Consumer):
-    """Faust's consumer, reading committed records only. Faust reads read_uncommitted unless
-    its processing guarantee is exactly_once (and offers no setting): records of a
-    transaction that a producer of our inputs aborted would be joined into transitions."""
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class JoinTable(faust.Table):
@@ -268,7 +253,7 @@ class JoinWorker:
         the first messages arrive); ``None`` (take the first delivered) if neither knows."""
         if self._start_offsets is not None:
             return self._start_offsets.get(tp, 0)
-        return self.app.consumer._committed_offset.get(tp)
+        return faust_internals.committed_offset(self.app.consumer, tp)
 
     def _fill(self, msg: Any, begin: int, started: float, now: float) -> None:
         """Faust left out the offsets before ``msg`` (``streams.sequence``): read them from the
@@ -308,14 +293,16 @@ class JoinWorker:
         filled, self._filled = self._filled, []
         for tp, begin, end in filled:
             if tp.partition in self.partitions:  # a partition revoked meanwhile starts afresh
-                await consumer._add_gap(tp, begin, end - 1)
+                await faust_internals.add_gap(consumer, tp, begin, end - 1)
 
     def close(self) -> None:
         self._holes.close()
         self._probe.close()
 
-    def on_tick(self) -> None:
-        started, now = time.monotonic(), time.time()
+    def on_tick(self, now: float | None = None) -> None:
+        """Close the windows of every owned partition that the clock (``now``, by default the
+        wall clock) has passed, and refresh the gauges every ``REPORT_EVERY_S``."""
+        started, now = time.monotonic(), time.time() if now is None else now
         for partition in sorted(self.partitions):
             self._handle(self.join.tick(partition, now), started)
         if now - self._last_report >= REPORT_EVERY_S:  # the gauges scan every record
@@ -397,12 +384,11 @@ class JoinWorker:
         consumer = self.app.consumer
         log.warning("no message from %s:%d for %.0fs though offset %d is unread (paused=%s, buffered=%s); %s",
                     tp.topic, tp.partition, self._stalls.stalled_s(tp, now), position,
-                    tp in consumer._paused_partitions, tp in consumer._buffered_partitions,
+                    faust_internals.is_paused(consumer, tp), faust_internals.is_buffered(consumer, tp),
                     "resuming its fetch" if action == "resume" else f"fetching again from offset {position}")
         self.metrics.stalls.labels(action).inc()
         if action == "resume":
-            consumer._buffered_partitions.discard(tp)
-            consumer.resume_partitions([tp])
+            faust_internals.resume_fetch(consumer, tp)
             return
         try:  # on the consumer's own thread; also resets Faust's read offset, so it delivers again
             await consumer.seek_wait({tp: position})
@@ -694,7 +680,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         consumer_metadata_max_age_ms=10_000,
     )
     # Read committed records only, as the worker's own readers of holes and tails do.
-    app.transport.Consumer = ReadCommittedConsumer
+    faust_internals.use_read_committed_consumer(app)
     records = JoinTable(app, name="join-records", default=None, beacon=app.tables.beacon, partitions=settings.partitions)
     # A changelog, declared as Faust declares its own (acks=False): only recovery reads it, and
     # no offset of it is ever committed. With acks on, Faust's stall detector took its assigned
@@ -734,7 +720,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: faust.App, assigned: set, **_: Any) -> None:
-        tune_fetches(app, config)
+        # Faust has no setting for either (streams.faust_internals.tune_fetches says why they matter).
+        faust_internals.tune_fetches(app, config.fetch_wait_s, config.fetch_min_bytes)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set, **_: Any) -> None:
@@ -750,18 +737,6 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         await worker.flush()
 
     return app, worker
-
-
-def tune_fetches(app: faust.App, config: StreamsConfig) -> None:
-    """Let the broker hold the worker's fetches for ``config.fetch_min_bytes``, up to
-    ``config.fetch_wait_s``. Faust builds its aiokafka consumer with neither setting (a fetch
-    answers as soon as one byte is there), so under light traffic every message that arrived
-    cost a fetch round trip, a hand-over between the consumer's thread and the worker's, and a
-    batch of its own: most of a core at 100 events/s. The fetcher reads both values each time
-    it builds a request; they are set on it directly, as Faust offers no setting for them."""
-    fetcher = app.consumer._thread._ensure_consumer()._fetcher
-    fetcher._fetch_max_wait_ms = int(config.fetch_wait_s * 1000)
-    fetcher._fetch_min_bytes = config.fetch_min_bytes
 
 
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

@@ -75,8 +75,8 @@ class HoleReader:
 
     def __init__(self, config: dict[str, Any], timeout_s: float = 10.0) -> None:
         # Committed records only, as the worker's Faust consumer reads them
-        # (streams.app.ReadCommittedConsumer): records of an aborted transaction must never be
-        # joined, and the two must agree, or a hole would be filled with what Faust skips.
+        # (streams.faust_internals.ReadCommittedConsumer): records of an aborted transaction must
+        # never be joined, and the two must agree, or a hole would be filled with what Faust skips.
         self._config = {**config, "enable.auto.commit": False, "auto.offset.reset": "earliest",
                         "isolation.level": "read_committed", "fetch.wait.max.ms": 10}
         self.timeout_s = timeout_s

@@ -25,7 +25,7 @@ def send(settings: Settings, tag: str, n: int, skew_s: float) -> list[str]:
 
 
 def test_skewed_frontend_clocks_are_answered_and_requests_that_waited_are_skipped(
-        settings: Settings, agents, tmp_path: Path) -> None:
+        settings: Settings, agents, tmp_path: Path) -> None:  # noqa: F811 - the fixture imported above
     produce_catalog(settings)
     waited = send(settings, "waited", 4, skew_s=0.0)  # correct clocks, but no agent for 2.5 s
     time.sleep(2.5)

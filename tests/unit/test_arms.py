@@ -61,7 +61,7 @@ def test_a_user_always_lands_in_the_same_arm_whatever_the_process() -> None:
     here = [split.arm_of(u).name for u in USERS[:500]]
     assert here == [split.arm_of(u).name for u in USERS[:500]]
     code = ("from agents.arms import ArmSplit, parse_arms; s = ArmSplit(parse_arms('a=p:1,b=q:1,c=r:2')); "
-            f"print(','.join(s.arm_of(f'shopper-{{i:05d}}').name for i in range(500)))")
+            "print(','.join(s.arm_of(f'shopper-{i:05d}').name for i in range(500)))")
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()

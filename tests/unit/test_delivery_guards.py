@@ -13,6 +13,7 @@ import pytest
 from faust.types import TP
 
 from contracts.settings import Settings
+from streams import faust_internals
 from streams.app import STALL_AFTER_S, create_app
 from streams.config import StreamsConfig
 from streams.sequence import HoleUnreadable
@@ -37,6 +38,11 @@ class RecordingConsumer:
         self.calls.append(("gap", tp, offset_from, offset_to))
 
 
+def sample(worker, name: str, **labels: str) -> float | None:
+    """A series' value as /metrics shows it."""
+    return worker.metrics.registry.get_sample_value(name, labels)
+
+
 def worker_with(consumer: RecordingConsumer):
     app, worker = create_app(Settings.from_env(topic_prefix="stalls."), StreamsConfig())
     app.consumer = consumer
@@ -54,7 +60,7 @@ def test_a_stalled_partition_is_resumed_then_sought_back_to_its_first_unprocesse
 
     asyncio.run(checks())
     assert consumer.calls == [("resume", (tp,)), ("seek", {tp: 7})]
-    assert worker.metrics.stalls.labels("seek")._value.get() == 1
+    assert sample(worker, "shelfq_streams_fetch_stalls_total", action="seek") == 1
 
 
 def test_a_failed_seek_is_logged_and_the_worker_goes_on(caplog) -> None:
@@ -130,8 +136,8 @@ def test_offsets_faust_left_out_are_read_from_the_broker_and_processed_first() -
     deliver(worker, message(tp, 14), message(tp, 15), message(tp, 13), message(tp, 16))
     assert reader.reads == [("stalls.impressions", 0, 10, 14)]
     assert seen == [10, 12, 13, 14, 15, 16], "in offset order, and the repeat of 13 skipped"
-    assert worker.metrics.out_of_order.labels("hole")._value.get() == 1
-    assert worker.metrics.out_of_order.labels("repeat")._value.get() == 1
+    assert sample(worker, "shelfq_streams_out_of_order_total", verdict="hole") == 1
+    assert sample(worker, "shelfq_streams_out_of_order_total", verdict="repeat") == 1
     # Only once what they caused went to the producer is Faust told the hole is done.
     assert consumer.calls == []
     asyncio.run(worker.after_flush())
@@ -255,9 +261,9 @@ def test_faust_and_the_hole_readers_read_committed_records_only() -> None:
 
     async def consumer_isolation() -> str:
         app, _worker = create_app(Settings.from_env(topic_prefix="stalls."), StreamsConfig())
-        client = app.consumer._thread._create_worker_consumer(app.transport)
+        client = faust_internals.new_aiokafka_consumer(app)
         try:
-            return client._isolation_level
+            return faust_internals.isolation_level(client)
         finally:
             await client.stop()
 

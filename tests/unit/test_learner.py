@@ -106,7 +106,7 @@ def test_model_message_round_trips_and_scores_the_same() -> None:
     loaded = load_model(value, headers.to_headers(), policy="dqn")
     assert loaded.headers.version == 5 and loaded.config.network() == config.network()
     rows = torch.tensor([1, 2, 3])
-    state = dqn._state_tensors([START])
+    state = dqn.state_tensors([START])
     with torch.no_grad():
         dqn.online.eval()
         want = dqn.online.q_candidates(dqn.online.user(*state), rows)
@@ -196,8 +196,8 @@ def test_slateq_values_a_click_and_learns_the_choice_model() -> None:
     assert np.argmax(myopic.score(START, items)) == 0, myopic.score(START, items)
     net = longterm.online.eval()
     with torch.no_grad():
-        user = net.user(*longterm._state_tensors([START]))
-        rows = longterm._rows(items)
+        user = net.user(*longterm.state_tensors([START]))
+        rows = longterm.item_rows(items)
         qbar = net.q_candidates(user, rows)[0]
         odds = torch.exp(net.click_logits(user, rows)[0] + net.position_logits(2).mean())
     # Given a click: bait ends the session (1), gem leads to a purchase (1 + 0.9 * 2.33 = 3.1).

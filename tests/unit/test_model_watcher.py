@@ -54,12 +54,12 @@ def test_a_loader_that_fails_unexpectedly_rejects_the_model_and_the_next_one_sti
     watcher, loaded, rejected = _watcher()
     real = service.load_model
     monkeypatch.setattr(service, "load_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-    watcher._consider(_message(1))
+    watcher.consider(_message(1))
     assert loaded == [] and len(rejected) == 1
     error, _value, policy, _partition, offset = rejected[0]
     assert isinstance(error, EventError) and "boom" in str(error) and policy == "dqn" and offset == 7
     monkeypatch.setattr(service, "load_model", real)
-    watcher._consider(_message(2))
+    watcher.consider(_message(2))
     assert [m.headers.version for m in loaded] == [2]
 
 
@@ -74,8 +74,8 @@ def test_a_failed_watch_is_started_again(monkeypatch: pytest.MonkeyPatch) -> Non
         if len(calls) < 3:
             raise ConnectionError("broker away")
         again.set()
-        watcher._halt.set()
+        watcher._halt.set()  # noqa: SLF001 - ends the thread's body, run here synchronously
 
     monkeypatch.setattr(watcher, "_watch", watch)
-    watcher._run()
+    watcher._run()  # noqa: SLF001 - the thread's body, so the retries are counted exactly
     assert again.is_set() and len(calls) == 3 and isinstance(watcher.error, ConnectionError)

@@ -104,7 +104,10 @@ def test_a_success_that_needed_no_broker_does_not_say_it_is_back(caplog: pytest.
 
 def test_connection_failures_become_one_warning_a_minute() -> None:
     noise = ConnectionNoise("Connect to ipv")
-    record = lambda msg: logging.LogRecord("shelfq.kafka", logging.ERROR, "", 0, msg, (), None)
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("shelfq.kafka", logging.ERROR, "", 0, msg, (), None)
+
     first, second = record("FAIL [rdkafka#consumer-1]: Connect to ipv4#127.0.0.1:9092 failed"), record(
         "FAIL [rdkafka#consumer-2]: Connect to ipv4#127.0.0.1:9092 failed")
     other = record("something else went wrong")

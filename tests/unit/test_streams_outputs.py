@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
+from faust.types import TP
 
 from contracts.events import DeadLetter, Feedback, Impression, Slate, State, Transition, UserState, decode, encode
 from contracts.settings import Settings
@@ -102,9 +105,33 @@ def session(request: str, user: str, ts: float, items: list[str], context: dict 
     ]
 
 
-def process(worker, events: list[tuple[str, Any]], now: float) -> None:
-    for offset, (topic, event) in enumerate(events):
-        worker._process(PREFIX + topic, 0, offset, event.user_id.encode(), encode(event), time.monotonic(), now)
+NEXT_OFFSET: dict[tuple[int, str], int] = {}  # (id of the worker, topic): the next offset it is given
+
+
+@pytest.fixture(autouse=True)
+def _fresh_offsets() -> None:
+    NEXT_OFFSET.clear()
+
+
+def delivered(topic: str, offset: int, key: bytes | None, value: bytes | None) -> SimpleNamespace:
+    """An event as Faust hands it to the agent: only what the worker reads of it."""
+    return SimpleNamespace(message=SimpleNamespace(tp=TP(PREFIX + topic, 0), topic=PREFIX + topic, partition=0,
+                                                   offset=offset, key=key, value=value, time_in=None))
+
+
+def process(worker, events: list[tuple[str, Any]]) -> None:
+    """``events`` as one batch from Faust, each topic's offsets following on from the last batch's."""
+    batch = []
+    for topic, event in events:
+        offset = NEXT_OFFSET.get((id(worker), topic), 0)
+        NEXT_OFFSET[(id(worker), topic)] = offset + 1
+        batch.append(delivered(topic, offset, event.user_id.encode(), encode(event)))
+    worker.on_batch(batch)
+
+
+def sample(worker, name: str, **labels: str) -> float | None:
+    """A series' value as /metrics shows it."""
+    return worker.metrics.registry.get_sample_value(name, labels)
 
 
 def transition_ids(values: list[tuple[bytes | None, bytes | None]]) -> list[str]:
@@ -124,13 +151,13 @@ def test_a_transition_over_the_size_limit_is_dead_lettered_and_never_emitted_aga
     events = session("big", "u1", now, ["a"], big_context(64, 200)) + session("small", "u2", now, ["b", "c"])
 
     async def scenario() -> None:
-        process(worker, events, now)
+        process(worker, events)
         await flush(worker, producer)
         await flush(worker, producer)  # the records the acks settled
         record = worker.join.records["big"]
         assert record.closed_at is not None and record.emitted == [0], "settled as if acknowledged"
         for later in (now + 20, now + 60):  # windows long past: nothing left to emit
-            worker._handle(worker.join.tick(0, later), time.monotonic())
+            worker.on_tick(later)
             await flush(worker, producer)
 
     asyncio.run(scenario())
@@ -142,7 +169,7 @@ def test_a_transition_over_the_size_limit_is_dead_lettered_and_never_emitted_aga
     stored = [_RECORD_CODEC.loads(v) for t, k, v in producer.delivered if t == changelog and k == b"big" and v]
     assert stored[-1].closed_at is not None, "the settled record is stored: a restart does not re-emit it"
     assert worker.join.pending_items() == 0
-    assert worker.metrics.dead_letters.labels("too_large")._value.get() == 1
+    assert sample(worker, "shelfq_dead_letters_total", reason="too_large") == 1
 
 
 def test_a_size_refusal_by_the_broker_is_judged_alone_and_its_batch_mates_are_delivered() -> None:
@@ -152,14 +179,14 @@ def test_a_size_refusal_by_the_broker_is_judged_alone_and_its_batch_mates_are_de
     events = session("big", "u1", now, ["a"], big_context(64, 200)) + session("small", "u2", now, ["b", "c"])
 
     async def scenario() -> None:
-        process(worker, events, now)
+        process(worker, events)
         await flush(worker, producer)  # one batch of three transitions, over the topic's limit: all refused
         assert len([t for t, _k, _v in producer.refused if t == PREFIX + "transitions"]) == 3
         for _ in range(3):
             await flush(worker, producer)  # each sent again alone
         assert worker.join.records["big"].closed_at is not None, "settled"
         for later in (now + 20, now + 60):
-            worker._handle(worker.join.tick(0, later), time.monotonic())
+            worker.on_tick(later)
             await flush(worker, producer)
 
     asyncio.run(scenario())
@@ -168,7 +195,7 @@ def test_a_size_refusal_by_the_broker_is_judged_alone_and_its_batch_mates_are_de
     assert letter.reason == "too_large" and "big:0" in letter.detail and "sent alone" in letter.detail
     # Sent once in the batch and once alone, never again.
     assert sum(1 for t, k, _v in producer.sent if t == PREFIX + "transitions" and k == b"u1") == 2
-    assert worker.metrics.transitions._value.get() == 2
+    assert sample(worker, "shelfq_streams_transitions_total") == 2
     assert worker.join.pending_items() == 0
 
 
@@ -179,7 +206,7 @@ def test_a_dead_letter_too_large_for_the_limit_is_cut_shorter() -> None:
     value = b'{"schema": "shelfq.feedback.v1", "x": "' + b"\x01" * 3000 + b'"}'
 
     async def scenario() -> None:
-        worker._process(PREFIX + "feedback", 0, 5, b"u1", value, time.monotonic(), time.time())
+        worker.on_batch([delivered("feedback", 5, b"u1", value)])
         await flush(worker, producer)
 
     asyncio.run(scenario())
@@ -196,9 +223,9 @@ def test_a_join_record_too_large_to_store_is_dead_lettered_and_the_worker_goes_o
     [(_topic, slate)] = session("held", "u1", now, ["a"], big_context(64, 150))[:1]
 
     async def scenario() -> None:
-        process(worker, [("slates", slate)], now)  # waits for its impression: a record ~10 KB
+        process(worker, [("slates", slate)])  # waits for its impression: a record ~10 KB
         await flush(worker, producer)
-        process(worker, session("small", "u2", now, ["b"]), now)
+        process(worker, session("small", "u2", now, ["b"]))
         await flush(worker, producer)
 
     asyncio.run(scenario())
@@ -228,7 +255,7 @@ def test_the_join_records_wait_until_the_histories_their_feedback_went_to_are_on
     producer = RecordingProducer()
     _app, worker = worker_with(producer)
     changelog = worker.records.changelog_topic.get_topic_name()
-    process(worker, clicks("r1", "u1", time.time()), time.time())
+    process(worker, clicks("r1", "u1", time.time()))
 
     async def scenario() -> None:
         flushing = asyncio.ensure_future(worker.flush())
@@ -253,7 +280,7 @@ def test_a_history_the_broker_did_not_take_holds_its_records_back_and_stops_the_
         crashed.append(exc)
 
     app.crash = crash
-    process(worker, clicks("r1", "u1", time.time()), time.time())
+    process(worker, clicks("r1", "u1", time.time()))
 
     async def scenario() -> None:
         await flush(worker, producer)
@@ -270,15 +297,15 @@ def test_feedback_replayed_after_its_history_was_stored_is_not_counted_twice() -
     now = time.time()
     producer = RecordingProducer()
     _app, first = worker_with(producer)
-    process(first, clicks("r1", "u1", now), now)
+    process(first, clicks("r1", "u1", now))
     asyncio.run(flush(first, producer))
     stored = decode([v for t, k, v in producer.delivered if t == PREFIX + "user-state"][-1], UserState)
     assert [(i.item_id, i.event) for i in stored.history] == [("a", "click"), ("a", "add_to_cart")]
 
     _app, restarted = worker_with(RecordingProducer())
     restarted.histories.data["u1"] = stored  # what recovery restores from user-state
-    process(restarted, clicks("r1", "u1", now), now)  # the replay: no record was restored
+    process(restarted, clicks("r1", "u1", now))  # the replay: no record was restored
     assert history_of(restarted, "u1") == [("a", "click"), ("a", "add_to_cart")]
     assert restarted.join.outcomes[("feedback", "duplicate")] == 0, "attributed again by the join"
-    process(restarted, clicks("r2", "u1", now + 5, item="b"), now + 5)  # new interactions still count
+    process(restarted, clicks("r2", "u1", now + 5, item="b"))  # new interactions still count
     assert history_of(restarted, "u1") == [("a", "click"), ("a", "add_to_cart"), ("b", "click"), ("b", "add_to_cart")]
