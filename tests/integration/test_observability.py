@@ -103,8 +103,9 @@ class Prometheus:
 
 @pytest.fixture
 def pipeline(settings: Settings, tmp_path: Path) -> Iterator[dict[str, ShelfqProcess]]:
+    # Two arms of one policy, so the dashboard's experiment panels have series to show.
     env = {"SHELFQ_JOIN_WINDOW_S": "2", "SHELFQ_JOIN_ALLOWED_LATENESS_S": "1", "SHELFQ_LEARNER_PUBLISH_EVERY_S": "2",
-           "SHELFQ_LEARNER_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+           "SHELFQ_LEARNER_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "SHELFQ_AGENT_ARMS": "a=dqn:1,b=dqn:1"}
     procs = {
         "shelfq-streams": ShelfqProcess(["streams"], settings, tmp_path / "streams.log", env),
         "shelfq-learner": ShelfqProcess(["learner"], settings, tmp_path / "learner.log", env),
