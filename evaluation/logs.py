@@ -68,6 +68,9 @@ class LoggedImpression:
     ts: float
     slate: list[str]
     state: State
+    session_id: str = ""
+    arm: str | None = None
+    """The experiment arm of the slate (None outside an experiment)."""
     positions: dict[int, LoggedPosition] = field(default_factory=dict)
 
     @property
@@ -93,7 +96,8 @@ class Log:
         imp = self.impressions.get(t.request_id)
         if imp is None:
             imp = self.impressions[t.request_id] = LoggedImpression(
-                t.request_id, t.user_id, t.policy or NO_POLICY, t.model_version, t.ts_impression, list(t.slate), t.state)
+                t.request_id, t.user_id, t.policy or NO_POLICY, t.model_version, t.ts_impression, list(t.slate), t.state,
+                t.session_id, t.arm)
         elif t.slate != imp.slate:
             self.bad(f"transition {t.transition_id}: its slate differs from an earlier transition of the same request")
             return
@@ -245,7 +249,9 @@ def figures(impressions: Sequence[LoggedImpression], catalog: Mapping[str, Item]
             repeats: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The logging policy's figures over ``impressions`` (see the module docstring)."""
     clicked, bought, unit, rewards, purchases = [], [], [], [], []
+    per_session: dict[str, float] = defaultdict(float)  # sessions as the log holds them
     for n, imp in enumerate(impressions):
+        per_session[imp.session_id] += sum(p.reward for p in imp.positions.values())
         for pos in imp.positions.values():
             clicked.append(float(pos.clicks > 0))
             bought.append(float(pos.purchases > 0))
@@ -264,22 +270,28 @@ def figures(impressions: Sequence[LoggedImpression], catalog: Mapping[str, Item]
         "impressions": len(impressions), "transitions": len(clicked),
         "ctr": ci(clicked, unit), "conversion": ci(bought, unit),
         "reward_per_impression": ci(rewards), "purchases_per_impression": ci(purchases),
+        "sessions": len(per_session), "reward_per_session": ci(list(per_session.values())),
         "repeat_rate": ci(repeat), "intra_list_diversity": ci(diversity),
         "distinct_items": len(shown),
         "coverage": len(shown & catalog.keys()) / len(catalog) if catalog else None,
     }
 
 
-def figures_by_policy(log: Log, catalog: Mapping[str, Item] | None = None) -> dict[str, Any]:
-    """``{"overall": figures, "by_policy": {policy: figures}}``; repeats are found across
-    policies (a user's previous slate may have come from another one)."""
+def logging_figures(log: Log, catalog: Mapping[str, Item] | None = None) -> dict[str, Any]:
+    """``{"overall": figures, "by_policy": {policy: figures}, "by_arm": {arm: figures}}`` (arms
+    of an experiment; empty outside one); repeats are found across policies and arms (a user's
+    previous slate may have come from another one)."""
     everyone = list(log.impressions.values())
     repeats = repeat_shares(everyone)
     by_policy: dict[str, list[LoggedImpression]] = defaultdict(list)
+    by_arm: dict[str, list[LoggedImpression]] = defaultdict(list)
     for imp in everyone:
         by_policy[imp.policy].append(imp)
+        if imp.arm is not None:
+            by_arm[imp.arm].append(imp)
     return {"overall": figures(everyone, catalog, repeats),
-            "by_policy": {p: figures(imps, catalog, repeats) for p, imps in sorted(by_policy.items())}}
+            "by_policy": {p: figures(imps, catalog, repeats) for p, imps in sorted(by_policy.items())},
+            "by_arm": {a: figures(imps, catalog, repeats) for a, imps in sorted(by_arm.items())}}
 
 
 def repeat_shares(impressions: Sequence[LoggedImpression]) -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from agents.policies import Explorer
-from evaluation.logs import distinct_items, figures_by_policy, newest_model, read_catalog, read_file, read_topic
+from evaluation.logs import distinct_items, logging_figures, newest_model, read_catalog, read_file, read_topic
 from evaluation.offpolicy import evaluate_model
 
 
@@ -33,7 +33,7 @@ def evaluate(settings: Any, options: Options, progress: Callable[[str], None] = 
             progress(f"skipped {bad_items} invalid items on {settings.topic('items')}")
     progress(f"read {log.read} transitions from {log.source}")
     result: dict[str, Any] = {"log": log.summary(), "catalog_items": len(catalog) if catalog is not None else None,
-                              "logging": figures_by_policy(log, catalog or None), "target": None}
+                              "logging": logging_figures(log, catalog or None), "target": None}
     if options.model is not None:
         model, rejected = newest_model(settings, options.model)
         progress(f"target: {options.model} model version {model.headers.version}")
@@ -60,6 +60,7 @@ def evaluate(settings: Any, options: Options, progress: Callable[[str], None] = 
 
 FIGURES = (("ctr", "CTR (transitions with a click)"), ("conversion", "conversion (transitions with a purchase)"),
            ("reward_per_impression", "reward per impression"), ("purchases_per_impression", "purchases per impression"),
+           ("reward_per_session", "reward per session (as far as the log holds it)"),
            ("repeat_rate", "repeat rate (items also in the user's previous slate)"),
            ("intra_list_diversity", "intra-list diversity (category pairs that differ)"))
 
@@ -79,9 +80,11 @@ def format_report(result: dict[str, Any]) -> str:
     lines += [f"  invalid: {e}" for e in log["errors"]]
     lines.append("logging policy (values with 95% intervals; revenue is not in transitions: no price)")
     width = max(len(label) for _, label in FIGURES)
-    groups = [("overall", result["logging"]["overall"])] + list(result["logging"]["by_policy"].items())
+    logging = result["logging"]
+    groups = ([("overall", logging["overall"])] + list(logging["by_policy"].items())
+              + [(f"arm {arm}", fig) for arm, fig in logging.get("by_arm", {}).items()])
     for name, fig in groups:
-        lines.append(f"  {name}: {fig['impressions']} impressions, {fig['transitions']} transitions, "
+        lines.append(f"  {name}: {fig['impressions']} impressions in {fig['sessions']} sessions, {fig['transitions']} transitions, "
                      f"{fig['distinct_items']} distinct items shown"
                      + (f" ({fig['coverage']:.1%} of the catalog)" if fig["coverage"] is not None else ""))
         lines += [f"    {label:<{width}}  {_ci(fig[key])}" for key, label in FIGURES if fig[key] is not None]

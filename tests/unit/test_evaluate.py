@@ -24,13 +24,13 @@ from shelfq.cli import main
 
 
 def transition(request: str, user: str, slate: list[str], position: int, parts: dict[str, int], ts: float,
-               policy: str = "dqn", propensity: float | None = 0.5) -> Transition:
+               policy: str = "dqn", propensity: float | None = 0.5, arm: str | None = None) -> Transition:
     weights = {"click": 1, "add_to_cart": 2, "purchase": 5}
     return Transition(
         transition_id=f"{request}:{position}", request_id=request, user_id=user, session_id=user, state=State(),
         action=slate[position], position=position, slate=slate, reward=float(sum(weights[k] * n for k, n in parts.items())),
         reward_parts=parts, next_state=State(), done=False, ts_impression=ts, ts_emitted=ts + 1,
-        propensity=propensity, policy=policy, model_version=1 if policy == "dqn" else None)
+        propensity=propensity, policy=policy, model_version=1 if policy == "dqn" else None, arm=arm)
 
 
 LINES = [
@@ -88,6 +88,28 @@ def test_figures_of_a_handmade_log(log_file: Path, capsys: pytest.CaptureFixture
     assert set(by) == {"dqn", "random"}
     assert by["dqn"]["ctr"]["value"] == pytest.approx(2 / 6) and by["random"]["ctr"]["value"] == pytest.approx(1 / 2)
     assert result["log"]["invalid"] == 1 and result["log"]["duplicates"] == 1 and result["target"] is None
+    # sessions (here one per user): u1 earns 7 in r1 and 0 in r2, u2 1 in r3
+    assert overall["sessions"] == 2 and overall["reward_per_session"]["value"] == pytest.approx((7 + 1) / 2)
+    assert result["logging"]["by_arm"] == {}  # no experiment
+
+
+def test_an_experiments_arms_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    slate = ["a", "b"]
+    lines = [transition("r1", "u1", slate, 0, {"click": 1}, 1.0, arm="longterm"),
+             transition("r1", "u1", slate, 1, {}, 1.0, arm="longterm"),
+             transition("r2", "u1", slate, 0, {"click": 1, "purchase": 1}, 2.0, arm="longterm"),
+             transition("r2", "u1", slate, 1, {}, 2.0, arm="longterm"),
+             transition("r3", "u2", slate, 0, {}, 1.5, arm="myopic"),
+             transition("r3", "u2", slate, 1, {"click": 1}, 1.5, arm="myopic")]
+    path = tmp_path / "arms.jsonl"
+    path.write_text("".join(encode(t).decode() + "\n" for t in lines))
+    assert main(["evaluate", "--file", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    arms = json.loads(out.splitlines()[-1])["logging"]["by_arm"]
+    assert set(arms) == {"longterm", "myopic"}
+    assert arms["longterm"]["sessions"] == 1 and arms["longterm"]["reward_per_session"]["value"] == pytest.approx(7.0)
+    assert arms["longterm"]["ctr"]["value"] == pytest.approx(2 / 4) and arms["myopic"]["ctr"]["value"] == pytest.approx(1 / 2)
+    assert "arm longterm: 2 impressions in 1 sessions" in out and "arm myopic" in out
 
 
 def test_limit_and_usage_errors(log_file: Path, capsys: pytest.CaptureFixture) -> None:
@@ -148,7 +170,8 @@ def logged_traffic(model, explorer: Explorer, n: int, seed: int) -> list[LoggedI
     for i, (ask, choice) in enumerate(zip(asks, DQNPolicy(model, explorer).rank(asks, rng))):
         positions = {j: LoggedPosition(float(c := rng.random() < CLICK[item] * 0.8 ** j), int(c), 0, p)
                      for j, (item, p) in enumerate(zip(choice.items, choice.propensities))}
-        out.append(LoggedImpression(f"r{i}", f"u{i}", choice.policy, 4, float(i), choice.items, ask.state, positions))
+        out.append(LoggedImpression(f"r{i}", f"u{i}", choice.policy, 4, float(i), choice.items, ask.state,
+                                    positions=positions))
     return out
 
 
