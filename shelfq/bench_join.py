@@ -48,7 +48,7 @@ class WorkerRun:
     rss_mb: float
 
 
-def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=print) -> dict:
+def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=print, half_load_s: float = 30.0) -> dict:
     from shelfq.topic_admin import delete_topics, ensure_topics
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
@@ -96,6 +96,9 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
         "partitions": settings.partitions,
         **core,
     }
+    if half_load_s > 0:  # freshness at half the worker's maximum: a worker that keeps up, not a queue
+        result.update(measure_light_load(settings, round(result["input_events_per_s"] / 2, 1), seconds=half_load_s,
+                                         idle_s=0.0, report=report, window_s=window_s, name="half_load"))
     result.update(measure_pending_memory())
     return result
 
@@ -329,10 +332,13 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, idle_s: float = 20.0,
-                       report=print) -> dict:
+                       report=print, window_s: float | None = None, name: str = "light") -> dict:
     """The worker's CPU share (of one core, all its threads, from /proc) idle for ``idle_s``,
     then while synthetic shoppers are offered at a steady ``rate`` input events/s with event
-    times of now, as a frontend would (measured over ``seconds``, after 5 s of warm-up)."""
+    times of now, as a frontend would (measured over ``seconds``, after 5 s of warm-up); and
+    the emit latency of that traffic (p50, p99: from the event or tick that closed an item to
+    its transition acknowledged). ``window_s`` sets the join window (default: the worker's);
+    the figures are named ``{name}_...``."""
     from shelfq.topic_admin import delete_topics, ensure_topics
     from contracts.topics import topic_specs
 
@@ -346,9 +352,11 @@ def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, i
     events = traffic.events[:n]
     port = free_port()
     env = {**os.environ, "SHELFQ_PARTITIONS": str(bench.partitions)}
+    if window_s is not None:
+        env.update(SHELFQ_JOIN_WINDOW_S=str(window_s), SHELFQ_JOIN_ALLOWED_LATENESS_S="1", SHELFQ_JOIN_IDLE_ADVANCE_S="1")
     if bench.external_cluster:
         env["SHELFQ_BOOTSTRAP_SERVERS"] = bench.bootstrap_servers
-    log = tempfile.NamedTemporaryFile(prefix="shelfq-bench-light-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix=f"shelfq-bench-{name}-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "shelfq", "streams", "--topic-prefix", prefix,
                              "--metrics-port", str(port), "--max-seconds", str(int(idle_s + seconds + 300))],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -358,7 +366,7 @@ def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, i
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not take up its partitions; its log: {log.name}")
             time.sleep(0.2)
-        report(f"light load: the worker idle for {idle_s:g}s, then {rate:g} input events/s for {seconds:g}s ...")
+        report(f"{name} load: the worker idle for {idle_s:g}s, then {rate:g} input events/s for {seconds:g}s ...")
         before = _cpu_seconds(proc.pid), time.monotonic()
         time.sleep(idle_s)
         idle = _cpu_seconds(proc.pid), time.monotonic()
@@ -379,22 +387,29 @@ def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, i
             measured = idle
         settle = time.monotonic() + 15
         while True:  # the last fetch may wait for more (SHELFQ_STREAMS_FETCH_WAIT_S)
-            consumed = sum(v for k, v in _scrape(port).items() if k.startswith("shelfq_streams_input_events_total"))
+            m = _scrape(port)
+            consumed = sum(v for k, v in m.items() if k.startswith("shelfq_streams_input_events_total"))
             if consumed >= len(events) or time.monotonic() > settle:
                 break
             time.sleep(0.2)
         if proc.poll() is not None:
             raise RuntimeError(f"the worker died; its log: {log.name}")
+        buckets = sorted((float(le), v) for k, v in m.items()
+                         if (le := _label(k, "shelfq_streams_emit_latency_seconds_bucket", "le")) is not None)
     finally:
         _stop(proc)
         delete_topics(bench, [spec.name for spec in topic_specs(bench).values()]
                       + [bench.topic("streams-join-records-changelog"), bench.topic("streams-__assignor-__leader")])
-    return {
-        "light_rate_events_per_s": rate,
-        "light_cpu_share": round((after[0] - measured[0]) / (after[1] - measured[1]), 3),
-        "idle_cpu_share": round((idle[0] - before[0]) / (idle[1] - before[1]), 3),
-        "light_events_consumed": int(consumed),
+    figures = {
+        f"{name}_rate_events_per_s": rate,
+        f"{name}_cpu_share": round((after[0] - measured[0]) / (after[1] - measured[1]), 3),
+        f"{name}_events_consumed": int(consumed),
+        f"{name}_emit_latency_p50_ms": round(1000 * _quantile(0.5, buckets), 2) if buckets else None,
+        f"{name}_emit_latency_p99_ms": round(1000 * _quantile(0.99, buckets), 2) if buckets else None,
     }
+    if idle_s > 0:
+        figures["idle_cpu_share"] = round((idle[0] - before[0]) / (idle[1] - before[1]), 3)
+    return figures
 
 
 def _stamped(event, ts: float):

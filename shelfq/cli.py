@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     bjoin.add_argument("--window", type=float, default=5.0, help="attribution window in seconds of event time (default 5)")
     bjoin.add_argument("--light-rate", type=float, help="also offer this many input events/s steadily to a fresh worker "
                        "and report its CPU share of one core (light_cpu_share over 60 s, idle_cpu_share over 20 s before)")
+    bjoin.add_argument("--half-load-s", type=float, default=30.0, help="then offer half the measured maximum steadily to a "
+                       "fresh worker for this long and report its emit latency (half_load_emit_latency_p50_ms, _p99_ms; "
+                       "default 30, 0 skips)")
     bjoin.add_argument("--core-only", action="store_true", help="only time the pure join on the events (join_core_us_per_event), "
                        "no Kafka: needs no broker")
     bjoin.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
@@ -420,6 +423,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("bench join: --events must be at least 1000")
         if args.light_rate is not None and not 0 < args.light_rate <= 10_000:
             raise ConfigError("bench join: --light-rate must be within 0 and 10000 events/s")
+        if not 0 <= args.half_load_s <= 600:
+            raise ConfigError("bench join: --half-load-s must be within 0 and 600 seconds")
         if args.core_only:
             if args.light_rate is not None:
                 raise ConfigError("bench join: --light-rate needs the broker; it does not go with --core-only")
@@ -428,7 +433,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             result = run_core(args.events, settings.partitions, window_s=args.window, report=log)
         else:
             with _broker_for(settings):
-                result = run_bench(settings, args.events, window_s=args.window, report=log)
+                result = run_bench(settings, args.events, window_s=args.window, report=log, half_load_s=args.half_load_s)
                 if args.light_rate is not None:
                     from shelfq.bench_join import measure_light_load
 
