@@ -185,7 +185,7 @@ class Agent:
         is away both wait (up to ``broker_outage_s``; a stop ends the wait, leaving the offsets
         uncommitted): the slates stay queued, and the offsets are committed once they are out."""
         self.watch.wait_out(self.producer.flush, "sending slates", stop)
-        self.watch.wait_out(self.consumer.commit, "committing offsets", stop)
+        self.watch.wait_out(self.consumer.commit_unless_left, "committing offsets", stop)
         self.metrics.consumer.set_lag(self.consumer.lag())
         self.metrics.consumer.sync_dead_letters(self.consumer.dlq.by_reason)
 

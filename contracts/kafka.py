@@ -7,6 +7,7 @@ dead letter (and the caller for its own output) to be acknowledged, then commits
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -23,6 +24,10 @@ from contracts.outage import (
 )
 from contracts.settings import KAFKA_LOGGER, Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC, ITEMS, MODELS
+
+log = logging.getLogger("shelfq.consumer")
+#: Commit errors of a consumer that is no longer a member of its group (it rejoins as it polls).
+REJOIN_CODES = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS})
 
 Key = bytes | str | None
 # A broker that is down is said once by the component's BrokerWatch, not 20 times a second.
@@ -352,6 +357,22 @@ class EventConsumer:
     def probe_broker(self, topic: str, timeout: float = 2.0) -> None:
         """Raises unless the broker answers a metadata request for ``topic`` (``BrokerWatch``)."""
         self._consumer.list_topics(topic, timeout=timeout)
+
+    def commit_unless_left(self, offsets: dict[tuple[str, int], int] | None = None) -> bool:
+        """``commit(offsets)``, unless this consumer has left its group meanwhile, as after an
+        outage longer than its session timeout: only polling rejoins it, so retrying the commit
+        (``BrokerWatch.wait_out``) would wait for ever. Skipping is safe for at-least-once
+        delivery: the events are read again, or a later commit covers them. True when
+        committed; other errors are raised."""
+        try:
+            self.commit(offsets)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.code() not in REJOIN_CODES:
+                raise
+            log.warning("offsets not committed (%s): the consumer rejoins its group as it polls", err.str())
+            return False
+        return True
 
     def close(self) -> None:
         """Leave the group without committing; uncommitted events are read again next time."""

@@ -21,7 +21,6 @@ as skipped, neither fully decoded nor featurized.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import threading
@@ -32,15 +31,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
-from confluent_kafka import KafkaError, KafkaException
 
 from contracts.errors import ShelfqError
 from contracts.events import Id, Transition, decode_view, schema_of
 
-log = logging.getLogger("shelfq.learner.ingest")
 POLL_TIMEOUT_S = 0.1
-#: Commit errors of a consumer that is no longer a member of its group (it rejoins as it polls).
-REJOIN_CODES = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS})
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder()
 
@@ -256,32 +251,8 @@ class _Child:
                 return True
             if kind == "commit":
                 offsets = {(t, p): o for t, p, o in body[0]}
-                self.watch.wait_out(lambda offsets=offsets: commit_unless_left(self.consumer, offsets),
+                self.watch.wait_out(lambda offsets=offsets: self.consumer.commit_unless_left(offsets),
                                     "committing offsets")
                 self.conn.send_bytes(_ENCODER.encode(["committed"]))
         return False
 
-
-def commit_unless_left(consumer: Any, offsets: dict[tuple[str, int], int]) -> bool:
-    """Commit ``offsets`` (what the trainer's checkpoint holds) unless ``consumer`` has left its
-    group meanwhile, as after an outage longer than its session timeout: only polling rejoins
-    it, so retrying the commit would wait for ever. Skipping is safe: the checkpoint holds
-    these offsets (a restart reads on from them) and the next checkpoint's commit covers them.
-    True when committed; other errors are raised (``BrokerWatch.wait_out`` retries those of a
-    broker that is away).
-
-    >>> class Left:
-    ...     def commit(self, offsets):
-    ...         raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
-    >>> commit_unless_left(Left(), {("transitions", 0): 5})
-    False
-    """
-    try:
-        consumer.commit(offsets)
-    except KafkaException as exc:
-        if not exc.args or not isinstance(exc.args[0], KafkaError) or exc.args[0].code() not in REJOIN_CODES:
-            raise
-        log.warning("learner ingestion: offsets not committed (%s); the consumer rejoins its group and the "
-                    "next checkpoint's commit covers them", exc.args[0].str())
-        return False
-    return True

@@ -134,3 +134,24 @@ def test_an_agent_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non
     assert "shelfq: error: agent: the broker at 127.0.0.1:" in run.stderr
     assert "SHELFQ_BROKER_OUTAGE_S = 2 s" in run.stderr and "Traceback" not in run.stderr
     assert run.stderr.count("ERROR") == 0 and run.stderr.count("shelfq: error:") == 1
+
+
+def test_a_consumer_that_left_its_group_skips_the_commit_instead_of_waiting_for_ever() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from contracts.kafka import EventConsumer
+
+    def left(offsets=None):
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
+
+    def away(offsets=None):
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    consumer = EventConsumer.__new__(EventConsumer)  # no client: only the commit decision is tested
+    consumer.commit = left
+    assert consumer.commit_unless_left({("transitions", 0): 5}) is False
+    consumer.commit = away  # a broker that is away: raised, for BrokerWatch.wait_out to retry
+    with pytest.raises(KafkaException):
+        consumer.commit_unless_left()
+    consumer.commit = lambda offsets=None: None
+    assert consumer.commit_unless_left() is True
