@@ -43,8 +43,9 @@ def produce(settings: Settings, transitions) -> None:
 
 
 def models(settings: Settings) -> list:
+    """The models topic's committed messages, in offset order (what an agent reads)."""
     consumer = Consumer(settings.confluent_config(**{"group.id": f"models-{time.time()}", "auto.offset.reset": "earliest",
-                                                     "enable.partition.eof": True}))
+                                                     "enable.partition.eof": True, "isolation.level": "read_committed"}))
     consumer.subscribe([settings.topic("models")])
     out, deadline = [], time.monotonic() + 20
     try:

@@ -8,36 +8,18 @@ import re
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer
 
 from contracts.settings import Settings
 from learner.artifact import load_model
 from learner.synthetic import bait_or_build
-from tests.integration.test_learner import LearnerProcess, produce
+from tests.integration.test_learner import LearnerProcess, models, produce
 
 TOOK_OVER = "another learner of policy 'dqn' took over"
 
 
 def committed_models(settings: Settings) -> list:
     """The models topic's committed messages, in offset order (what an agent reads)."""
-    consumer = Consumer(settings.confluent_config(**{
-        "group.id": f"models-{time.time()}", "auto.offset.reset": "earliest", "enable.partition.eof": True,
-        "isolation.level": "read_committed"}))
-    consumer.subscribe([settings.topic("models")])
-    out, deadline = [], time.monotonic() + 20
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == -191:  # end of partition
-                    break
-                continue
-            out.append(msg)
-    finally:
-        consumer.close()
-    return out
+    return models(settings)
 
 
 def published(log: Path) -> list[int]:
