@@ -8,7 +8,9 @@ purchase) and squashed with log1p:
                     or comes back to it)
     same category   interactions with items of a's category (what the shopper is into)
 
-and whether the newest interaction was with a, or with its category. The encoder could learn
+and whether the newest interaction was with a, or with its category. With a table of what
+shoppers clicked next (``learner.next_clicks``), two more: a's share of the clicks that followed
+the newest interaction's item, and log1p of their count. The encoder could learn
 all of this from item embeddings, but slowly: these counts hand it over from the first step,
 so what one shopper's clicks say about their taste reaches their next slate.
 
@@ -29,13 +31,23 @@ import torch
 from learner.features import EVENT_KINDS
 
 FEATURES = 2 * (EVENT_KINDS - 1) + 2
+NEXT_FEATURES = 2  # with a next-items table: share and log1p count of candidate after the newest item
 
 
 def affinity(items: torch.Tensor, events: torch.Tensor, candidates: torch.Tensor,
-             attributes: torch.Tensor | None) -> torch.Tensor:
-    """Cross features [B, K, FEATURES] of left-padded histories (item rows and event ids,
-    [B, L]) and candidate item rows ([K] shared by the batch, or [B, K]); ``attributes`` maps
-    item rows to (category row, price band), or is None (no categories known)."""
+             attributes: torch.Tensor | None,
+             next_clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Cross features [B, K, FEATURES (+ NEXT_FEATURES)] of left-padded histories (item rows
+    and event ids, [B, L]) and candidate item rows ([K] shared by the batch, or [B, K]);
+    ``attributes`` maps item rows to (category row, price band), or is None (no categories
+    known); ``next_clicks`` is the (successor rows, counts) table [rows, S] of
+    ``learner.next_clicks``, or None.
+
+    >>> table = (torch.tensor([[0, 0], [2, 3], [0, 0], [0, 0]]), torch.tensor([[0., 0.], [3., 1.], [0., 0.], [0., 0.]]))
+    >>> f = affinity(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), torch.tensor([2, 3, 1]), None, table)
+    >>> f[0, :, -2:].tolist()  # after item 1: 2 three times in four, 3 once, 1 never
+    [[0.75, 1.3862943649291992], [0.25, 0.6931471824645996], [0.0, 0.0]]
+    """
     B = items.shape[0]
     cands = candidates.expand(B, -1) if candidates.dim() == 1 else candidates
     kinds = torch.nn.functional.one_hot(events, EVENT_KINDS)[..., 1:].to(torch.float32)  # [B, L, 3]
@@ -48,4 +60,11 @@ def affinity(items: torch.Tensor, events: torch.Tensor, candidates: torch.Tensor
     counts = torch.cat([torch.einsum("blk,ble->bke", same_item.to(torch.float32), kinds),
                         torch.einsum("blk,ble->bke", same_category.to(torch.float32), kinds)], dim=2)
     newest = torch.stack([same_item[:, -1], same_category[:, -1]], dim=2).to(torch.float32)  # [B, K, 2]
-    return torch.cat([torch.log1p(counts), newest], dim=2)
+    parts = [torch.log1p(counts), newest]
+    if next_clicks is not None:
+        successors, tallies = next_clicks[0][items[:, -1]], next_clicks[1][items[:, -1]]  # [B, S]: after the newest
+        match = (cands.unsqueeze(2) == successors.unsqueeze(1)).to(torch.float32)  # [B, K, S]
+        after = torch.einsum("bks,bs->bk", match, tallies)  # how often each candidate followed it
+        total = tallies.sum(dim=1, keepdim=True)
+        parts.append(torch.stack([after / total.clamp(min=1.0), torch.log1p(after)], dim=2))
+    return torch.cat(parts, dim=2)

@@ -34,7 +34,7 @@ from learner.config import NETWORK_FIELDS, LearnerConfig
 from learner.item_features import CATEGORY_BUCKETS, PRICE_BANDS
 from learner.network import QNetwork
 
-_TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+_TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32"}
 assert set(_TORCH_DTYPES.values()) <= set(DTYPE_BYTES)
 
 
@@ -94,7 +94,8 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
     shape_fields = {k: v for k, v in meta.config.items() if k in known and k in NETWORK_FIELDS}
     shape_fields.setdefault("objective", "item")  # models from before SlateQ are item-wise
     shape_fields.setdefault("item_features", False)  # and from before item features, ids alone,
-    shape_fields.setdefault("affinity", False)  # without cross features
+    shape_fields.setdefault("affinity", False)  # without cross features,
+    shape_fields.setdefault("next_clicks", 0)  # and without the next-clicks table
     missing = [k for k in NETWORK_FIELDS if k not in shape_fields]
     if missing:
         raise EventError("headers.config", "missing", f"network settings missing: {', '.join(missing)}")
@@ -124,6 +125,7 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise EventError(f"value.{name}", "non_finite", "weights contain NaN or infinity")
     _check_item_attributes(tensors.get("item_attributes"))
+    _check_next_clicks(tensors.get("next_click_rows"), tensors.get("next_click_counts"))
     try:
         network = QNetwork(config)
         network.load_state_dict(tensors, strict=True)
@@ -144,3 +146,16 @@ def _check_item_attributes(table: torch.Tensor | None) -> None:
             raise EventError("value.item_attributes", "out_of_range", f"{name} rows must be in 0..{rows - 1}")
     if bool((table[0] != 0).any()):
         raise EventError("value.item_attributes", "invalid", "the padding row 0 must have no attributes")
+
+
+def _check_next_clicks(successors: torch.Tensor | None, counts: torch.Tensor | None) -> None:
+    """The next-clicks table holds item rows and counts: rows within the item table, counts
+    not negative (finite is checked with every weight), the padding row empty."""
+    if successors is None or counts is None:
+        return
+    if bool((successors < 0).any()) or bool((successors >= successors.shape[0]).any()):
+        raise EventError("value.next_click_rows", "out_of_range", f"item rows must be in 0..{successors.shape[0] - 1}")
+    if bool((counts < 0).any()):
+        raise EventError("value.next_click_counts", "out_of_range", "counts must be >= 0")
+    if bool((successors[0] != 0).any()) or bool((counts[0] != 0).any()):
+        raise EventError("value.next_click_rows", "invalid", "the padding row 0 must be empty")

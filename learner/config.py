@@ -30,7 +30,7 @@ ENV_PREFIX = "SHELFQ_LEARNER_"
 
 #: Fields that shape the network: a model message carries them, and a loader needs them.
 NETWORK_FIELDS = ("encoder", "embedding_dim", "hidden_dim", "hash_buckets", "history_length",
-                  "context_buckets", "content_dim", "position_bias", "objective", "item_features", "affinity")
+                  "context_buckets", "content_dim", "position_bias", "objective", "item_features", "affinity", "next_clicks")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class LearnerConfig:
     """Cross features of each candidate with the user's history (``learner.affinity``: clicks,
     carts and purchases of the same item and of its category) add a click and a value term:
     a shopper's taste reaches their next slate without waiting for the encoder to learn it."""
+    next_clicks: int = 16
+    """With ``affinity``: per item, how many of the items clicked right after it the learner
+    counts (``learner.next_clicks``), read as two more cross features (what follows what, as
+    a Markov chain on clicks knows it); 0 turns them off. The table is part of the model:
+    16 slots per hash bucket add 8 bytes x 16 x ``hash_buckets`` (4 MiB at the default)."""
     content_dim: int = 0
     """Width of item content vectors (384 with the MiniLM title embedder); 0 turns content off."""
     position_bias: bool = True
@@ -163,8 +168,8 @@ class LearnerConfig:
             raise ConfigError(f"learner: gamma must be in [0, 1), got {self.gamma}")
         if not 0 < self.target_tau <= 1:
             raise ConfigError(f"learner: target_tau must be in (0, 1], got {self.target_tau}")
-        if self.content_dim < 0:
-            raise ConfigError(f"learner: content_dim must be >= 0, got {self.content_dim}")
+        if self.content_dim < 0 or self.next_clicks < 0:
+            raise ConfigError(f"learner: content_dim and next_clicks must be >= 0, got {self.content_dim}, {self.next_clicks}")
         if self.replay_capacity < self.batch_size:
             raise ConfigError(f"learner: replay_capacity ({self.replay_capacity}) must hold a batch ({self.batch_size})")
         if self.session_timeout_s < 6:

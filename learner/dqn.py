@@ -30,6 +30,7 @@ from learner.config import LearnerConfig
 from learner.device import autocast, pick_device
 from learner.features import Featurizer
 from learner.item_features import attribute_rows
+from learner.next_clicks import NextClicks
 from learner.network import QNetwork, UserVectors
 from learner.replay import ReplayBuffer, Sample
 from learner.sessions import LINK_FIELDS, SessionLinks, bootstrap
@@ -114,6 +115,7 @@ class DQN:
                                    prioritized=config.prioritized,
                                    alpha=config.priority_alpha, beta=config.priority_beta, seed=config.seed)
         self.catalog = Catalog(seed=config.seed)
+        self.next_clicks = NextClicks(config.hash_buckets, config.next_clicks) if self.online.next_clicks else None
         self.dedupe = Deduper(config.dedupe_capacity)
         self.links = SessionLinks(config.dedupe_capacity)  # as many sessions as ids remembered, at most
         self.step = 0
@@ -143,6 +145,8 @@ class DQN:
             numbers = first + np.arange(new)
             for linked, successor in self.links.add(numbers, *(rows[name] for name in LINK_FIELDS), rows["rewards"]):
                 self.replay.link(linked, successor)
+        if self.next_clicks is not None:
+            self.count_next_clicks(rows)
         observe, rewards = self.catalog.observe, rows["rewards"].tolist()
         for slate, action, reward in zip((s for s, k in zip(slates, keep) if k),
                                          (a for a, k in zip(actions, keep) if k), rewards):
@@ -286,6 +290,26 @@ class DQN:
             attributes = torch.from_numpy(attribute_rows((i.category, i.price) for i in items))
             self.online.set_item_features(rows, attributes)
             self.target.set_item_features(rows, attributes)
+
+    def count_next_clicks(self, rows: dict[str, np.ndarray]) -> None:
+        """Count what each clicked transition's item followed (the newest item of its state's
+        history) in the next-clicks table, and copy the rows that changed into both networks."""
+        if self.next_clicks is None:
+            return
+        clicked = rows["clicks"] > 0
+        changed = self.next_clicks.observe(rows["items"][clicked, -1], rows["actions"][clicked])
+        if changed.size:
+            self.load_next_clicks(changed)
+
+    def load_next_clicks(self, rows: np.ndarray | None = None) -> None:
+        """Copy the next-clicks table's ``rows`` (all when None) into both networks."""
+        table = self.next_clicks
+        if table is None:
+            return
+        index = torch.from_numpy(np.arange(len(table.counts)) if rows is None else rows)
+        successors, counts = torch.from_numpy(table.successors[index]), torch.from_numpy(table.counts[index])
+        for network in (self.online, self.target):
+            network.set_next_clicks(index.to(self.device), successors, counts)
 
     def set_content(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Install title vectors (content features) for these items in both networks."""

@@ -35,6 +35,7 @@ from torch import nn
 from contracts.events import MAX_SLATE_SIZE
 from learner.config import LearnerConfig
 from learner.affinity import FEATURES as AFFINITY_FEATURES
+from learner.affinity import NEXT_FEATURES
 from learner.affinity import affinity
 from learner.features import EVENT_KINDS
 from learner.item_features import CATEGORY_BUCKETS, COLUMNS, PRICE_BANDS
@@ -92,9 +93,16 @@ class QNetwork(nn.Module):
             self.register_buffer("item_attributes", torch.zeros(config.hash_buckets, COLUMNS, dtype=torch.long))
         # Cross features of each candidate with the user's history (learner.affinity): a click
         # term and a value term, from zero.
-        self.affinity = nn.Linear(AFFINITY_FEATURES, 2, bias=False) if config.affinity else None
+        self.next_clicks = config.next_clicks if config.affinity else 0
+        features = AFFINITY_FEATURES + (NEXT_FEATURES if self.next_clicks else 0)
+        self.affinity = nn.Linear(features, 2, bias=False) if config.affinity else None
         if self.affinity is not None:
             nn.init.zeros_(self.affinity.weight)
+        if self.next_clicks:
+            # What was clicked right after each item row, counted by the learner
+            # (learner.next_clicks): part of the weights, so agents read the same table.
+            self.register_buffer("next_click_rows", torch.zeros(config.hash_buckets, self.next_clicks, dtype=torch.int32))
+            self.register_buffer("next_click_counts", torch.zeros(config.hash_buckets, self.next_clicks))
         self.content_dim = config.content_dim
         if config.content_dim:
             self.content_proj = nn.Linear(config.content_dim, d, bias=False)
@@ -160,7 +168,13 @@ class QNetwork(nn.Module):
         if rows is None:
             raise ValueError("this network reads cross features: pass the candidates' item rows with their vectors")
         attributes = self.item_attributes if self.item_features else None
-        return self.affinity(affinity(user.history, user.history_events, rows, attributes))
+        table = (self.next_click_rows, self.next_click_counts) if self.next_clicks else None
+        return self.affinity(affinity(user.history, user.history_events, rows, attributes, table))
+
+    def set_next_clicks(self, rows: torch.Tensor, successors: torch.Tensor, counts: torch.Tensor) -> None:
+        """Write the next-clicks table's ``rows`` (``learner.next_clicks``)."""
+        self.next_click_rows[rows] = successors.to(self.next_click_rows.device)
+        self.next_click_counts[rows] = counts.to(self.next_click_counts.device)
 
     # -- Q values ----------------------------------------------------------------------------
 

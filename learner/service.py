@@ -248,12 +248,15 @@ class Learner:
             return
         # Checkpoints from before SlateQ were item-wise and did not name an objective, and those
         # from before item features knew items by their ids alone.
-        if {"objective": "item", "item_features": False, "affinity": False, **ck.state["network"]} != self.config.network():
+        if {"objective": "item", "item_features": False, "affinity": False, "next_clicks": 0,
+                **ck.state["network"]} != self.config.network():
             raise ConfigError(f"checkpoint {ck.path} was written for network settings {ck.state['network']}, "
                               f"not {self.config.network()}; use those settings or another checkpoint_dir")
         d = self.dqn
         d.online.load_state_dict({k[7:]: v for k, v in ck.tensors.items() if k.startswith("online.")})
         d.target.load_state_dict({k[7:]: v for k, v in ck.tensors.items() if k.startswith("target.")})
+        if d.next_clicks is not None:  # the table's master copy, from the weights that carry it
+            d.next_clicks.load(d.online.next_click_rows.cpu().numpy(), d.online.next_click_counts.cpu().numpy())
         load_optimizer(d.optimizer, ck.tensors, ck.state["optimizer"])
         d.replay.load_state_dict({k[7:]: v for k, v in ck.arrays.items() if k.startswith("replay.")},
                                  clicks_required=self.config.objective == "slateq")
