@@ -26,8 +26,10 @@ from contracts.settings import KAFKA_LOGGER, Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC, ITEMS, MODELS
 
 log = logging.getLogger("shelfq.consumer")
-#: Commit errors of a consumer that is no longer a member of its group (it rejoins as it polls).
-REJOIN_CODES = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS})
+#: Commit errors of a consumer that is no longer a member of its group (it rejoins as it polls);
+#: _ASSIGNMENT_LOST is librdkafka's own: its session timed out (a broker restart, for one).
+REJOIN_CODES = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+                          KafkaError._ASSIGNMENT_LOST})
 
 Key = bytes | str | None
 # A broker that is down is said once by the component's BrokerWatch, not 20 times a second.
