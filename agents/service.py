@@ -42,13 +42,15 @@ from agents.deadline import arrival_time, past_deadline
 from agents.exclusion import allowed_mask, excluded_items
 from agents.metrics import AgentMetrics
 from agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, SlateChoice
+from agents.serving import ServedVersions
+from contracts.decisions import ModelDecision, decode_decision, read_decisions
 from contracts.errors import EventError
 from contracts.events import Item, Request, Slate, State, UserState, encode
 from contracts.kafka import CompactedReader, EventConsumer, Received, ReliableProducer, topic_partitions
 from contracts.models import ModelHeaders
 from contracts.outage import BrokerWatch, install
 from contracts.settings import Settings
-from contracts.topics import ITEMS, MODELS, REQUESTS, SLATES, USER_STATE
+from contracts.topics import ITEMS, MODEL_DECISIONS, MODELS, REQUESTS, SLATES, USER_STATE
 from learner.artifact import LoadedModel, load_model
 
 log = logging.getLogger("shelfq.agent")
@@ -128,8 +130,11 @@ class Agent:
         self.fallback_popular = PopularityPolicy(self.popularity, explorer)
         self.fallback_random = RandomPolicy()
         self._first_use_pending: set[str] = set()
+        #: Every loaded version by policy; which one serves follows model-decisions (agents.serving).
+        self.versions = ServedVersions()
         policies = list(dict.fromkeys(a.policy for a in self.arms))
-        self._models = ModelWatcher(settings, policies, self._on_model, self._on_rejected)
+        self._models = ModelWatcher(settings, policies, self._on_model, self._on_rejected,
+                                    on_decision=self._on_decision, on_read_to_end=self._on_read_to_end)
         if self.experiment:
             log.info("experiment arms: %s", ", ".join(f"{a.name}={a.policy} ({a.weight:g})" for a in self.arms))
         self._next_cache = 0.0
@@ -332,8 +337,33 @@ class Agent:
         self.metrics.cache.labels("popular").set(len(self.popularity))
 
     def _on_model(self, model: LoadedModel) -> None:
-        """A new version of one policy key (the watcher's thread): every arm of that key serves it
-        from its next batch on."""
+        """A new version of one policy key (the watcher's thread): kept by version, and served
+        from the next batch on unless model-decisions names another (``agents.serving``)."""
+        self.metrics.models.labels("loaded").inc()
+        chosen = self.versions.add(model.headers.policy, model.headers.version, model)
+        if chosen is not None:
+            self._serve(chosen[1])
+        else:
+            log.info("loaded %s model version %d; serving version %s as model-decisions says", model.headers.policy,
+                     model.headers.version, self.versions.serving.get(model.headers.policy))
+
+    def _on_decision(self, decision: ModelDecision | None, policy: str) -> None:
+        """A decision of the gate or an operator (None: a tombstone) for a watched policy."""
+        if decision is None:
+            chosen = self.versions.forget_decision(policy)
+        else:
+            log.info("model-decisions: %s serves version %d (%s of version %d by the %s)", policy,
+                     decision.serving_version, decision.action, decision.version, decision.by)
+            chosen = self.versions.decide(policy, decision.serving_version, decision.good)
+        if chosen is not None:
+            self._serve(chosen[1])
+
+    def _on_read_to_end(self) -> None:
+        for _policy, _version, model in self.versions.read_to_end():
+            self._serve(model)
+
+    def _serve(self, model: LoadedModel) -> None:
+        """Every arm of the model's policy key serves it from its next batch on."""
         policy = model.headers.policy
         if model.config.content_dim:
             log.warning("model %s %d uses content features; this agent scores it without title vectors",
@@ -357,7 +387,6 @@ class Agent:
             for arm in self.arms:
                 if arm.policy == policy:
                     self.metrics.arm_model_version.labels(arm.name, policy).set(model.headers.version)
-        self.metrics.models.labels("loaded").inc()
         log.info("serving %s model version %d", policy, model.headers.version)
 
     def _on_rejected(self, reason: EventError, value: bytes | None, key: str, partition: int, offset: int) -> None:
@@ -370,10 +399,18 @@ class Agent:
 class ModelWatcher:
     """Reads ``models`` from the beginning in a thread; loads each newer version of the policy
     keys it watches (one consumer for all of them, off the request path) and hands it over;
-    reports the ones that fail the loader's checks."""
+    reports the ones that fail the loader's checks.
 
-    def __init__(self, settings: Settings, policies: Sequence[str], on_model: Any, on_rejected: Any) -> None:
+    With ``on_decision``, it also follows ``model-decisions`` (``contracts.decisions``): read to
+    its end before the first model, so a restarted agent knows the decided version before it
+    loads any, then alongside ``models``. ``on_read_to_end`` is called once the models topic is
+    read to the end offsets it had at the start. Without the decisions topic (a deployment
+    from before it, or no ACL to read it), it says so and hands over models only."""
+
+    def __init__(self, settings: Settings, policies: Sequence[str], on_model: Any, on_rejected: Any, *,
+                 on_decision: Any = None, on_read_to_end: Any = None) -> None:
         self.settings, self.on_model, self.on_rejected = settings, on_model, on_rejected
+        self.on_decision, self.on_read_to_end = on_decision, on_read_to_end
         self.versions: dict[bytes, int] = {p.encode(): 0 for p in policies}
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shelfq-models", daemon=True)
@@ -407,15 +444,65 @@ class ModelWatcher:
             "isolation.level": "read_committed",
             "fetch.max.bytes": big, "max.partition.fetch.bytes": big, "enable.partition.eof": False}))
         topic = self.settings.topic(MODELS)
+        decisions_topic = self.settings.topic(MODEL_DECISIONS)
         try:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in topic_partitions(consumer, topic)])
+            assigned = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in topic_partitions(consumer, topic)]
+            marks = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in assigned}
+            ends = {p: high for p, (low, high) in marks.items() if high > low}
+            if self.on_decision is not None:
+                assigned += self._decisions_from(consumer, decisions_topic)
+            consumer.assign(assigned)
+            if not ends and self.on_read_to_end is not None:
+                self.on_read_to_end()
             while not self._halt.is_set():
                 msg = consumer.poll(0.2)
+                if ends:
+                    ends = self._short_of(consumer, topic, ends)
                 if msg is None or msg.error() is not None or msg.key() not in self.versions:
+                    continue
+                if msg.topic() == decisions_topic:
+                    self._decision(msg)
                     continue
                 self.consider(msg)
         finally:
             consumer.close()
+
+    def _decisions_from(self, consumer: Any, topic: str) -> list[TopicPartition]:
+        """The watched policies' decisions so far, handed over; then where to follow the topic."""
+        try:
+            # Followed from where the read to the end starts off: no older decision comes again.
+            follow = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                      for p in topic_partitions(consumer, topic, timeout=5)]
+            decided = read_decisions(self.settings)
+        except Exception as exc:  # noqa: BLE001 - the topic missing or refused: the agent serves without a gate
+            log.warning("cannot read %s (%s): serving each policy's newest model, not the gate's decisions", topic, exc)
+            return []
+        for policy, decision in decided.items():
+            if policy.encode() in self.versions:
+                self.on_decision(decision, policy)
+        return follow
+
+    def _decision(self, msg: Any) -> None:
+        policy = msg.key().decode()
+        if msg.value() is None:
+            self.on_decision(None, policy)
+            return
+        try:
+            decision = decode_decision(msg.value())
+        except EventError as exc:
+            log.warning("skipped an invalid %s decision at offset %d: %s", policy, msg.offset(), exc)
+            return
+        if decision.policy == policy:
+            self.on_decision(decision, policy)
+
+    def _short_of(self, consumer: Any, topic: str, ends: dict[int, int]) -> dict[int, int]:
+        """The partitions of ``models`` not yet read to their start's end offsets; says once when
+        none is left."""
+        positions = consumer.position([TopicPartition(topic, p) for p in ends])
+        left = {tp.partition: ends[tp.partition] for tp in positions if tp.offset < ends[tp.partition]}
+        if not left and self.on_read_to_end is not None:
+            self.on_read_to_end()
+        return left
 
     def consider(self, msg: Any) -> None:
         """Load one ``models`` message if it is a newer version of a watched policy and hand it

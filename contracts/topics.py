@@ -33,9 +33,11 @@ ITEMS = "items"
 TRANSITIONS = "transitions"
 USER_STATE = "user-state"
 MODELS = "models"
+MODEL_DECISIONS = "model-decisions"
 DLQ = "dlq"
 
-#: The event type carried by each topic; ``models`` carries safetensors bytes, not JSON.
+#: The event type carried by each topic; ``models`` carries safetensors bytes, not JSON, and
+#: ``model-decisions`` its own contract (``contracts.decisions``).
 EVENT_OF_TOPIC: Mapping[str, type[Event] | None] = {
     REQUESTS: Request,
     SLATES: Slate,
@@ -45,6 +47,7 @@ EVENT_OF_TOPIC: Mapping[str, type[Event] | None] = {
     TRANSITIONS: Transition,
     USER_STATE: UserState,
     MODELS: None,
+    MODEL_DECISIONS: None,
     DLQ: DeadLetter,
 }
 
@@ -88,6 +91,8 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
                 cleanup_policy="compact",
                 max_message_bytes=str(settings.model_max_bytes),
             ),
+            # The serving version per policy (contracts.decisions): the latest decision is the state.
+            spec(MODEL_DECISIONS, "policy name", 1, cleanup_policy="compact"),
             spec(DLQ, "original key", 1, cleanup_policy="delete"),
         )
     }

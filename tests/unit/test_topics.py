@@ -5,7 +5,8 @@ from __future__ import annotations
 from contracts.settings import Settings
 from contracts.topics import USER_STATE, ActualTopic, topic_drift, topic_specs
 
-DESIGN_TOPICS = {"requests", "slates", "impressions", "feedback", "items", "transitions", "user-state", "models", "dlq"}
+DESIGN_TOPICS = {"requests", "slates", "impressions", "feedback", "items", "transitions", "user-state", "models",
+                 "model-decisions", "dlq"}
 
 
 def test_every_design_topic_is_defined_with_the_prefix() -> None:
@@ -17,7 +18,7 @@ def test_every_design_topic_is_defined_with_the_prefix() -> None:
 def test_cleanup_policies_and_model_size_follow_the_design() -> None:
     specs = topic_specs(Settings(model_max_bytes=32 << 20))
     compacted = {name for name, s in specs.items() if s.config["cleanup.policy"] == "compact"}
-    assert compacted == {"items", "user-state", "models"}
+    assert compacted == {"items", "user-state", "models", "model-decisions"}
     assert specs["models"].config["max.message.bytes"] == str(32 << 20)
 
 

@@ -1,0 +1,137 @@
+"""``shelfq gate``: judges each new model version of its policies in shadow and writes every
+decision to ``model-decisions``, which every agent replica follows.
+
+The gate reads four topics and keeps nothing of its own (a restart rebuilds it all):
+
+- ``model-decisions`` from the beginning, to the end, before anything else: the state of each
+  policy (what serves, what became of every version, the rollback targets); then it follows
+  the topic, so an operator's ``shelfq models promote`` or ``rollback`` is its state too;
+- ``models`` (``agents.service.ModelWatcher``, as the agents read it): every version loaded and
+  checked as an agent would load it;
+- ``transitions``, from the tail (about twice the window): the policies' logged impressions
+  (``evaluation.gate.window``);
+- ``items``: the catalog, which the candidates' slates are drawn from.
+
+Every ``interval_s``, once ``models`` is read to its end, it judges each policy
+(``evaluation.gate.judge``) and writes what it decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from agents.service import ModelWatcher
+from contracts.decisions import ModelDecision, encode_decision, read_decisions
+from contracts.errors import EventError
+from contracts.events import Transition, decode
+from contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
+from contracts.settings import Settings
+from contracts.topics import ITEMS, MODEL_DECISIONS, TRANSITIONS
+from evaluation.gate.config import GateConfig
+from evaluation.gate.judge import Judge
+from evaluation.gate.metrics import GateMetrics
+from learner.artifact import LoadedModel
+
+log = logging.getLogger("shelfq.gate")
+#: Transitions read back from the tail per impression of the window (a slate of ten, and room).
+TAIL_PER_IMPRESSION = 20
+
+
+class Gate:
+    def __init__(self, settings: Settings, config: GateConfig, metrics: GateMetrics | None = None) -> None:
+        self.settings, self.config = settings, config
+        self.producer = ReliableProducer(settings, "gate")
+        # The state first: a gate that judged before knowing it would adopt over a decision.
+        self.judge = Judge(config, metrics, read_decisions(settings))
+        self.metrics = self.judge.metrics
+        self.models_read = threading.Event()  # models read to the end offsets of the start
+        self.watcher = ModelWatcher(settings, list(self.judge.policies), self._on_model, self._on_rejected,
+                                    on_decision=self.judge.note_decision, on_read_to_end=self.models_read.set)
+        self.items_reader = CompactedReader(settings, "gate", ITEMS, producer=self.producer)
+        self.transitions = self._tail_consumer()
+        self.decisions_topic = settings.topic(MODEL_DECISIONS)
+
+    def _tail_consumer(self) -> Consumer:
+        topic = self.settings.topic(TRANSITIONS)
+        consumer = Consumer(self.settings.confluent_config(**{
+            "group.id": f"{self.settings.topic_prefix}gate-{uuid.uuid4().hex[:8]}",  # required; never joined
+            "enable.auto.commit": False, "enable.partition.eof": False}))
+        partitions = topic_partitions(consumer, topic)
+        back = math.ceil(self.config.window * TAIL_PER_IMPRESSION * len(self.judge.policies) / len(partitions))
+        assigned = []
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            assigned.append(TopicPartition(topic, p, max(low, high - back)))
+        consumer.assign(assigned)
+        return consumer
+
+    def _on_model(self, model: LoadedModel) -> None:
+        self.judge.add_model(model)
+        log.info("loaded %s model version %d", model.headers.policy, model.headers.version)
+
+    def _on_rejected(self, reason: EventError, value: Any, key: str, partition: int, offset: int) -> None:
+        log.warning("a %s model message at offset %d fails the loader's checks, never a candidate: %s", key, offset, reason)
+
+    def poll(self, timeout: float = 0.2) -> int:
+        """Read what has arrived of transitions and items; returns the policies' transitions read."""
+        n = 0
+        for msg in self.transitions.consume(2000, timeout):
+            if msg.error() is not None:
+                continue
+            try:
+                n += self.judge.add_transition(decode(msg.value(), Transition, max_bytes=self.settings.max_event_bytes))
+            except EventError:
+                continue
+        for r in self.items_reader.poll(timeout=0, max_messages=5000):
+            if r.event is None:
+                self.judge.items.pop(r.key or "", None)
+            else:
+                self.judge.items[r.event.item_id] = r.event  # type: ignore[union-attr]
+        return n
+
+    def judge_all(self, now: float | None = None) -> list[ModelDecision]:
+        """One judgement of every policy; writes and returns its decisions."""
+        out = []
+        for policy in self.judge.policies:
+            decision = self.judge.step(policy, now)
+            if decision is not None:
+                self.publish(decision)
+                out.append(decision)
+        return out
+
+    def publish(self, decision: ModelDecision) -> None:
+        """Write ``decision`` and wait until the broker has it; then it is the gate's state."""
+        self.producer.produce(self.decisions_topic, encode_decision(decision), decision.policy)
+        self.producer.flush()
+        self.judge.record(decision)
+
+    def run(self, max_seconds: float | None = None, stop: threading.Event | None = None) -> int:
+        """Judge every ``interval_s`` until stopped; returns the decisions written."""
+        stop = stop or threading.Event()
+        started = time.monotonic()
+        written, next_judgement = 0, 0.0
+        self.watcher.start()
+        try:
+            while not stop.is_set():
+                if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                    break
+                self.poll()
+                if self.models_read.is_set() and time.monotonic() >= next_judgement:
+                    written += len(self.judge_all())
+                    next_judgement = time.monotonic() + self.config.interval_s
+        finally:
+            self.watcher.stop()
+            self.producer.flush()
+        return written
+
+    def close(self) -> None:
+        self.transitions.close()
+        self.items_reader.close()
+        self.producer.flush()
