@@ -12,6 +12,7 @@ join's own work costs per input event (``shelfq bench join --core-only`` runs on
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -31,6 +32,7 @@ from contracts.events import encode
 from contracts.kafka import ReliableProducer
 from contracts.settings import Settings
 from contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
+from streams.gc_tuning import worker_gc
 from streams.join import Join, JoinConfig
 from streams.synthetic import SyntheticTraffic, synthetic_traffic
 from shelfq.ports import free_port
@@ -48,13 +50,15 @@ class WorkerRun:
     rss_mb: float
 
 
-def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=print, half_load_s: float = 30.0) -> dict:
-    from shelfq.topic_admin import delete_topics, ensure_topics
-
-    prefix = f"bench-{uuid.uuid4().hex[:6]}."
-    bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,
-                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
-    ensure_topics(bench)
+def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=print, half_load_s: float = 30.0,
+              workers: int = 1) -> dict:
+    """The benchmark; with ``workers`` > 1, then the same events in fresh topics again, joined
+    by that many workers in one group (``workers_input_events_per_s``, and ``workers_scaling``:
+    its ratio to the one worker's rate in the same measurement)."""
+    if workers < 1:
+        raise ValueError("bench join: workers must be at least 1")
+    bench = _fresh_topics(settings)
+    prefix = bench.topic_prefix
     try:
         t0 = time.time() - 20 * window_s
         traffic = bench_traffic(events, window_s, t0)
@@ -64,10 +68,7 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
         report(f"  {core['join_core_us_per_event']:.1f} µs per input event")
         report(f"loading {n} events ({len(traffic.expected) // 25} users, {len(traffic.expected) // 5} slates, "
                f"window {window_s:g}s) into {prefix}* ...")
-        producer = ReliableProducer(bench, **{"linger.ms": 20, "batch.size": 1_000_000})
-        for topic, key, event in traffic.events:
-            producer.produce(bench.topic(topic), encode(event), key)
-        producer.flush(120)
+        _load(bench, traffic)
 
         report("baseline: plain confluent-kafka consume-and-produce of the same messages ...")
         passthrough = _passthrough(bench, n)
@@ -78,10 +79,19 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
         report("shelfq streams worker ...")
         run = _run_worker(bench, n, len(traffic.expected), window_s)
     finally:
-        names = [bench.topic(t) for t in ("requests", "slates", "impressions", "feedback", "items", "transitions",
-                                          "user-state", "models", "dlq", "passthrough", "streams-join-records-changelog",
-                                          "streams-__assignor-__leader")]
-        delete_topics(bench, names)
+        _delete_topics(bench)
+    scaling: dict = {}
+    if workers > 1:
+        group = _fresh_topics(settings)
+        try:
+            report(f"{workers} workers in one group, the same events in {group.topic_prefix}* ...")
+            _load(group, traffic)
+            many = _run_worker(group, n, len(traffic.expected), window_s, workers=workers)
+        finally:
+            _delete_topics(group)
+        report(f"  {n / many.seconds:,.0f} events/s")
+        scaling = {"workers": workers, "workers_input_events_per_s": round(n / many.seconds, 1),
+                   "workers_scaling": round(run.seconds / many.seconds, 3)}
     result = {
         "input_events": n,
         "input_events_per_s": round(n / run.seconds, 1),
@@ -94,6 +104,7 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
         "faust_noop_events_per_s": round(faust_noop, 1),
         "ratio_to_faust_noop": round(n / run.seconds / faust_noop, 3),
         "partitions": settings.partitions,
+        **scaling,
         **core,
     }
     if half_load_s > 0:  # freshness at half the worker's maximum: a worker that keeps up, not a queue
@@ -101,6 +112,31 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
                                          idle_s=0.0, report=report, window_s=window_s, name="half_load"))
     result.update(measure_pending_memory())
     return result
+
+
+def _fresh_topics(settings: Settings) -> Settings:
+    """Settings of a fresh topic prefix, its topics created."""
+    from shelfq.topic_admin import ensure_topics
+
+    bench = Settings.from_env(topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", partitions=settings.partitions,
+                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
+    ensure_topics(bench)
+    return bench
+
+
+def _load(bench: Settings, traffic: SyntheticTraffic) -> None:
+    producer = ReliableProducer(bench, **{"linger.ms": 20, "batch.size": 1_000_000})
+    for topic, key, event in traffic.events:
+        producer.produce(bench.topic(topic), encode(event), key)
+    producer.flush(120)
+
+
+def _delete_topics(bench: Settings) -> None:
+    from shelfq.topic_admin import delete_topics
+
+    delete_topics(bench, [bench.topic(t) for t in ("requests", "slates", "impressions", "feedback", "items", "transitions",
+                                                   "user-state", "models", "dlq", "passthrough",
+                                                   "streams-join-records-changelog", "streams-__assignor-__leader")])
 
 
 def bench_traffic(events: int, window_s: float, t0: float) -> SyntheticTraffic:
@@ -132,7 +168,9 @@ def measure_join_core(traffic: SyntheticTraffic, partitions: int, window_s: floa
     event goes to the partition the producer's partitioner gives its key. Measured the same
     way with ``Join.process`` event by event (``join_core_single_us_per_event``). The events
     are made before the clock starts and kept out of the garbage collector's way (gc.freeze),
-    since the worker never holds them all at once. CPU time, the least of ``repeats`` runs
+    since the worker never holds them all at once; the collector runs with the worker's
+    thresholds (``streams.gc_tuning``), and with CPython's defaults for
+    ``join_core_default_gc_us_per_event``. CPU time, the least of ``repeats`` runs
     of a fresh join: on a shared machine other work inflates a run, never shortens it.
     ``join_class`` is for measuring another implementation of the join."""
     if repeats < 1 or batch_size < 1:
@@ -141,10 +179,12 @@ def measure_join_core(traffic: SyntheticTraffic, partitions: int, window_s: floa
     events = [(murmur2(key.encode(), partitions), topic, event) for topic, key, event in traffic.events]
     batches = [events[i:i + batch_size] for i in range(0, len(events), batch_size)]
     result: dict = {}
-    for name, batched in (("join_core_us_per_event", True), ("join_core_single_us_per_event", False)):
+    for name, batched, tuned in (("join_core_us_per_event", True, True), ("join_core_single_us_per_event", False, True),
+                                 ("join_core_default_gc_us_per_event", True, False)):
         best = math.inf
         for _ in range(repeats):
-            seconds, transitions = _time_join(join_class(config), batches, now, batched)
+            with worker_gc() if tuned else contextlib.nullcontext():
+                seconds, transitions = _time_join(join_class(config), batches, now, batched)
             best = min(best, seconds)
         result[name] = round(1e6 * best / max(1, len(events)), 2)
     result["join_core_events"] = len(events)
@@ -215,45 +255,62 @@ def _create(settings: Settings, name: str) -> None:
         f.result(30)
 
 
-def _run_worker(settings: Settings, n: int, expected_transitions: int, window_s: float) -> WorkerRun:
-    port = free_port()
+def _run_worker(settings: Settings, n: int, expected_transitions: int, window_s: float, workers: int = 1) -> WorkerRun:
+    """``workers`` workers in one group join the ``n`` events loaded. The clock starts at the
+    first scrape where the group has settled (every worker owns partitions, all of them
+    between them) and some event was consumed, and counts the events consumed from there: with
+    several workers, the first to join reads alone until the others have joined. Latency and
+    RSS are the first worker's."""
     env = {**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions), "SHELFQ_JOIN_WINDOW_S": str(window_s),
            "SHELFQ_JOIN_ALLOWED_LATENESS_S": "1", "SHELFQ_JOIN_IDLE_ADVANCE_S": "1"}
     if settings.external_cluster:
         env["SHELFQ_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
-    log = tempfile.NamedTemporaryFile(prefix="shelfq-bench-worker-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "shelfq", "streams", "--topic-prefix", settings.topic_prefix,
-                             "--metrics-port", str(port), "--max-seconds", "900"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    ports = [free_port() for _ in range(workers)]
+    logs, procs = [], []
     try:
+        for port in ports:
+            log = tempfile.NamedTemporaryFile(prefix="shelfq-bench-worker-", suffix=".log", delete=False)
+            logs.append(log)
+            procs.append(subprocess.Popen([sys.executable, "-m", "shelfq", "streams", "--topic-prefix",
+                                           settings.topic_prefix, "--metrics-port", str(port), "--max-seconds", "900"],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
         start = end = None
+        counted_from = 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            m = _scrape(port)
-            consumed = sum(v for k, v in m.items() if k.startswith("shelfq_streams_input_events_total"))
-            if consumed > 0 and start is None:
-                start = time.perf_counter()
-            if consumed >= n:
+            scraped = [_scrape(port) for port in ports]
+            consumed = sum(v for m in scraped for k, v in m.items() if k.startswith("shelfq_streams_input_events_total"))
+            owned = [m.get("shelfq_streams_partitions", 0) for m in scraped]
+            if start is None and consumed > 0 and min(owned) > 0 and sum(owned) == settings.partitions:
+                start, counted_from = time.perf_counter(), consumed
+            if consumed >= n and start is not None:
                 end = time.perf_counter()
-                transitions = m.get("shelfq_streams_transitions_total", 0.0)
                 break
-            if proc.poll() is not None:
-                raise RuntimeError(f"the worker died; its log: {log.name}")
+            for proc, log in zip(procs, logs):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the worker died; its log: {log.name}")
             time.sleep(0.1)
-        if start is None or end is None:
-            raise RuntimeError(f"the worker did not consume every event within 10 minutes; its log: {log.name}")
+        if start is None or end is None or n - counted_from < n / 4:
+            raise RuntimeError(f"the workers did not consume the events within 10 minutes, or the group settled too "
+                               f"late to measure; their logs: {', '.join(log.name for log in logs)}")
         # Let the remaining windows close on the wall clock, so latency covers every emission.
         settle = time.monotonic() + 3 * window_s + 10
-        while m.get("shelfq_streams_transitions_total", 0) < expected_transitions and time.monotonic() < settle:
+        transitions = 0.0
+        while time.monotonic() < settle:
+            scraped = [_scrape(port) for port in ports]
+            transitions = sum(m.get("shelfq_streams_transitions_total", 0.0) for m in scraped)
+            if transitions >= expected_transitions:
+                break
             time.sleep(0.5)
-            m = _scrape(port)
-        rss = _peak_rss_mb(proc.pid)
-        buckets = sorted((float(le), v) for k, v in m.items()
+        rss = _peak_rss_mb(procs[0].pid)
+        buckets = sorted((float(le), v) for k, v in scraped[0].items()
                          if (le := _label(k, "shelfq_streams_emit_latency_seconds_bucket", "le")) is not None)
-        return WorkerRun(end - start, int(transitions), 1000 * _quantile(0.5, buckets),
-                         1000 * _quantile(0.99, buckets), rss)
+        # The rate over the events counted, as if all n had been: seconds for n at that rate.
+        seconds = (end - start) * n / (n - counted_from)
+        return WorkerRun(seconds, int(transitions), 1000 * _quantile(0.5, buckets), 1000 * _quantile(0.99, buckets), rss)
     finally:
-        _stop(proc)
+        for proc in procs:
+            _stop(proc)
 
 
 def _stop(proc: subprocess.Popen) -> None:

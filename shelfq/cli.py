@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     bjoin.add_argument("--half-load-s", type=float, default=30.0, help="then offer half the measured maximum steadily to a "
                        "fresh worker for this long and report its emit latency (half_load_emit_latency_p50_ms, _p99_ms; "
                        "default 30, 0 skips)")
+    bjoin.add_argument("--workers", type=int, default=1, help="then join the same events again with this many workers in "
+                       "one group (workers_input_events_per_s, workers_scaling: its ratio to one worker; default 1: not run)")
     bjoin.add_argument("--core-only", action="store_true", help="only time the pure join on the events (join_core_us_per_event), "
                        "no Kafka: needs no broker")
     bjoin.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
@@ -218,10 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prometheus", action="store_true", help="also start a local Prometheus (Debian's prometheus package) scraping every component, and print its URL")
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
     demo.add_argument("--json", action="store_true", help="print the comparison as one JSON object on the last line")
-
-    from shelfq.gate_cli import add_parsers as add_gate_parsers
-
-    add_gate_parsers(sub, bsub2, common)  # gate, models, bench gate
     return parser
 
 
@@ -393,10 +391,6 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress goes to stderr
-    if args.target == "gate":
-        from shelfq.gate_cli import cmd_bench_gate
-
-        return cmd_bench_gate(args, settings, log)
     if args.target == "policy":
         return _bench_policy(args, log)
     if args.target == "replay":
@@ -431,6 +425,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("bench join: --events must be at least 1000")
         if args.light_rate is not None and not 0 < args.light_rate <= 10_000:
             raise ConfigError("bench join: --light-rate must be within 0 and 10000 events/s")
+        if not 1 <= args.workers <= 64:
+            raise ConfigError("bench join: --workers must be within 1 and 64")
         if not 0 <= args.half_load_s <= 600:
             raise ConfigError("bench join: --half-load-s must be within 0 and 600 seconds")
         if args.core_only:
@@ -441,7 +437,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             result = run_core(args.events, settings.partitions, window_s=args.window, report=log)
         else:
             with _broker_for(settings):
-                result = run_bench(settings, args.events, window_s=args.window, report=log, half_load_s=args.half_load_s)
+                result = run_bench(settings, args.events, window_s=args.window, report=log, half_load_s=args.half_load_s,
+                                   workers=args.workers)
                 if args.light_rate is not None:
                     from shelfq.bench_join import measure_light_load
 
@@ -586,19 +583,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_gate(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.gate_cli import cmd_gate as run
-
-    return run(args, settings)
-
-
-def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.gate_cli import cmd_models as run
-
-    return run(args, settings)
-
-
-COMMANDS = {"gate": cmd_gate, "models": cmd_models, "broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "agent": cmd_agent, "bench": cmd_bench,
+COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "agent": cmd_agent, "bench": cmd_bench,
             "settings": cmd_settings, "evaluate": cmd_evaluate, "simulate": cmd_simulate, "demo": cmd_demo, "replay": cmd_replay}
 
 

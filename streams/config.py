@@ -52,6 +52,11 @@ class StreamsConfig:
     aiokafka counts it: the record batch that carries it alone). An output over it is
     dead-lettered (reason ``too_large``) instead of sent; keep it at most the broker's and the
     output topics' ``max.message.bytes``."""
+    batch_consumer: bool = False
+    """Hand each fetched batch straight to the worker (``streams.faust_internals.
+    BatchDrainingConsumer``) instead of one message at a time through Faust's consumer,
+    conductor and stream (SHELFQ_STREAMS_BATCH_CONSUMER=1). Faust still runs the group, the
+    assignor, the tables and the commits."""
     metrics_port: int = 9101
     """Port of /metrics (0 turns the endpoint off)."""
     metrics_addr: str = "0.0.0.0"
@@ -69,6 +74,16 @@ class StreamsConfig:
                 return kind(raw)
             except ValueError:
                 raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+
+        def flag(name: str) -> bool | None:
+            raw = env.get(name)
+            if raw is None:
+                return None
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{name}: expected 1 or 0 (true or false), got {raw!r}")
 
         join_kw = {k: v for k, v in {
             "window_s": num("SHELFQ_JOIN_WINDOW_S"),
@@ -88,6 +103,7 @@ class StreamsConfig:
             "stall_timeout_s": num("SHELFQ_STREAMS_STALL_TIMEOUT_S"),
             "max_message_bytes": num("SHELFQ_STREAMS_MAX_MESSAGE_BYTES", int),
             "metrics_port": num("SHELFQ_STREAMS_METRICS_PORT", int),
+            "batch_consumer": flag("SHELFQ_STREAMS_BATCH_CONSUMER"),
             "metrics_addr": env.get("SHELFQ_STREAMS_METRICS_ADDR"),
         }.items() if v is not None}
         kw.update({k: v for k, v in overrides.items() if v is not None})
