@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prometheus", action="store_true", help="also start a local Prometheus (Debian's prometheus package) scraping every component, and print its URL")
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
     demo.add_argument("--json", action="store_true", help="print the comparison as one JSON object on the last line")
+
+    from shelfq.gate_cli import add_parsers as add_gate_parsers
+
+    add_gate_parsers(sub, bsub2, common)  # gate, models, bench gate
     return parser
 
 
@@ -391,6 +395,10 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress goes to stderr
+    if args.target == "gate":
+        from shelfq.gate_cli import cmd_bench_gate
+
+        return cmd_bench_gate(args, settings, log)
     if args.target == "policy":
         return _bench_policy(args, log)
     if args.target == "replay":
@@ -583,7 +591,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "agent": cmd_agent, "bench": cmd_bench,
+def cmd_gate(args: argparse.Namespace, settings: Settings) -> int:
+    from shelfq.gate_cli import cmd_gate as run
+
+    return run(args, settings)
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from shelfq.gate_cli import cmd_models as run
+
+    return run(args, settings)
+
+
+COMMANDS = {"gate": cmd_gate, "models": cmd_models, "broker": cmd_broker, "topics": cmd_topics, "streams": cmd_streams, "learner": cmd_learner, "agent": cmd_agent, "bench": cmd_bench,
             "settings": cmd_settings, "evaluate": cmd_evaluate, "simulate": cmd_simulate, "demo": cmd_demo, "replay": cmd_replay}
 
 
