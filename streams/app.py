@@ -23,6 +23,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faust
@@ -38,6 +39,7 @@ from contracts.settings import Settings
 from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from streams import faust_internals
 from streams.config import StreamsConfig
+from streams.gc_tuning import tune_worker_gc
 from streams.join import INPUTS, Join, Output, Record
 from streams.limits import message_size, refused_for_size
 from streams.metrics import StreamsMetrics
@@ -116,6 +118,17 @@ class JoinTable(faust.Table):
         await super().on_recovery_completed(active_tps, standby_tps)
         if self.on_recovered is not None:
             self.on_recovered({tp.partition for tp in active_tps})
+
+
+class _Batch:
+    """A batch's decoded events, in processing order, with where each came from."""
+
+    __slots__ = ("events", "origins", "counts")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str, Any]] = []
+        self.origins: list[tuple[int, int, float]] = []  # partition, offset, handed over (monotonic)
+        self.counts = dict.fromkeys(INPUTS, 0)  # messages consumed by topic, valid or not
 
 
 @dataclass
@@ -221,31 +234,75 @@ class JoinWorker:
         self._filled = [f for f in self._filled if f[0].partition not in partitions]
 
     def on_batch(self, events: list[faust.EventT]) -> None:
-        now = time.time()
+        """Process a batch Faust's stream handed over: each message in offset order (holes
+        filled, repeats skipped), decoded, then all of them through the join in one
+        ``Join.process_batch`` call, which gives what one ``process`` call per event would."""
+        try:
+            self.process_messages(
+                ((m.tp, m.topic, m.partition, m.offset, m.key, m.value,
+                  # Emit latency counts from the moment Faust handed the message to the stream,
+                  # so the time it waited in the batch buffer is included.
+                  m.time_in if m.time_in is not None else time.monotonic())
+                 for m in (event.message for event in events)), time.time())
+        except HoleUnreadable:
+            # Faust must record no ack for this batch: what it caused is not flushed, and its
+            # commit could pass the hole. The restart replays from the last batch flushed.
+            for each in events:
+                each.message.acked = True
+            raise
+
+    async def on_records(self, batch: Sequence[tuple[TP, Sequence[Any]]], handed: float) -> list[tuple[TP, int, int]]:
+        """The batch consumer's hand-over (``SHELFQ_STREAMS_BATCH_CONSUMER``): each partition's
+        fetched records, handed over at monotonic time ``handed`` (where emit latency starts).
+        Processed as ``on_batch`` processes Faust's messages, then flushed; returns, per
+        partition still owned, the offsets done (``(tp, first, end)``: ``first`` to ``end`` - 1,
+        the holes filled or passed included), which the consumer records as acked. A hole the
+        broker cannot give stops the worker with nothing acked."""
         order = self._order
-        for event in events:
-            msg = event.message
-            # Emit latency counts from the moment Faust handed the message to the stream, so
-            # the time it waited in the batch buffer is included.
-            started = msg.time_in if msg.time_in is not None else time.monotonic()
-            expected = order.next_offset(msg.tp)
+        before: dict[TP, int | None] = {}
+        for tp, _records in batch:
+            first = order.next_offset(tp)
+            before[tp] = first if first is not None else self._start_offset(tp)
+        try:
+            self.process_messages(((tp, r.topic, r.partition, r.offset, r.key, r.value, handed)
+                                   for tp, records in batch for r in records), time.time())
+        except HoleUnreadable as exc:
+            log.error("%s; stopping the worker", exc)
+            await self.app.crash(exc)
+            return []
+        # The acked ranges cover the holes: Faust needs no gap for them (and a gap over acked
+        # offsets would repeat them in its acked list).
+        self._filled.clear()
+        await self.flush()
+        done = []
+        for tp, records in batch:
+            end = order.next_offset(tp)
+            if tp.partition in self.partitions and end is not None:  # a partition revoked meanwhile starts afresh
+                first = before[tp]
+                done.append((tp, records[0].offset if first is None else first, end))
+        return done
+
+    def process_messages(self, messages: Iterable[tuple[TP, str, int, int, bytes | None, bytes | None, float]],
+                         now: float) -> None:
+        """``(tp, topic, partition, offset, key, value, handed over)`` of the input topics, at
+        wall time ``now``: in offset order per partition (holes read from the broker and
+        processed first, repeats skipped), decoded (invalid ones dead-lettered), then joined in
+        one ``Join.process_batch`` call. Raises ``HoleUnreadable`` before anything is joined
+        if a hole cannot be read."""
+        check, next_offset = self._order.check, self._order.next_offset
+        batch = _Batch()
+        for tp, full_topic, partition, offset, key, value, started in messages:
+            expected = next_offset(tp)
             if expected is None:  # the first since the assignment: Faust starts at the committed offset
-                expected = self._start_offset(msg.tp)
-            verdict = order.check(msg.tp, msg.offset, expected)
+                expected = self._start_offset(tp)
+            verdict = check(tp, offset, expected)
             if verdict == "repeat":
                 self.metrics.out_of_order.labels("repeat").inc()
                 continue
             if verdict == "hole":
-                try:
-                    self._fill(msg, expected, started, now)  # type: ignore[arg-type]
-                except HoleUnreadable:
-                    # Faust must record no ack for this batch: what it caused is not flushed,
-                    # and its commit could pass the hole. The restart replays from the last
-                    # batch flushed.
-                    for each in events:
-                        each.message.acked = True
-                    raise
-            self._process(msg.topic, msg.partition, msg.offset, msg.key, msg.value, started, now)
+                self._fill(tp, offset, expected, started, batch)  # type: ignore[arg-type]
+            self._decode(batch, full_topic, partition, offset, key, value, started)
+        self._join_batch(batch, now)
 
     def _start_offset(self, tp: TP) -> int | None:
         """Where Faust starts delivering ``tp`` after the assignment: the group's committed
@@ -255,36 +312,51 @@ class JoinWorker:
             return self._start_offsets.get(tp, 0)
         return faust_internals.committed_offset(self.app.consumer, tp)
 
-    def _fill(self, msg: Any, begin: int, started: float, now: float) -> None:
-        """Faust left out the offsets before ``msg`` (``streams.sequence``): read them from the
-        broker and process them first. This blocks the event loop for a fetch: rare, except
+    def _fill(self, tp: TP, offset: int, begin: int, started: float, batch: _Batch) -> None:
+        """Faust left out the offsets before ``offset`` (``streams.sequence``): read them from
+        the broker and process them first. This blocks the event loop for a fetch: rare, except
         with inputs written in transactions, whose every marker is such a hole."""
-        missing = self._holes.read(msg.topic, msg.partition, begin, msg.offset)
+        missing = self._holes.read(tp.topic, tp.partition, begin, offset)
         self.metrics.out_of_order.labels("hole").inc()
         if not missing:  # markers, or deleted records: Faust's commit passes them unaided
-            log.debug("%s:%d: offsets %d to %d hold no messages", msg.topic, msg.partition, begin, msg.offset - 1)
+            log.debug("%s:%d: offsets %d to %d hold no messages", tp.topic, tp.partition, begin, offset - 1)
             return
         log.warning("%s:%d: Faust left out offsets %d to %d; read %d messages of them from the broker",
-                    msg.topic, msg.partition, begin, msg.offset - 1, len(missing))
+                    tp.topic, tp.partition, begin, offset - 1, len(missing))
         for m in missing:
-            self._process(m.topic(), m.partition(), m.offset(), m.key(), m.value(), started, now)
-        self._filled.append((msg.tp, missing[0].offset(), msg.offset))
+            self._decode(batch, m.topic(), m.partition(), m.offset(), m.key(), m.value(), started)
+        self._filled.append((tp, missing[0].offset(), offset))
 
-    def _process(self, full_topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                 started: float, now: float) -> None:
+    def _decode(self, batch: _Batch, full_topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None, started: float) -> None:
+        """Decode one message into ``batch``; an invalid one is dead-lettered at once."""
         topic = self.logical[full_topic]
-        self._input_counters[topic].inc()
+        batch.counts[topic] += 1
         try:
             parsed = decode(value, EVENT_OF_TOPIC[topic], max_bytes=self.settings.max_event_bytes)  # type: ignore[arg-type]
         except EventError as exc:
             self._dead_letter("invalid", str(exc), full_topic, value, key, partition, offset)
             self.metrics.events.labels(topic, "invalid").inc()
             return
-        out = self.join.process(partition, topic, parsed, now=now)
-        for fb in out.attributed:  # counted once: duplicates and replays leave history alone
-            self.metrics.feedback.labels(fb.event).inc()
-            self._update_user_state(partition, fb)
-        self._handle(out, started, origin=(partition, offset))
+        batch.events.append((partition, topic, parsed))
+        batch.origins.append((partition, offset, started))
+
+    def _join_batch(self, batch: _Batch, now: float) -> None:
+        for topic, n in batch.counts.items():
+            if n:
+                self._input_counters[topic].inc(n)
+        if not batch.events:
+            return
+        outputs = self.join.process_batch(batch.events, now=now)
+        feedback_counter = self.metrics.feedback
+        for out, (partition, offset, started) in zip(outputs, batch.origins):
+            for fb in out.attributed:  # counted once: duplicates and replays leave history alone
+                feedback_counter.labels(fb.event).inc()
+                self._update_user_state(partition, fb)
+            if out.transitions or out.dead_letters:
+                self._handle(out, started, origin=(partition, offset))
+            elif out.writes:
+                self._record_writes.update(out.writes)
 
     async def after_flush(self) -> None:
         """Tell Faust the holes processed are done, so its commit passes them; only now that
@@ -706,6 +778,8 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         table.key_serializer, table.value_serializer = "shelfq-utf8", value_codec
     app.tables.add(records)  # builds its changelog topic, now with the codecs above
     worker = JoinWorker(app, settings, config, records, histories)
+    if config.batch_consumer:  # fetched batches straight to the worker, past Faust's per-message path
+        faust_internals.use_batch_consumer(app, worker.on_records, worker.logical)
     source = app.topic(*(settings.topic(t) for t in INPUTS),
                        key_serializer="raw", value_serializer="raw")
 
@@ -779,5 +853,6 @@ def run_worker(settings: Settings, config: StreamsConfig, max_seconds: float | N
     logging.getLogger("aiokafka").setLevel(max(logging.INFO, logging.getLevelName(log_level.upper())))
     if max_seconds is not None:
         faust_worker.loop.call_later(max_seconds, os.kill, os.getpid(), signal.SIGTERM)
+    tune_worker_gc()  # the join's live records would be walked by every older collection
     faust_worker.execute_from_commandline()
 
