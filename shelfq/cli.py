@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.bench_config import PolicyBenchConfig
     from shelfq.dataclass_cli import add_fields
 
+    from shelfq.bench_chaos import ChaosConfig
+
+    bchaos = bsub2.add_parser("chaos", help="faults under steady load (kills, SIGSTOP, replicas, broker restarts, hostile messages): nothing lost?",
+                              description="Start a private embedded broker (its own home, ports and topics; a running broker is never touched), a streams worker, a learner and an agent, and steady seeded synthetic load whose transitions and histories are known. Then, in a seeded order after seeded gaps, the faults: SIGKILL of each component (the learner once while it writes a checkpoint), a second worker and a second agent joining while the first is SIGSTOPped past its session timeout and leaving after SIGCONT, the learner SIGSTOPped, the broker restarted after SIGTERM and after SIGKILL, hostile messages on every topic a component reads. When the consumer lag is 0, it counts: transitions_missing (expected, not on the topic), transitions_repeated_differing (a repeat that is not the same transition), hostile_dead_letters_by_reason and _missing (each hostile message dead-lettered by each reader), requests_unanswered, model_versions_increasing (and every one loadable), user_histories_differing, hostile_crashes (a component exiting when not stopped) and each component's recovery time after each fault (restart to its first progress). Exit status 1 unless nothing is missing, nothing crashed and all recovered. See docs/chaos.md.")
+    add_fields(bchaos.add_argument_group("chaos settings"), ChaosConfig)
+    bchaos.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+
     bpolicy = bsub2.add_parser("policy", help="the learning benchmark: long-term vs myopic vs popularity, in the simulator (no Kafka)",
                                description="Log sessions of simulated shoppers under uniform random slates, train a myopic (gamma 0) and a long-term learner of shelfq's own code on them with several training seeds, then let random, popularity, myopic and long-term serve the same shoppers greedily: returning shoppers (logged, with their histories) and new ones. Reports each policy's figures and the paired per-seed ratios long-term / myopic and long-term / popularity in reward per session, with Student-t 95% intervals over training and evaluation seeds together. Needs no broker. The defaults take about 15 minutes on 2 cores.")
     add_fields(bpolicy.add_argument_group("benchmark settings"), PolicyBenchConfig,
@@ -401,6 +408,10 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_bench_gate(args, settings, log)
     if args.target == "policy":
         return _bench_policy(args, log)
+    if args.target == "chaos":  # its own private broker: never the one of the settings
+        from shelfq.bench_chaos import main as bench_chaos
+
+        return bench_chaos(args, log)
     if args.target == "replay":
         from shelfq.bench_replay import ReplayBenchConfig, lines, run_bench as bench_replay
 
