@@ -37,6 +37,7 @@ def test_a_short_chaos_run_loses_nothing_crashes_nothing_and_recovers(tmp_path: 
     # The learner's last checkpoint covers the whole transitions topic (nothing skipped).
     assert f["learner_checkpoint_offsets"] == f["transitions_on_topic"], context
     assert f["learner_killed_mid_checkpoint"], "the kill did not land inside a checkpoint write"
+    assert [r for r in f["recoveries"] if r["recovery_s"] is None] == [], f["recoveries"]
     assert f["all_recovered"] and {r["component"] for r in f["recoveries"] if r["fault"].startswith("kill-")} == {
         "streams", "learner", "agent"}, f["recoveries"]
     assert f["stop_exit_codes"] == {"streams": 0, "learner": 0, "agent": 0}, context
