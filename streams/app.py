@@ -752,6 +752,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         broker_session_timeout=config.session_timeout_s,
         broker_heartbeat_interval=3.0,
         broker_max_poll_records=config.batch_size,
+        consumer_max_fetch_size=config.fetch_partition_bytes,
         stream_processing_timeout=config.stall_timeout_s,
         broker_commit_livelock_soft_timeout=config.stall_timeout_s,
         stream_buffer_maxsize=4 * config.batch_size,

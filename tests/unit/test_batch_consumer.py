@@ -59,6 +59,23 @@ def test_the_setting_gives_faust_the_batch_consumer_and_defaults_off() -> None:
         StreamsConfig.from_env({"SHELFQ_STREAMS_BATCH_CONSUMER": "maybe"})
 
 
+def test_fetches_bring_at_most_the_partition_bytes_set() -> None:
+    app, _worker = create_app(Settings.from_env(topic_prefix=PREFIX), StreamsConfig.from_env({}))
+    assert app.conf.consumer_max_fetch_size == 65536, "not Faust's 1 MiB: a backlog's feedback would wait"
+    app, _worker = create_app(Settings.from_env(topic_prefix=PREFIX),
+                              StreamsConfig.from_env({"SHELFQ_STREAMS_FETCH_PARTITION_BYTES": "4096"}))
+    assert app.conf.consumer_max_fetch_size == 4096
+    with pytest.raises(ConfigError, match="fetch_partition_bytes"):
+        StreamsConfig.from_env({"SHELFQ_STREAMS_FETCH_PARTITION_BYTES": "100"})
+
+
+def test_bench_join_refuses_impossible_worker_counts(capsys: pytest.CaptureFixture) -> None:
+    from shelfq.cli import main
+
+    assert main(["bench", "join", "--workers", "0", "--bootstrap-servers", "127.0.0.1:9"]) == 2
+    assert "--workers must be within 1 and 64" in capsys.readouterr().err
+
+
 def test_a_batch_is_joined_flushed_and_its_offsets_holes_included_are_returned_as_done() -> None:
     consumer = RecordingConsumer()
     app, worker = batch_worker(consumer)
