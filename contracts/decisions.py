@@ -123,6 +123,22 @@ def decode_decision(data: bytes | None) -> ModelDecision:
         raise EventError("value", "malformed", "nested too deeply") from None
 
 
+def watermarks(consumer: object, tp: object, timeout: float = 10.0) -> tuple[int, int]:
+    """A partition's low and high offsets, asked again while a topic just created has no leader
+    yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE: retriable) for up to ``timeout``."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)  # type: ignore[attr-defined]
+        except KafkaException as exc:
+            if time.monotonic() >= deadline or not (exc.args and (exc.args[0].retriable() or exc.args[0].code() in settling)):
+                raise
+            time.sleep(0.2)
+
+
 def read_decisions(settings: object, timeout: float = 30.0) -> dict[str, ModelDecision]:
     """The latest valid decision of every policy on ``model-decisions``, read from the
     beginning to the end offsets it had when called (no consumer group, nothing committed)."""
@@ -139,7 +155,7 @@ def read_decisions(settings: object, timeout: float = 30.0) -> dict[str, ModelDe
     try:
         ends = {}
         for p in topic_partitions(consumer, topic, timeout=min(timeout, 10.0)):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])

@@ -28,7 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from agents.service import ModelWatcher
-from contracts.decisions import ModelDecision, encode_decision, read_decisions
+from contracts.decisions import ModelDecision, encode_decision, read_decisions, watermarks
 from contracts.errors import EventError
 from contracts.events import Transition, decode
 from contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
@@ -67,7 +67,7 @@ class Gate:
         back = math.ceil(self.config.window * TAIL_PER_IMPRESSION * len(self.judge.policies) / len(partitions))
         assigned = []
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             assigned.append(TopicPartition(topic, p, max(low, high - back)))
         consumer.assign(assigned)
         return consumer
