@@ -18,6 +18,7 @@ import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +27,7 @@ from torch import nn
 
 from contracts.events import Item, State, Transition
 from learner.candidates import Catalog
+from learner.columns import LINK_FIELDS, Rows
 from learner.config import LearnerConfig
 from learner.device import autocast, pick_device
 from learner.features import Featurizer
@@ -33,39 +35,31 @@ from learner.item_features import attribute_rows
 from learner.next_clicks import NextClicks
 from learner.network import QNetwork, UserVectors
 from learner.replay import ReplayBuffer, Sample
-from learner.sessions import LINK_FIELDS, SessionLinks, bootstrap
+from learner.sessions import SessionLinks, bootstrap
 from learner.slateq import item_scores, slate_value
 from learner.wire import TransitionView
 
 
-class Batch(NamedTuple):
-    """A sampled batch on the training device."""
+@dataclass(frozen=True, slots=True)
+class Batch(Rows[torch.Tensor]):
+    """A sampled batch on the training device: the ``Rows`` columns of a ``Sample``, except that
+    ``next_items`` and ``next_events`` are the state the target bootstraps from: the row's next
+    state, or with n-step returns the one after the last slate of its session followed
+    (``learner.sessions``); so the context too. ``dones`` is folded into ``discounts``."""
 
-    items: torch.Tensor
-    events: torch.Tensor
-    context: torch.Tensor
-    context_weights: torch.Tensor
-    actions: torch.Tensor
-    positions: torch.Tensor
-    rewards: torch.Tensor
-    next_items: torch.Tensor
-    """The state the target bootstraps from: the row's next state, or with n-step returns the
-    one after the last slate of its session followed (``learner.sessions``); so the context too."""
-    next_events: torch.Tensor
     next_context: torch.Tensor
     next_context_weights: torch.Tensor
     next_rewards: torch.Tensor
     """The discounted rewards of the session's next slates followed (0 with one-step targets)."""
     discounts: torch.Tensor
     """What multiplies the bootstrapped value: gamma^k times 0 where the session ended on the way."""
-    clicks: torch.Tensor
-    quiet: torch.Tensor
-    slates: torch.Tensor
     weights: torch.Tensor
     uniform: int
     """The first ``uniform`` rows were drawn from all transitions (the rest from clicked ones)."""
 
 
+#: The tensor dtype of a column by its numpy kind: rows (ints) index embeddings.
+_TENSOR_DTYPES = {"i": torch.long, "u": torch.long, "f": torch.float32, "b": torch.bool}
 CLICKED_SHARE = 0.5  # of a SlateQ batch: drawn from clicked transitions, which teach the value
 
 
@@ -143,7 +137,8 @@ class DQN:
         self.replay.add(rows)
         if self.config.n_step > 1 and all(name in rows for name in LINK_FIELDS):
             numbers = first + np.arange(new)
-            for linked, successor in self.links.add(numbers, *(rows[name] for name in LINK_FIELDS), rows["rewards"]):
+            sessions, requests, ts = (rows[name] for name in LINK_FIELDS)
+            for linked, successor in self.links.add(numbers, sessions, requests, ts, rows["rewards"]):
                 self.replay.link(linked, successor)
         if self.next_clicks is not None:
             self.count_next_clicks(rows)
@@ -194,16 +189,15 @@ class DQN:
         dev, a = self.device, self.replay.arrays
         boot = bootstrap(a, self.replay.capacity, s.indices, self.config.gamma, self.config.n_step)
 
-        def t(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-            return torch.from_numpy(x).to(dev, dtype, non_blocking=True)
+        def t(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(x).to(dev, _TENSOR_DTYPES[x.dtype.kind], non_blocking=True)
 
-        return Batch(t(s.items, torch.long), t(s.events, torch.long), t(s.context, torch.long),
-                     t(s.context_weights, torch.float32), t(s.actions, torch.long), t(s.positions, torch.long),
-                     t(s.rewards, torch.float32), t(a["next_items"][boot.rows], torch.long),
-                     t(a["next_events"][boot.rows], torch.long), t(a["context"][boot.rows], torch.long),
-                     t(a["context_weights"][boot.rows], torch.float32), t(boot.reward, torch.float32),
-                     t(boot.discount, torch.float32), t(s.clicks, torch.bool), t(s.quiet, torch.bool),
-                     t(s.slates, torch.long), t(s.weights, torch.float32), s.uniform)
+        cells = s.cells()
+        at = boot.rows
+        cells.update(next_items=a["next_items"][at], next_events=a["next_events"][at], next_context=a["context"][at],
+                     next_context_weights=a["context_weights"][at], next_rewards=boot.reward, discounts=boot.discount,
+                     weights=s.weights)
+        return Batch(**{name: t(x) for name, x in cells.items()}, uniform=s.uniform)
 
     def train_step(self, sampled: tuple[Batch, torch.Tensor, np.ndarray]) -> StepStats:
         """One double-DQN (or SlateQ) update; returns the loss, mean |TD error| and mean Q."""
@@ -260,6 +254,7 @@ class DQN:
         got no feedback. Returns (loss, TD errors, Qbar) of the clicked rows."""
         cfg = self.config
         logged = self.online.logged(b.items, b.events, b.context, b.context_weights, b.actions, b.positions, b.slates)
+        assert logged.log_click is not None and logged.log_no_click is not None and logged.no_click is not None  # SlateQ's
         # Choice model: the log-likelihood of "clicked" / "not clicked" of shown items, drawn uniformly.
         uniform = torch.arange(len(b.clicks), device=b.clicks.device) < b.uniform
         click_loss = -torch.where(b.clicks, logged.log_click, logged.log_no_click)[uniform].float().mean()
@@ -271,6 +266,7 @@ class DQN:
             if valued.any():
                 nxt: UserVectors = self.target.user(b.next_items[valued], b.next_events[valued],
                                                     b.next_context[valued], b.next_context_weights[valued])
+                assert nxt.no_click is not None  # a SlateQ network's
                 qbar, logits = self.target.q_and_click_logits(nxt, candidates)
                 next_v[valued] = slate_value(qbar.float(), logits.float(), cfg.slate_size,
                                              self.target.position_logits(cfg.slate_size).float(), nxt.no_click.float())

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from contracts.events import State
+from learner.columns import LINK_COLUMNS, ROW_COLUMNS
+from learner.columns import LINK_FIELDS as LINK_FIELDS  # where the tests of the links read them
 
 EVENT_IDS = {"click": 1, "add_to_cart": 2, "purchase": 3}
 EVENT_KINDS = len(EVENT_IDS) + 1  # plus padding
 MAX_CONTEXT = 8  # context entries read per state
 _CACHE_LIMIT = 1 << 20
+ROW_AND_LINK_COLUMNS = ROW_COLUMNS + LINK_COLUMNS  # what ``Featurizer.rows`` returns, in this order
 
 
 def stable_hash(text: str) -> int:
@@ -39,14 +42,6 @@ def stable_hash(text: str) -> int:
     True
     """
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-#: The arrays a batch of transitions becomes (the replay buffer's columns).
-ROW_FIELDS = ("items", "events", "next_items", "next_events", "context", "context_weights", "actions",
-              "positions", "rewards", "dones", "clicks", "quiet", "slates")
-#: What ``rows`` adds beside them for linking each row to its session's next slate
-#: (``learner.sessions``): hashed session and request ids and the impression time.
-LINK_FIELDS = ("session_keys", "request_keys", "impression_ts")
 
 
 class Featurizer:
@@ -99,8 +94,8 @@ class Featurizer:
 
     def rows(self, transitions: Sequence[Any]) -> dict[str, np.ndarray]:
         """Transitions (or the learner's ``TransitionView``s) as arrays with a leading batch
-        axis, named by ``ROW_FIELDS`` and ``LINK_FIELDS``. Built from flat lists, one array per field: this is the
-        ingestion's hot path.
+        axis, named by ``ROW_FIELDS`` and ``LINK_FIELDS`` and typed as ``learner.columns`` declares.
+        Built from flat lists, one array per field: this is the ingestion's hot path.
 
         >>> from learner.synthetic import bait_or_build
         >>> r = Featurizer(1000, 3).rows(bait_or_build(2, seed=0))
@@ -111,20 +106,21 @@ class Featurizer:
         items, events = self._histories([t.state for t in transitions], np.int32)
         next_items, next_events = self._histories([t.next_state for t in transitions], np.int32)
         context, weights = self._contexts_of([t.state for t in transitions], np.int32)
-        return {
-            "items": items, "events": events.astype(np.int8), "next_items": next_items,
-            "next_events": next_events.astype(np.int8), "context": context, "context_weights": weights,
-            "actions": np.array([cached(t.action) or bucket(t.action) for t in transitions], np.int32),
-            "positions": np.array([t.position for t in transitions], np.int64),
-            "rewards": np.array([t.reward for t in transitions], np.float32),
-            "dones": np.array([t.done for t in transitions], np.bool_),
-            "clicks": np.array([bool(t.reward_parts.get("click")) for t in transitions], np.bool_),
-            "quiet": np.array([_quiet(t.state.history, t.next_state.history) for t in transitions], np.bool_),
+        cells = {
+            "items": items, "events": events, "next_items": next_items, "next_events": next_events,
+            "context": context, "context_weights": weights,
+            "actions": [cached(t.action) or bucket(t.action) for t in transitions],
+            "positions": [t.position for t in transitions],
+            "rewards": [t.reward for t in transitions],
+            "dones": [t.done for t in transitions],
+            "clicks": [bool(t.reward_parts.get("click")) for t in transitions],
+            "quiet": [_quiet(t.state.history, t.next_state.history) for t in transitions],
             "slates": self._slates([t.slate for t in transitions]),
             "session_keys": _keys([t.session_id for t in transitions]),
             "request_keys": _keys([t.request_id for t in transitions]),
-            "impression_ts": np.array([t.ts_impression for t in transitions], np.float64),
+            "impression_ts": [t.ts_impression for t in transitions],
         }
+        return {c.name: np.asarray(cells[c.name], c.dtype) for c in ROW_AND_LINK_COLUMNS}
 
     def _slates(self, slates: Sequence[Sequence[str]]) -> np.ndarray:
         """The first ``slate_width`` shown items of each slate as item rows, right-padded with 0."""

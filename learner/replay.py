@@ -15,33 +15,23 @@ samples are vectorised, and the whole buffer saves to safetensors as it is (chec
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 
-from learner.features import MAX_CONTEXT, ROW_FIELDS
+from learner.columns import COLUMNS, ROW_FIELDS, SUCCESSORS, Rows, take
+from learner.features import MAX_CONTEXT
 
 _PRIORITY_EPS = 1e-3
 CLICK_COLUMNS = ("clicks", "quiet", "slates")  # what SlateQ reads, added after the first checkpoints
-LINK_COLUMN = "successors"  # added later still: checkpoints without it restore with no links
+LINK_COLUMN = SUCCESSORS.name  # added later still: checkpoints without it restore with no links
 
 
-class Sample(NamedTuple):
-    """A sampled batch as numpy arrays; ``indices`` and ``weights`` serve prioritized replay."""
+@dataclass(frozen=True, slots=True)
+class Sample(Rows[np.ndarray]):
+    """A sampled batch as numpy arrays (the ``Rows`` columns); ``indices`` and ``weights`` serve
+    prioritized replay."""
 
-    items: np.ndarray
-    events: np.ndarray
-    next_items: np.ndarray
-    next_events: np.ndarray
-    context: np.ndarray
-    context_weights: np.ndarray
-    actions: np.ndarray
-    positions: np.ndarray
-    rewards: np.ndarray
-    dones: np.ndarray
-    clicks: np.ndarray
-    quiet: np.ndarray
-    slates: np.ndarray
     indices: np.ndarray
     weights: np.ndarray
     uniform: int
@@ -56,27 +46,10 @@ class ReplayBuffer:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity, self.prioritized, self.alpha, self.beta = capacity, prioritized, alpha, beta
-        L = history_length
-        self.arrays: dict[str, np.ndarray] = {
-            "items": np.zeros((capacity, L), np.int32),
-            "events": np.zeros((capacity, L), np.int8),
-            "next_items": np.zeros((capacity, L), np.int32),
-            "next_events": np.zeros((capacity, L), np.int8),
-            "context": np.zeros((capacity, MAX_CONTEXT), np.int32),
-            "context_weights": np.zeros((capacity, MAX_CONTEXT), np.float32),
-            "actions": np.zeros(capacity, np.int32),
-            "positions": np.zeros(capacity, np.int64),
-            "rewards": np.zeros(capacity, np.float32),
-            "dones": np.zeros(capacity, np.bool_),
-            "clicks": np.zeros(capacity, np.bool_),
-            "quiet": np.zeros(capacity, np.bool_),
-            "slates": np.zeros((capacity, slate_width), np.int32),
-            "priorities": np.zeros(capacity, np.float64),
-            # The number (of rows ever added) of the next slate's row in the same session, or -1
-            # (``learner.sessions``): what n-step targets follow.
-            LINK_COLUMN: np.full(capacity, -1, np.int64),
-            "cursor": np.zeros(2, np.int64),  # [next slot, transitions ever added]
-        }
+        widths = {"history": history_length, "context": MAX_CONTEXT, "slate": slate_width}
+        # The ``Rows`` columns, each row's priority, and the link n-step targets follow.
+        self.arrays: dict[str, np.ndarray] = {name: c.empty(capacity, widths) for name, c in COLUMNS.items()}
+        self.arrays["cursor"] = np.zeros(2, np.int64)  # [next slot, transitions ever added]
         self._rng = np.random.default_rng(seed)
         self._max_priority = 1.0
 
@@ -131,10 +104,7 @@ class ReplayBuffer:
             idx = self._rng.integers(0, n, batch_size)
             weights = np.ones(batch_size, np.float32)
             uniform = batch_size
-        a = self.arrays
-        return Sample(a["items"][idx], a["events"][idx], a["next_items"][idx], a["next_events"][idx],
-                      a["context"][idx], a["context_weights"][idx], a["actions"][idx], a["positions"][idx],
-                      a["rewards"][idx], a["dones"][idx], a["clicks"][idx], a["quiet"][idx], a["slates"][idx], idx, weights, uniform)
+        return Sample(**take(self.arrays, idx), indices=idx, weights=weights, uniform=uniform)
 
     def link(self, numbers: np.ndarray, successor: int) -> None:
         """Point the rows of these numbers (of rows ever added) at row ``successor``; rows the

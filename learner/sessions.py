@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from learner.features import LINK_FIELDS
+from learner.columns import LINK_FIELDS, SUCCESSORS
 
 __all__ = ["LINK_FIELDS", "Bootstrap", "SessionLinks", "bootstrap"]
 
@@ -110,7 +110,7 @@ def bootstrap(arrays: dict[str, np.ndarray], capacity: int, idx: np.ndarray, gam
     >>> bootstrap(a, 3, np.array([0]), 0.5, 1).discount.tolist()    # one step: gamma (1 - d)
     [0.5]
     """
-    successors, rewards, dones = arrays["successors"], arrays["rewards"], arrays["dones"]
+    successors, rewards, dones = arrays[SUCCESSORS.name], arrays["rewards"], arrays["dones"]
     discount = gamma * (1.0 - dones[idx].astype(np.float64))
     reward = np.zeros(len(idx))
     rows = idx.copy()
