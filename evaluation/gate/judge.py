@@ -32,8 +32,8 @@ class Judge:
     def __init__(self, config: GateConfig, metrics: GateMetrics | None = None,
                  decisions: dict[str, ModelDecision] | None = None) -> None:
         self.config = config
-        self.metrics = metrics or GateMetrics()
         self.policies = config.policy_keys()
+        self.metrics = metrics or GateMetrics(self.policies)
         self.explorer = Explorer(config.exploration, config.epsilon, config.temperature)
         self.windows = {p: Window(config.window, config.positions) for p in self.policies}
         self.clocks = {p: RollbackClock(config.rollback_after_s) for p in self.policies}

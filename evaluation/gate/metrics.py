@@ -11,7 +11,7 @@ OUTCOMES = {"adopt": "adopted", "promote": "promoted", "hold": "held", "rollback
 
 
 class GateMetrics:
-    def __init__(self) -> None:
+    def __init__(self, policies: tuple[str, ...] = ()) -> None:
         self.registry = r = CollectorRegistry()
         self.decisions = Counter("shelfq_gate_decisions", "Decisions written to model-decisions, by policy and outcome "
                                  "(adopted, promoted, held, rolled_back) and by whom (gate, operator).",
@@ -32,6 +32,11 @@ class GateMetrics:
                             ["policy"], registry=r)
         self.judge_seconds = Gauge("shelfq_gate_judgement_seconds", "Wall time of the latest judgement (both models "
                                    "scored on the window).", ["policy"], registry=r)
+
+        for policy in policies:  # every outcome's series from the start: an alert's increase() sees the first one
+            for outcome in OUTCOMES.values():
+                for by in ("gate", "operator"):
+                    self.decisions.labels(policy, outcome, by)
 
     def set_interval(self, policy: str, role: str, estimator: str, interval: Interval | None) -> None:
         if interval is None:

@@ -110,6 +110,7 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[dict[str, ShelfqPro
         "shelfq-streams": ShelfqProcess(["streams"], settings, tmp_path / "streams.log", env),
         "shelfq-learner": ShelfqProcess(["learner"], settings, tmp_path / "learner.log", env),
         "shelfq-agent": ShelfqProcess(["agent"], settings, tmp_path / "agent.log", env),
+        "shelfq-gate": ShelfqProcess(["gate"], settings, tmp_path / "gate.log", env),  # the rollback alert's series
         "shelfq-simulator": ShelfqProcess(["simulate", "--seconds", "240", "--concurrency", "8", "--think-s", "0.1"],
                                           settings, tmp_path / "simulator.log", env),
     }
