@@ -153,6 +153,9 @@ class Agent:
         # full collection in the middle of a batch is a latency spike.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        # The catalog first: requests waiting in Kafka (a restarted agent's) would otherwise meet
+        # an empty items cache and be dead-lettered as unanswerable (the chaos run saw 55).
+        self._refresh_caches(items=self.watch.wait_out(self.items_reader.read_to_end, "reading items"))
         self._models.start()
         clean = False
         try:
@@ -306,9 +309,11 @@ class Agent:
             self._catalog_positions = {item: i for i, item in enumerate(self._catalog())}
         return self._catalog_positions
 
-    def _refresh_caches(self) -> None:
+    def _refresh_caches(self, items: list[Received] | None = None) -> None:
+        """Take in what the user-state and items readers have (``items``: what was read of
+        items already); every CACHE_EVERY_S at most, unless ``items`` are given."""
         now = time.monotonic()
-        if now < self._next_cache:
+        if items is None and now < self._next_cache:
             return
         self._next_cache = now + CACHE_EVERY_S
         for r in self.users_reader.poll(timeout=0, max_messages=5000):
@@ -318,7 +323,7 @@ class Agent:
             state: UserState = r.event  # type: ignore[assignment]
             self.users[state.user_id] = state
             self.popularity.observe(state)
-        polled = self.items_reader.poll(timeout=0, max_messages=5000)
+        polled = items if items is not None else self.items_reader.poll(timeout=0, max_messages=5000)
         fresh: list[Item] = []
         for r in polled:
             self._catalog_ids = None

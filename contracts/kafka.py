@@ -437,6 +437,22 @@ class CompactedReader:
     def _decode(self, value: bytes | None) -> Event:
         return decode(value, self.kind, max_bytes=self.settings.max_event_bytes)
 
+    def read_to_end(self, timeout: float = 30.0) -> list[Received]:
+        """What the topic holds now, up to its end (or what came within ``timeout``): what a
+        cache must hold before it serves."""
+        from confluent_kafka import TopicPartition
+
+        tps = [TopicPartition(self.topic, p) for p in topic_partitions(self._consumer, self.topic)]
+        ends = {tp.partition: self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        out: list[Received] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            at = {tp.partition: tp.offset for tp in self._consumer.position(tps)}
+            if all(at[p] >= end for p, end in ends.items() if end > 0):
+                break
+            out += self.poll(timeout=0.2, max_messages=5000)
+        return out
+
     def close(self) -> None:
         """Stop reading; dead letters still queued are delivered first."""
         self._consumer.close()

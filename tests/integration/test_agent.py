@@ -305,3 +305,22 @@ def test_an_agent_stopped_by_an_error_leaves_the_unanswered_requests_for_the_nex
     finally:
         second.close()
     assert set(slates_for(settings, ids)) == set(ids)
+
+
+def test_an_agent_reads_its_catalog_before_it_answers_requests_that_waited(settings: Settings, agents,
+                                                                           tmp_path: Path) -> None:
+    """A restarted agent finds requests waiting: it answers each from the catalog, none of
+    them dead-lettered as unanswerable for an items cache not yet read (the chaos run saw it)."""
+    from contracts.kafka import CompactedReader
+
+    produce_catalog(settings)
+    reader = CompactedReader(settings, "agent", "items")
+    try:  # what the agent reads first: the whole topic, not what a first poll happens to bring
+        assert {r.event.item_id for r in reader.read_to_end(timeout=30)} == {i.item_id for i in CATALOG}
+    finally:
+        reader.close()
+    ids = send_requests(settings, 30, "waiting")
+    agent = AgentProcess(settings, tmp_path / "agent.log", env={"SHELFQ_AGENT_DEADLINE_S": "600"})
+    agents.append(agent)
+    assert set(slates_for(settings, ids)) == set(ids)
+    assert agent.metric("shelfq_agent_requests_total", 'outcome="unanswerable"') == 0
