@@ -101,14 +101,28 @@ class ChaosConfig:
                    work_dir=work_dir)
 
 
+def _metrics_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999): a component binds it only once
+    its imports are done (half a minute for the learner under load), and an ephemeral port may
+    be taken by then by any process's outgoing connection."""
+    import socket
+
+    while True:
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 class Component:
     """One ``shelfq <command>`` subprocess with its own /metrics port and log."""
 
     def __init__(self, role: str, command: list[str], env: dict[str, str], log: Path) -> None:
-        from shelfq.ports import free_port
-
         self.role, self.kind, self.command, self.env, self.log = role, role.split("-")[0], command, env, log
-        self.port = free_port()
+        self.port = _metrics_port()
         self.expected_exit = False
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "shelfq", *command, "--metrics-port", str(self.port)],
@@ -198,8 +212,12 @@ class Chaos:
         for role, c in list(self.components.items()):
             code = c.proc.poll()
             if code is not None and not c.expected_exit:
-                self.crashes.append({"component": role, "exit": code, "log": str(c.log),
-                                     "tail": c.log.read_text(errors="replace")[-1500:]})
+                tail = c.log.read_text(errors="replace")[-1500:]
+                if "Address already in use" in tail:  # its metrics port was taken meanwhile: ours, not its
+                    self.notes["port_clashes"] = self.notes.get("port_clashes", 0) + 1
+                    self.start(role)
+                    continue
+                self.crashes.append({"component": role, "exit": code, "log": str(c.log), "tail": tail})
                 self.report(f"chaos: {role} exited with {code} unasked: a crash ({c.log})")
                 self.start(role)
 
