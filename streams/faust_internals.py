@@ -117,12 +117,14 @@ class BatchDrainingConsumer(ReadCommittedConsumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 await self.sleep(0)
-                generation = self.app.consumer_generation_id
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     continue
-                if self.app.consumer_generation_id != generation:
-                    continue  # fetched across a rebalance: Faust drops these too (the worker fills any hole)
+                # As Faust's getmany: the generation the batch belongs to is the one after the
+                # fetch (aiokafka's fetcher waits out a reassignment before it returns records,
+                # which then come from the new positions). Taken before the fetch, a rebalance
+                # during it dropped records of the new assignment that no fetch brings again.
+                generation = self.app.consumer_generation_id
                 if not self.flow_active:  # a rebalance began since the fetch: as Faust's getmany
                     try:
                         await self.perform_seek()
