@@ -39,6 +39,10 @@ MAX_HISTORY = 1_000
 DEFAULT_REWARD_WEIGHTS: Mapping[str, float] = MappingProxyType({"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0})
 #: Interactions a state and a user-state carry by default (SHELFQ_JOIN_HISTORY_LENGTH).
 DEFAULT_HISTORY_LENGTH = 50
+#: The ``policy`` of an impression no recommender chose: an item the shopper reached by other
+#: means (search, navigation, a link), which the frontend logs so that its click is joined.
+#: Such impressions count in histories, values and what-follows-what, not in the click model.
+ORGANIC = "organic"
 
 # Bounds on every number an event carries. JSON numbers are unbounded and Python's ints too,
 # but consumers hold them as float32 (featurizer, replay buffer: at most ~3.4e38), float64

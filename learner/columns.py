@@ -9,7 +9,7 @@ row to its session's next slate (``LINK_COLUMNS``, read once as rows arrive) and
 bookkeeping (``PRIORITIES``, ``SUCCESSORS``).
 
 >>> ROW_FIELDS[:4], len(ROW_FIELDS)
-(('items', 'events', 'next_items', 'next_events'), 13)
+(('items', 'events', 'next_items', 'next_events'), 14)
 >>> COLUMNS["slates"].dtype, COLUMNS["slates"].shape(4, {"history": 3, "context": 8, "slate": 5})
 (dtype('int32'), (4, 5))
 >>> SUCCESSORS.fill, SUCCESSORS.shape(4, {})
@@ -84,6 +84,11 @@ class Rows(Generic[T]):
     """No feedback on any shown item: the slate's no-click option was taken."""
     slates: T = field(metadata=_spec(np.int32, "slate"))
     """The slate's first items as rows, right-padded with 0 (the click model's competitors)."""
+    chosen: T = field(metadata=_spec(np.bool_))
+    """A policy chose the item for a slate; False for an organic impression
+    (``contracts.events.ORGANIC``), logged only because the shopper found the item and clicked
+    it: counted as a choice, it would teach the click model that whatever a recommender did
+    not show gets clicked, and whatever it showed does not."""
 
     def cells(self) -> dict[str, T]:
         """The fields by name."""

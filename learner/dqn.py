@@ -257,7 +257,10 @@ class DQN:
         assert logged.log_click is not None and logged.log_no_click is not None and logged.no_click is not None  # SlateQ's
         # Choice model: the log-likelihood of "clicked" / "not clicked" of shown items, drawn uniformly.
         uniform = torch.arange(len(b.clicks), device=b.clicks.device) < b.uniform
-        click_loss = -torch.where(b.clicks, logged.log_click, logged.log_no_click)[uniform].float().mean()
+        # Organic impressions (no policy chose them) are left out: they are logged only when clicked.
+        choices = uniform & b.chosen
+        click_loss = (-torch.where(b.clicks, logged.log_click, logged.log_no_click)[choices].float().mean()
+                      if choices.any() else logged.log_click.sum() * 0)
         clicked, quiet = b.clicks, b.quiet & uniform
         valued = (clicked | quiet) & (b.discounts > 0)  # the rows whose target needs a next slate's value
         with torch.no_grad():

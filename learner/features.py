@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from contracts.events import State
+from contracts.events import ORGANIC, State
 from learner.columns import LINK_COLUMNS, ROW_COLUMNS
 from learner.columns import LINK_FIELDS as LINK_FIELDS  # where the tests of the links read them
 
@@ -116,6 +116,7 @@ class Featurizer:
             "clicks": [bool(t.reward_parts.get("click")) for t in transitions],
             "quiet": [_quiet(t.state.history, t.next_state.history) for t in transitions],
             "slates": self._slates([t.slate for t in transitions]),
+            "chosen": [t.policy != ORGANIC for t in transitions],
             "session_keys": _keys([t.session_id for t in transitions]),
             "request_keys": _keys([t.request_id for t in transitions]),
             "impression_ts": [t.ts_impression for t in transitions],

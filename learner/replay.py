@@ -25,6 +25,7 @@ from learner.features import MAX_CONTEXT
 _PRIORITY_EPS = 1e-3
 CLICK_COLUMNS = ("clicks", "quiet", "slates")  # what SlateQ reads, added after the first checkpoints
 LINK_COLUMN = SUCCESSORS.name  # added later still: checkpoints without it restore with no links
+CHOSEN_COLUMN = "chosen"  # and later again: checkpoints without it restore every row as chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,9 @@ class ReplayBuffer:
                 continue
             if name == LINK_COLUMN and no_links:
                 current[...] = -1
+                continue
+            if name == CHOSEN_COLUMN and name not in arrays:
+                current[...] = True
                 continue
             loaded = arrays.get(name)
             if loaded is None or loaded.shape != current.shape or loaded.dtype != current.dtype:

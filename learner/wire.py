@@ -72,6 +72,7 @@ class TransitionView(msgspec.Struct, tag_field="schema", tag=schema_of(Transitio
     next_state: StateView
     done: bool
     ts_impression: Ts
+    policy: Id | None = None
 
 
 def decode_transition(data: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> TransitionView:

@@ -42,12 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import ConfigError, ShelfqError
-from contracts.events import DEFAULT_HISTORY_LENGTH, Feedback, Impression, Interaction, Item, Request, Slate, State
+from contracts.events import DEFAULT_HISTORY_LENGTH, ORGANIC, Feedback, Impression, Interaction, Item, Request, Slate, State
 from contracts.settings import Settings
 from evaluation.sequential import K, PREDICTORS, Positive, Score, catalog, positives, prequential, score, sessions, summary
 
 FAUST_TOPICS = ("streams-join-records-changelog", "streams-__assignor-__leader")
-ORGANIC = "organic"  # the policy of an impression the agent did not choose
 #: The join's settings for this bench (a child's environment overrides them): transitions
 #: within seconds, as the demo runs it.
 JOIN_ENV = {"SHELFQ_JOIN_WINDOW_S": "5", "SHELFQ_JOIN_ALLOWED_LATENESS_S": "2", "SHELFQ_JOIN_IDLE_ADVANCE_S": "2"}

@@ -53,7 +53,7 @@ def test_space_saving_keeps_the_frequent_successors_and_stays_bounded() -> None:
 
 def test_the_learner_counts_clicks_after_the_newest_item_and_ranks_the_chain_next() -> None:
     data = chain_transitions(600)
-    dqn = DQN(LearnerConfig(gamma=0.0, **SMALL))
+    dqn = DQN(LearnerConfig(gamma=0.0, next_clicks=16, **SMALL))
     for t in data:
         dqn.add(t)
     for _ in range(150):
@@ -77,7 +77,7 @@ def test_the_learner_counts_clicks_after_the_newest_item_and_ranks_the_chain_nex
 
 
 def test_models_carry_the_table_and_the_loader_refuses_a_hostile_one() -> None:
-    config = LearnerConfig(**SMALL)
+    config = LearnerConfig(next_clicks=16, **SMALL)
     dqn = DQN(config)
     for t in chain_transitions(50):
         dqn.add(t)
