@@ -149,7 +149,7 @@ def _uniform_open(open_: np.ndarray, rng: np.random.Generator, remaining: int | 
     if 2 * np.min(remaining) < n:
         nth = rng.integers(remaining, size=rows)
         return np.argmax(np.cumsum(open_, axis=1) > nth[:, None], axis=1)
-    at = rng.integers(n, size=rows)
+    at = np.asarray(rng.integers(n, size=rows))
     missed = np.flatnonzero(~open_[np.arange(rows), at])
     while len(missed):
         at[missed] = rng.integers(n, size=len(missed))
@@ -179,10 +179,22 @@ def epsilon_greedy(scores: np.ndarray, k: int, *, epsilon: float, rng: np.random
         at = best.copy()
         explore = (rng.random(len(best)) < epsilon).nonzero()[0]
         if len(explore):
-            at[explore] = _uniform_open(open_[explore], rng, remaining if np.isscalar(remaining) else remaining[explore])
-        return at, (1 - epsilon) * (at == best) + epsilon / remaining
+            at[explore] = _uniform_open(open_[explore], rng,
+                                        remaining[explore] if isinstance(remaining, np.ndarray) else remaining)
+        return at, epsilon_probs(at, best, epsilon, remaining)
 
     return _fill(scores, k, draw, diversity, similarity, choice, allowed)
+
+
+def epsilon_probs(at: np.ndarray, best: np.ndarray, epsilon: float, remaining: int | np.ndarray) -> np.ndarray:
+    """How likely epsilon-greedy draws item ``at``, given each row's ``best`` open item and how
+    many are open: the best with 1 - epsilon, and each open one (the best too) with epsilon
+    over their number. For open items only.
+
+    >>> epsilon_probs(np.array([2, 0]), np.array([2, 2]), 0.3, 2).tolist()
+    [0.85, 0.15]
+    """
+    return (1 - epsilon) * (at == best) + epsilon / remaining
 
 
 def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.Generator,
@@ -202,12 +214,7 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
 
     def draw(s: np.ndarray, open_: np.ndarray, best: np.ndarray, _n: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         every_row = np.arange(len(best))
-        top = s[every_row, best]
-        with np.errstate(invalid="ignore"):
-            w = np.exp((s - top[:, None]) / temperature)  # placed items: exp(-inf) = 0
-        flat = ~np.isfinite(top)  # the open items are all -inf (or +inf): alike, so uniform among them
-        w[flat] = open_[flat]
-        w /= w.sum(axis=1, keepdims=True)
+        w = boltzmann_probs(s, open_, best, temperature)
         # The first index whose cumulative weight exceeds the draw (searchsorted, row-wise).
         at = np.minimum((np.cumsum(w, axis=1) <= rng.random(len(best))[:, None]).sum(axis=1), s.shape[1] - 1)
         for b in np.flatnonzero(~open_[every_row, at]):  # float round-off at the top end
@@ -216,6 +223,47 @@ def boltzmann(scores: np.ndarray, k: int, *, temperature: float, rng: np.random.
         return at, w[every_row, at]
 
     return _fill(scores, k, draw, diversity, similarity, choice, allowed)
+
+
+def boltzmann_probs(adjusted: np.ndarray, open_: np.ndarray, best: np.ndarray, temperature: float) -> np.ndarray:
+    """Each row's softmax(score / temperature) over its open items (B, n), with closed items at
+    -inf in ``adjusted`` and ``best`` each row's best open item; a row whose open items are all
+    -inf (or +inf) is uniform over them.
+
+    >>> boltzmann_probs(np.array([[0.0, -np.inf, 0.0]]), np.array([[True, False, True]]), np.array([0]), 1.0).tolist()
+    [[0.5, 0.0, 0.5]]
+    """
+    top = adjusted[np.arange(len(best)), best]
+    with np.errstate(invalid="ignore"):
+        w = np.exp((adjusted - top[:, None]) / temperature)  # placed items: exp(-inf) = 0
+    flat = ~np.isfinite(top)  # the open items are all -inf (or +inf): alike, so uniform among them
+    w[flat] = open_[flat]
+    w /= w.sum(axis=1, keepdims=True)
+    return w
+
+
+def next_pick_probs(scores: np.ndarray, open_: np.ndarray, kind: str, *, epsilon: float = 0.0,
+                    temperature: float = 1.0) -> np.ndarray:
+    """The distribution of an explorer's next pick over all items of one row of scores (n,),
+    given which are still ``open``, as ``greedy``, ``epsilon_greedy`` and ``boltzmann`` draw it
+    (same best item, ties to the lower index, same weights): what off-policy evaluation asks a
+    target policy. ``kind`` is greedy, epsilon or boltzmann; without diversity or a choice model
+    (pass the scores they would adjust to).
+
+    >>> next_pick_probs(np.array([0.1, 3.0, 2.0]), np.array([True, False, True]), "epsilon", epsilon=0.3).tolist()
+    [0.15, 0.0, 0.85]
+    """
+    if kind not in ("greedy", "epsilon", "boltzmann"):
+        raise ValueError(f"exploration must be greedy, epsilon or boltzmann, not {kind!r}")
+    remaining = int(open_.sum())
+    if remaining == 0:
+        return np.zeros(len(scores))
+    adjusted = np.where(open_, scores.astype(np.float64), -np.inf)[None]
+    best = _best_open(adjusted, open_[None])
+    if kind == "boltzmann":
+        return boltzmann_probs(adjusted, open_[None], best, temperature)[0]
+    probs = epsilon_probs(np.arange(len(scores)), best, epsilon if kind == "epsilon" else 0.0, remaining)
+    return np.where(open_, probs, 0.0)
 
 
 def uniform(scores: np.ndarray, k: int, *, rng: np.random.Generator,

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from agents import exploration
 from agents.policies import Ask, DQNPolicy, Explorer, Scored
 from evaluation.estimators import OffPolicyWarning, doubly_robust, ips, mean_ci, snips
 from evaluation.estimators import cross_fit as fit_reward_models
@@ -50,7 +51,7 @@ SKIPPED = {
 
 def next_item_probs(scores: np.ndarray, open_: np.ndarray, explorer: Explorer) -> np.ndarray:
     """The explorer's distribution of the next pick over all candidates, given which are still
-    open: what ``agents.exploration`` draws from (ties to the lower index, as there).
+    open: what ``agents.exploration`` draws from (``exploration.next_pick_probs``).
 
     >>> p = next_item_probs(np.array([0.1, 3.0, 2.0]), np.array([True, False, True]), Explorer("epsilon", 0.3))
     >>> [round(float(x), 3) for x in p]
@@ -58,20 +59,8 @@ def next_item_probs(scores: np.ndarray, open_: np.ndarray, explorer: Explorer) -
     """
     if explorer.diversity:
         raise ValueError("the target's diversity term (MMR) is not supported; evaluate with diversity 0")
-    remaining = int(open_.sum())
-    probs = np.zeros(len(scores))
-    if remaining == 0:
-        return probs
-    masked = np.where(open_, scores, -np.inf)
-    if explorer.kind == "boltzmann":
-        w = np.exp((masked - masked.max()) / explorer.temperature)
-        return w / w.sum()
-    if explorer.kind not in ("greedy", "epsilon"):
-        raise ValueError(f"exploration must be greedy, epsilon or boltzmann, not {explorer.kind!r}")
-    epsilon = explorer.epsilon if explorer.kind == "epsilon" else 0.0
-    probs[open_] = epsilon / remaining
-    probs[int(np.argmax(masked))] += 1 - epsilon
-    return probs
+    return exploration.next_pick_probs(scores, open_, explorer.kind, epsilon=explorer.epsilon,
+                                       temperature=explorer.temperature)
 
 
 def usable(impressions: Sequence[LoggedImpression]) -> tuple[list[LoggedImpression], Counter[str]]:
