@@ -159,7 +159,7 @@ class Settings:
             elif key.startswith(ENV_PREFIX):
                 name = key[len(ENV_PREFIX):].lower()
                 if name in fields and name not in ("kafka", "external_cluster"):
-                    values[name] = _parse(name, raw, fields[name].type)
+                    values[name] = parse_value(key, raw, _kind(fields[name].type))
         kafka.update(overrides.pop("kafka", None) or {})
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "bootstrap_servers" in values:
@@ -236,8 +236,18 @@ def parse_bool(raw: str) -> bool:
     return word in TRUE_WORDS
 
 
-def _parse(name: str, raw: str, annotation: Any) -> Any:
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+def parse_value(variable: str, raw: str, kind: str) -> Any:
+    """The value of environment variable ``variable`` for a field annotated ``kind``: bool
+    (``parse_bool``), int, float or Path (``~`` expanded); any other kind stays text. Every
+    ``SHELFQ_*`` variable is read through here.
+
+    >>> parse_value("SHELFQ_PARTITIONS", "6", "int"), parse_value("SHELFQ_X_ON", "Yes", "bool")
+    (6, True)
+    >>> parse_value("SHELFQ_PARTITIONS", "six", "int")
+    Traceback (most recent call last):
+    ...
+    contracts.errors.ConfigError: SHELFQ_PARTITIONS: expected int, got 'six'
+    """
     try:
         if kind == "int":
             return int(raw)
@@ -248,8 +258,13 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
         if kind == "Path":
             return Path(raw).expanduser()
     except ValueError:
-        raise ConfigError(f"SHELFQ_{name.upper()}: expected {kind}, got {raw!r}") from None
+        raise ConfigError(f"{variable}: expected {kind}, got {raw!r}") from None
     return raw
+
+
+def _kind(annotation: Any) -> str:
+    """A field's annotation as ``parse_value`` reads it (a string under postponed annotations)."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
 
 
 # librdkafka property -> aiokafka keyword, for the settings aiokafka has.
@@ -332,13 +347,6 @@ def fields_from_env(cls: type, prefix: str, env: Mapping[str, str] | None = None
         raw = env.get(name)
         if raw is None:
             continue
-        kind = str(f.type)
-        try:
-            if kind == "bool":
-                kw[f.name] = parse_bool(raw)
-            else:
-                kw[f.name] = {"int": int, "float": float, "Path": Path}.get(kind, str)(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
+        kw[f.name] = parse_value(name, raw, _kind(f.type))
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return kw
