@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class Explorer(NamedTuple):
               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One request's slate from scores of shape (n,), or a micro-batch's from (B, n) (then
         one similarity per row); ``allowed`` masks candidates out; see ``agents.exploration``."""
-        common = {"diversity": self.diversity, "similarity": similarity, "choice": choice, "allowed": allowed}
+        common: dict[str, Any] = {"diversity": self.diversity, "similarity": similarity, "choice": choice, "allowed": allowed}
         if self.kind == "greedy":
             return exploration.greedy(scores, k, **common)
         if self.kind == "boltzmann":
@@ -140,6 +140,9 @@ def _choice(candidates: Sequence[str], scores: np.ndarray, order: np.ndarray, pr
 class DQNPolicy:
     """Q-network scores, explored. ``model`` may be swapped at any time (``swap``)."""
 
+    #: The catalog's item rows and phi for the model that computed them (``_item_vectors``).
+    _catalog_vectors: tuple[LoadedModel, Sequence[str], torch.Tensor, torch.Tensor] | None
+
     def __init__(self, model: LoadedModel, explorer: Explorer = Explorer(),
                  categories: dict[str, str | None] | None = None, name: str = "dqn") -> None:
         """``name`` is what slates say chose them: the served model's policy key."""
@@ -165,7 +168,7 @@ class DQNPolicy:
         # What each slate position multiplies a SlateQ model's click odds by.
         odds = np.exp(model.network.position_logits(MAX_SLATE_SIZE).numpy().astype(np.float64))
         self._current = (model, features, odds)
-        self._catalog_vectors: tuple[LoadedModel, Sequence[str], torch.Tensor, torch.Tensor] | None = None
+        self._catalog_vectors = None
         # Again once it serves: items that know_items (the request thread) added while this ran
         # went into the model before; rows that have theirs are left as they are.
         _install_items(model, features, self._known.values())
@@ -192,17 +195,18 @@ class DQNPolicy:
                 groups.setdefault(id(ask.candidates), []).append(b)
             for members in groups.values():
                 rows, phi = self._item_vectors(model, features, asks[members[0]].candidates)
-                some = UserVectors(*(x[members] if x is not None else None for x in user))
+                some = UserVectors._make(x[members] if x is not None else None for x in user)
                 if some.click is None:
                     q = net.q_candidates(some, rows, phi=phi)
                     for row, b in enumerate(members):
                         out[b] = Scored(q[row].numpy())
                     continue
+                assert some.no_click is not None  # a click head comes with the value of no click
                 q, logits = net.q_and_click_logits(some, rows, phi=phi)
                 score = slateq.item_scores(q, logits, some.no_click).numpy()
-                v, q, none = slateq.attraction(logits).numpy(), q.numpy(), some.no_click.tolist()
+                v, qbar, none = slateq.attraction(logits).numpy(), q.numpy(), some.no_click.tolist()
                 for row, b in enumerate(members):
-                    out[b] = Scored(score[row], q[row], slateq.ChoiceModel(v[row], odds, none[row]))
+                    out[b] = Scored(score[row], qbar[row], slateq.ChoiceModel(v[row], odds, none[row]))
         return out
 
     def _item_vectors(self, model: LoadedModel, features: Featurizer,
@@ -264,10 +268,12 @@ def _explore(explorer: Explorer, shortlisted: Sequence[tuple[Ask, Scored]], rng:
         if first.qbar is None or first.choice is None:
             order, probs = explorer.slate(score, k, rng, sims, allowed=allowed)
         else:  # SlateQ: values given a click, and each row's click model
-            choice = slateq.ChoiceModel(np.stack([s.choice.attraction for s in scored]),  # type: ignore[union-attr]
-                                        first.choice.position_odds,
-                                        np.array([s.choice.no_click_value for s in scored]))  # type: ignore[union-attr]
-            order, probs = explorer.slate(np.stack([s.qbar for s in scored]), k, rng, sims, choice, allowed)
+            # One model scored them all, so every row has its click model.
+            choices = [s.choice for s in scored if s.choice is not None]
+            choice = slateq.ChoiceModel(np.stack([c.attraction for c in choices]), first.choice.position_odds,
+                                        np.array([c.no_click_value for c in choices]))
+            order, probs = explorer.slate(np.stack([s.qbar for s in scored if s.qbar is not None]), k, rng, sims,
+                                          choice, allowed)
         for row, b in enumerate(members):
             out[b] = _choice(asks[row].candidates, score[row], order[row], probs[row], policy, version)
     return out

@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Literal, TypeVar, Union
+from typing import Annotated, Literal, TypeVar, Union, cast
 
 import msgspec
 
@@ -105,14 +105,14 @@ class _Struct(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Shared configuration: immutable, keyword-only, defaults left out of the JSON."""
 
 
-class Event(_Struct, tag_field="schema"):
+class Event(_Struct, tag_field="schema", frozen=True):
     """Base of all top-level events; the ``schema`` tag names kind and version."""
 
     def __post_init__(self) -> None:
         _require_finite("ts", getattr(self, "ts", None))
 
 
-class Interaction(_Struct):
+class Interaction(_Struct, frozen=True):
     """One entry of a user's history: what the user did with which item, and when."""
 
     item_id: Id
@@ -123,14 +123,14 @@ class Interaction(_Struct):
         _require_finite("ts", self.ts)
 
 
-class State(_Struct):
+class State(_Struct, frozen=True):
     """The MDP state as the agent saw it: recent interactions plus the request context."""
 
     history: Annotated[list[Interaction], msgspec.Meta(max_length=MAX_HISTORY)] = []
     context: Context = {}
 
 
-class Request(Event, tag="shelfq.request.v1"):
+class Request(Event, tag="shelfq.request.v1", frozen=True):
     """A frontend asks for a slate. Keyed by user_id on the ``requests`` topic.
 
     ``exclude`` names items the slate must not hold (the frontend will not show them: in the
@@ -162,7 +162,7 @@ class Request(Event, tag="shelfq.request.v1"):
             _require_distinct("exclude", self.exclude)
 
 
-class Slate(Event, tag="shelfq.slate.v1"):
+class Slate(Event, tag="shelfq.slate.v1", frozen=True):
     """The agent's answer and decision log: ranked items with scores and propensities.
 
     ``arm`` names the experiment arm that served it (``agents.arms``: users split by a stable
@@ -195,7 +195,7 @@ class Slate(Event, tag="shelfq.slate.v1"):
             _require_finite(f"scores[{i}]", score)
 
 
-class Impression(Event, tag="shelfq.impression.v1"):
+class Impression(Event, tag="shelfq.impression.v1", frozen=True):
     """What the frontend actually showed, in position order.
 
     ``state``, ``propensities``, ``policy`` and ``model_version`` may come inline (replayed
@@ -219,7 +219,7 @@ class Impression(Event, tag="shelfq.impression.v1"):
         _require_aligned("propensities", self.propensities, self.items)
 
 
-class Feedback(Event, tag="shelfq.feedback.v1"):
+class Feedback(Event, tag="shelfq.feedback.v1", frozen=True):
     """What the user did after an impression: click, add_to_cart, purchase, or exit."""
 
     request_id: Id
@@ -239,7 +239,7 @@ class Feedback(Event, tag="shelfq.feedback.v1"):
             raise ValueError(f"item_id: missing: required for event {self.event!r}")
 
 
-class Item(Event, tag="shelfq.item.v1"):
+class Item(Event, tag="shelfq.item.v1", frozen=True):
     """A catalog entry, keyed by item_id on the compacted ``items`` topic.
 
     A tombstone (null value) removes the item; ``decode`` returns ``None`` for it.
@@ -256,7 +256,7 @@ class Item(Event, tag="shelfq.item.v1"):
         _require_finite("price", self.price)
 
 
-class Transition(Event, tag="shelfq.transition.v1"):
+class Transition(Event, tag="shelfq.transition.v1", frozen=True):
     """One reward-labelled step (s, a, r, s', done) for one shown item of one impression.
 
     ``arm`` is the experiment arm of the slate it came from (None outside an experiment, and
@@ -295,7 +295,7 @@ class Transition(Event, tag="shelfq.transition.v1"):
             raise ValueError(f"action: invalid: is not the slate's item at position {self.position}")
 
 
-class UserState(Event, tag="shelfq.user-state.v1"):
+class UserState(Event, tag="shelfq.user-state.v1", frozen=True):
     """A user's last N interactions, keyed by user_id on the compacted ``user-state`` topic."""
 
     user_id: Id
@@ -303,7 +303,7 @@ class UserState(Event, tag="shelfq.user-state.v1"):
     ts: Ts
 
 
-class DeadLetter(Event, tag="shelfq.dlq.v1"):
+class DeadLetter(Event, tag="shelfq.dlq.v1", frozen=True):
     """A message some consumer could not use, with where it came from and why.
 
     ``reason`` is a short stable code (``invalid``, ``late``, ``orphan``, ...) fit for a metric
@@ -356,7 +356,7 @@ def decode(data: bytes | None, kind: type[E], *, max_bytes: int = MAX_EVENT_BYTE
     event = _parse(_DECODER, data)
     if not isinstance(event, kind):
         raise EventError(
-            "schema", "wrong_kind", f"expected {schema_of(kind)!r}, got {schema_of(type(event))!r}"
+            "schema", "wrong_kind", f"expected {schema_of(kind)!r}, got {schema_of(type(cast(Event, event)))!r}"
         )
     return event
 
@@ -380,7 +380,7 @@ def decode_view(data: bytes | None, view: type[V], *, max_bytes: int = MAX_EVENT
     decoder = _VIEW_DECODERS.get(view)
     if decoder is None:
         decoder = _VIEW_DECODERS[view] = msgspec.json.Decoder(view)
-    return _parse(decoder, data)
+    return cast(V, _parse(decoder, data))
 
 
 def _parse(decoder: msgspec.json.Decoder, data: bytes) -> object:

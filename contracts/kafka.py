@@ -7,6 +7,7 @@ dead letter (and the caller for its own output) to be acknowledged, then commits
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -314,8 +315,8 @@ class EventConsumer:
             self._uncommitted = True
             self.consumed[(msg.topic(), msg.partition())] = msg.offset() + 1
             logical, kind = self._kinds[msg.topic()]
-            decoder = self._decoders.get(msg.topic()) or (
-                lambda value, kind=kind: decode(value, kind, max_bytes=self.settings.max_event_bytes))
+            decoder = self._decoders.get(msg.topic()) or functools.partial(
+                decode, kind=kind, max_bytes=self.settings.max_event_bytes)
             received = _receive(msg, logical, decoder, self.dlq, tombstones=logical == ITEMS)
             if received is not None:
                 out.append(received)

@@ -62,7 +62,7 @@ class ModelHeaders(NamedTuple):
         contracts.errors.EventError: headers.config: not a JSON object: nested too deeply
         """
         try:
-            found = {k: v for k, v in (headers or []) if k in HEADER_KEYS}
+            found = {k: v for k, v in (headers or []) if k in HEADER_KEYS and v is not None}
         except (TypeError, ValueError):  # not (key, value) pairs
             raise EventError("headers", "malformed", "headers are not (key, value) pairs") from None
         for key in HEADER_KEYS:

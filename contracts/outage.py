@@ -165,12 +165,13 @@ class BrokerWatch:
     def _failed(self, exc: BaseException, now: float, what: str = "") -> None:
         with self._lock:
             self._last = _describe(exc)
-            first = self._down_since is None
-            if first:
-                self._down_since = self._suspect_since if self._suspect_since is not None else now
+            down_since = self._down_since
+            first = down_since is None
+            if down_since is None:
+                down_since = self._down_since = self._suspect_since if self._suspect_since is not None else now
             self._next_probe = now + BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
             self._attempt += 1
-            away = now - self._down_since
+            away = now - down_since
         if away > self.bound_s:
             raise BrokerUnreachable(
                 f"{self.component}: the broker at {self.bootstrap} was unreachable for {away:.0f} s (more than "

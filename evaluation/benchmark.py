@@ -28,6 +28,7 @@ as well as the shoppers' (``paired_ratio``).
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -102,6 +103,11 @@ def _served(dqn: DQN) -> LoadedModel:
     return load_model(value, headers.to_headers())
 
 
+def _greedy_maker(model: LoadedModel) -> Callable[[World], DQNPolicy]:
+    """What serves ``model`` greedily in any world."""
+    return lambda _world: DQNPolicy(model, Explorer("greedy"), name=model.headers.policy)
+
+
 def _evaluate(make: Callable[[World], Any], cfg: PolicyBenchConfig, world: World, seed: int, group: str,
               observe: Callable[[Any], Callable[[UserState], None]] | None = None) -> dict[str, float]:
     """One policy's figures on one evaluation seed; ``make`` gets the world the sessions run in
@@ -135,9 +141,8 @@ def run_bench(cfg: PolicyBenchConfig = PolicyBenchConfig(), report: Callable[[st
     makers: dict[str, list[Callable[[World], Any]]] = {
         "random": [lambda _w: RandomPolicy()],
         "popularity": [lambda _w: PopularityPolicy(copy.deepcopy(counts), Explorer("greedy"))],
-        **{name: [lambda _w, m=m: DQNPolicy(m, Explorer("greedy"), name=m.headers.policy) for m in models[name]]
-           for name in ("myopic", "longterm")},
-        **{name: [lambda w, name=name: OraclePolicy(w, name)] for name in ORACLE_POLICIES},
+        **{name: [_greedy_maker(m) for m in models[name]] for name in ("myopic", "longterm")},
+        **{name: [functools.partial(OraclePolicy, name=name)] for name in ORACLE_POLICIES},
     }
     feeds_popularity = {"popularity": lambda policy: policy.popularity.observe}
     result: dict[str, Any] = {}
@@ -148,7 +153,7 @@ def run_bench(cfg: PolicyBenchConfig = PolicyBenchConfig(), report: Callable[[st
             figures[name] = [[_evaluate(make, cfg, world, e, group, feeds_popularity.get(name))
                               for e in range(cfg.eval_seeds)] for make in makes]
         reward = {name: [[f["reward_per_session"] for f in row] for row in rows] for name, rows in figures.items()}
-        policies = {}
+        policies: dict[str, dict[str, Any]] = {}
         for name, rows in figures.items():
             flat = [f for row in rows for f in row]
             summaries = {metric: mean_ci95([f[metric] for f in flat]) for metric in METRICS}

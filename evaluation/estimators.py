@@ -192,7 +192,7 @@ def cross_fit(items: Sequence[str], positions: Sequence[int], rewards: ArrayLike
     r = _array("rewards", rewards, len(items))
     models = []
     for k in range(int(f.max()) + 1 if f.size else 0):
-        rest = np.flatnonzero(f != k)
+        rest = np.flatnonzero(f != k).tolist()
         models.append(RewardModel(prior).fit([items[i] for i in rest], [positions[i] for i in rest], r[rest]))
     return models
 

@@ -223,12 +223,15 @@ def read_to_end(settings: Settings, logical: str, limit: int | None = None, **co
         count, progress = 0, time.monotonic()
         while ends and (limit is None or count < limit):
             for msg in consumer.consume(500, 0.5):
-                if msg.error() is not None:
-                    if msg.error().fatal() or not msg.error().retriable():
-                        raise ShelfqError(f"consumer error on {topic}: {msg.error().str()}")
+                error = msg.error()
+                if error is not None:
+                    if error.fatal() or not error.retriable():
+                        raise ShelfqError(f"consumer error on {topic}: {error.str()}")
                     continue
                 progress = time.monotonic()
-                if msg.partition() in ends and msg.offset() < ends[msg.partition()] and (limit is None or count < limit):
+                partition, offset = msg.partition(), msg.offset()
+                if (partition in ends and offset is not None and offset < ends[partition]
+                        and (limit is None or count < limit)):
                     count += 1
                     yield msg
             # Positions, not the last message: a partition may end in markers nobody receives.

@@ -94,7 +94,8 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
     policy_rng = np.random.default_rng([seed, 11])  # the policy's own draws
     envs = [ShopperEnv(config, slate_size, world=world) for _ in range(min(concurrent, sessions))]
     candidates = list(world.catalog.ids)  # one list object: the catalog's vectors are cached per model
-    fig = SeedFigures(items_shown=set())
+    shown: set[int] = set()
+    fig = SeedFigures(items_shown=shown)
     started = 0
     live: list[tuple[ShopperEnv, dict, bool]] = []  # env, info, converted
     for env in envs:
@@ -115,12 +116,13 @@ def run_seed(policy: Policy, seed: int, sessions: int, config: WorldConfig = Wor
             fig.reward += reward
             fig.revenue += outcome.revenue
             fig.clicks += outcome.clicked is not None
-            fig.items_shown.update(action)
+            shown.update(action)
             fig.bait_shown += int(world.catalog.bait[action].sum())
             cats = world.catalog.category[action]
             fig.same_category_pairs += float(((cats[:, None] == cats[None, :]).sum() - len(cats)) / 2)
             converted = converted or outcome.purchase
             if observe is not None:
+                assert env.session is not None  # it stepped
                 observe(UserState(user_id=info["user_id"], history=env.histories[env.session.user], ts=env.clock))
             if on_transitions is not None:
                 on_transitions(transitions_of(f"{seed}-{request}", info["user_id"], info["session_id"], info["state"],

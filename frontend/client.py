@@ -102,7 +102,8 @@ class ShopClient:
         # Registered before the send, so a slate that comes back at once still finds it.
         with self._lock:
             self._waiting[request.request_id] = (loop, future)
-        future.add_done_callback(lambda _f, rid=request.request_id: self._forget(rid))
+        rid = request.request_id
+        future.add_done_callback(lambda _f: self._forget(rid))
         try:
             self.send(request)
         except BaseException:

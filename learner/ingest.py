@@ -21,19 +21,23 @@ as skipped, neither fully decoded nor featurized.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
 import numpy as np
 
 from contracts.errors import ShelfqError
 from contracts.events import Id, Transition, decode_view, schema_of
+
+if TYPE_CHECKING:
+    from learner.wire import TransitionView
 
 POLL_TIMEOUT_S = 0.1
 _ENCODER = msgspec.msgpack.Encoder()
@@ -227,13 +231,14 @@ class _Child:
                 received = self.consumer.poll(timeout=POLL_TIMEOUT_S, max_messages=want)
                 if not received and self.consumer.consumed == before:
                     continue
-                events = [r.event for r in received if r.event is not None]  # None: another arm's
+                # None: another arm's; the decoder is the TransitionView one (``decoders``)
+                events = cast("list[TransitionView]", [r.event for r in received if r.event is not None])
                 self.read += len(events)
                 rows = self.features.rows(events)
                 self.conn.send_bytes(_ENCODER.encode([
                     "batch",
                     {name: [a.dtype.str, list(a.shape), a.tobytes()] for name, a in rows.items()},
-                    [t.transition_id for t in events], [t.slate for t in events], [t.action for t in events],  # type: ignore[union-attr]
+                    [t.transition_id for t in events], [t.slate for t in events], [t.action for t in events],
                     [[t, p, o] for (t, p), o in self.consumer.consumed.items()],
                     [[t, p, n] for (t, p), n in self.consumer.lag().items()],
                     self.consumer.dlq.by_reason,
@@ -251,7 +256,7 @@ class _Child:
                 return True
             if kind == "commit":
                 offsets = {(t, p): o for t, p, o in body[0]}
-                self.watch.wait_out(lambda offsets=offsets: self.consumer.commit_unless_left(offsets),
+                self.watch.wait_out(functools.partial(self.consumer.commit_unless_left, offsets),
                                     "committing offsets")
                 self.conn.send_bytes(_ENCODER.encode(["committed"]))
         return False

@@ -83,8 +83,8 @@ class ChoiceModel(NamedTuple):
     """v of each candidate at no position offset (the odds of its click, against no click)."""
     position_odds: np.ndarray
     """exp(offset) of each slate position: what being shown there multiplies v by."""
-    no_click_value: float = 0.0
-    """Qbar(s, none): what the session is worth if nothing is clicked."""
+    no_click_value: float | np.ndarray = 0.0
+    """Qbar(s, none): what the session is worth if nothing is clicked (one per row of a batch's)."""
 
     def at(self, position: int) -> np.ndarray:
         """Each candidate's attraction when shown at ``position`` (the last known position's

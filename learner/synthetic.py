@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from contracts.events import Interaction, State, Transition
+from contracts.events import Interaction, InteractionKind, State, Transition
 
 BAIT, BUILD, GEM = "bait", "build", "gem"
 T0 = 1_700_000_000.0
@@ -103,7 +103,7 @@ def random_transitions(n: int, items: int = 2000, history: int = 15, slate_size:
     rewards at roughly the synthetic shoppers' click rates."""
     rng = np.random.default_rng(seed)
     ids = [f"sku-{i}" for i in range(items)]
-    kinds = ("click", "add_to_cart", "purchase")
+    kinds: tuple[InteractionKind, ...] = ("click", "add_to_cart", "purchase")
     for i in range(n):
         hist = [Interaction(item_id=ids[j], event=kinds[k], ts=T0 + i + m)
                 for m, (j, k) in enumerate(zip(rng.integers(0, items, history), rng.choice(3, history, p=[0.8, 0.15, 0.05])))]

@@ -46,7 +46,7 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,
-                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
+                              bootstrap_servers=settings.bootstrap_servers if settings.external_cluster else None)
     ensure_topics(bench)
     procs: list[subprocess.Popen] = []
     try:
@@ -106,7 +106,7 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
 
 
 def _load_catalog_and_model(settings: Settings, objective: str) -> None:
-    producer = ReliableProducer(settings, **{"message.max.bytes": settings.model_max_bytes})
+    producer = ReliableProducer(settings, component=None, **{"message.max.bytes": settings.model_max_bytes})
     for i in range(CATALOG):
         item = Item(item_id=f"sku-{i}", title=f"item {i}", category=f"c{i % 20}", ts=time.time())
         producer.produce(settings.topic("items"), encode(item), item.item_id)
@@ -141,7 +141,7 @@ def _offer(settings: Settings, asks: str, answers: str, rate: float | None, amou
     consumer.subscribe([settings.topic(answers)])
     _wait_assigned(consumer)
 
-    producer = ReliableProducer(settings, **{"linger.ms": 0})
+    producer = ReliableProducer(settings, component=None, **{"linger.ms": 0})
     # Connected before the clock starts: a first send waits for metadata and a connection.
     producer.produce(settings.topic(asks), encode(Request(request_id=f"{tag}-warm", user_id="u", ts=time.time())), "u")
     producer.flush()
@@ -168,7 +168,7 @@ def _offer(settings: Settings, asks: str, answers: str, rate: float | None, amou
         msg = consumer.poll(0.2)
         if msg is None or msg.error() is not None:
             continue
-        value = msg.value()
+        value = msg.value() or b""
         at = time.time()
         start = value.find(marker)
         if start < 0:
@@ -191,7 +191,7 @@ def _echo(prefix: str) -> None:
     consumer = Consumer(settings.confluent_config(**{"group.id": f"{prefix}echo", "auto.offset.reset": "latest",
                                                      "fetch.wait.max.ms": 1}))
     consumer.subscribe([settings.topic(ECHO_IN)])
-    producer = ReliableProducer(settings, **{"linger.ms": 0})
+    producer = ReliableProducer(settings, component=None, **{"linger.ms": 0})
     while True:
         msg = consumer.poll(0.1)
         if msg is not None and msg.error() is None:

@@ -35,12 +35,12 @@ def run_bench(settings: Settings, transitions: int, config: LearnerConfig,
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,
-                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
+                              bootstrap_servers=settings.bootstrap_servers if settings.external_cluster else None)
     ensure_topics(bench)
     try:
         data = list(random_transitions(transitions, history=HISTORY, seed=1))
         report(f"loading {len(data)} transitions into {bench.topic(TRANSITIONS)} ...")
-        producer = ReliableProducer(bench, **{"linger.ms": 20, "batch.size": 1_000_000})
+        producer = ReliableProducer(bench, component=None, **{"linger.ms": 20, "batch.size": 1_000_000})
         for t in data:
             producer.produce(bench.topic(TRANSITIONS), encode(t), t.user_id)
         producer.flush(120)

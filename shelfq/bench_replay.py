@@ -216,7 +216,7 @@ class ReplayBench:
         histories: dict[str, deque[Interaction]] = defaultdict(lambda: deque(maxlen=DEFAULT_HISTORY_LENGTH))
         revealed_at: dict[str, float] = {}
         chains: dict[str, asyncio.Task[None]] = {}  # each user's newest event: the next one waits for it
-        client = ShopClient(self.settings, **{"linger.ms": 2})
+        client = ShopClient(self.settings, read_slates=True, **{"linger.ms": 2})
         try:
             await self._until_answered(client)
 
@@ -292,15 +292,16 @@ class ReplayBench:
 
     def _progress(self, elapsed: float, events: list[Positive], served: list[Served | None],
                   baselines: dict[str, list[Score]]) -> None:
-        done = [i for i, s in enumerate(served) if s is not None]
+        answered = {i: s for i, s in enumerate(served) if s is not None}
+        done = list(answered)
         if not done:
             self.report(f"[{elapsed:5.0f}s] 0/{len(events)} events")
             return
-        agent = sum(score(served[i].items, events[i].item).hit for i in done) / len(done)  # type: ignore[union-attr]
+        agent = sum(score(answered[i].items, events[i].item).hit for i in done) / len(done)
         markov = sum(baselines["markov"][i].hit for i in done) / len(done)
         popular = sum(baselines["popularity"][i].hit for i in done) / len(done)
         version = max((s.model_version or 0 for s in served if s is not None), default=0)
-        timeouts = sum(1 for i in done if served[i].policy is None)  # type: ignore[union-attr]
+        timeouts = sum(1 for i in done if answered[i].policy is None)
         self.report(f"[{elapsed:5.0f}s] {len(done)}/{len(events)} events | HR@{K} agent {agent:.3f}, popularity "
                     f"{popular:.3f}, markov {markov:.3f} | model v{version} | slate timeouts {timeouts}")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import os
 import shutil
@@ -340,7 +341,7 @@ class Demo:
                 self.say(f"no {policy} model to compare ({exc}); the comparison leaves it out")
                 continue
             versions[name] = model.headers.version
-            factories[name] = lambda model=model: DQNPolicy(model, Explorer("greedy"), name=model.headers.policy)
+            factories[name] = functools.partial(DQNPolicy, model, Explorer("greedy"), name=model.headers.policy)
         groups = shopper_groups(self.world)
         self.say(f"comparing {', '.join(factories)} on {cfg.seeds} seeds x {cfg.sessions_per_seed} simulated sessions of "
                  f"{len(groups['returning'])} returning shoppers (their live histories) and as many of "

@@ -33,7 +33,8 @@ def produce_examples(settings: Settings) -> list[Sent]:
     producer = ReliableProducer(settings)
     sent: list[Sent] = []
     model, headers = example_model()
-    messages = [(logical, key, encode(event), None) for logical, (key, event) in EXAMPLES.items()]
+    messages: list[tuple[str, str, bytes, list[tuple[str, bytes]] | None]] = [
+        (logical, key, encode(event), None) for logical, (key, event) in EXAMPLES.items()]
     messages.append((MODELS, headers.policy, model, headers.to_headers()))
     for logical, key, value, hdrs in messages:
 

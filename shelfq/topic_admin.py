@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -121,10 +122,11 @@ class _Admin(AdminClient):
     """An AdminClient that remembers client-level errors (authentication, unreachable brokers)
     so a wrong password fails at once with its reason instead of after a timeout."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.errors: list[KafkaError] = []
         # error_cb receives what the log would repeat on every retry; log only the critical.
-        super().__init__({**config, "error_cb": self.errors.append, "log_level": 2})
+        conf: dict[str, Any] = {**config, "error_cb": self.errors.append, "log_level": 2}
+        super().__init__(conf)
 
 
 def _admin(settings: Settings) -> _Admin:

@@ -106,7 +106,7 @@ class SimulationStats:
     def reward_per_session(self) -> float:
         return self.reward / self.sessions if self.sessions else 0.0
 
-    def summary(self) -> dict[str, float | int | None]:
+    def summary(self) -> dict[str, float | int | dict[str, int] | None]:
         return {"sessions": self.sessions, "requests": self.requests, "slate_timeouts": self.timeouts,
                 "ctr": round(self.ctr, 4), "reward_per_session": round(self.reward_per_session, 4),
                 "purchases": self.purchases, "revenue": round(self.revenue, 2), "events_sent": self.events_sent,
@@ -174,7 +174,7 @@ class Simulation:
         while not session.over:
             self._next += 1
             request_id = f"{self.run_id}-r{self._next}"
-            context = {"page": session.steps}
+            context: dict[str, str | int | float] = {"page": session.steps}
             sent = time.monotonic()
             slate = await client.slate(Request(request_id=request_id, user_id=user_id, session_id=session_id,
                                                ts=time.time(), slate_size=cfg.slate_size, context=context), cfg.slate_timeout_s)

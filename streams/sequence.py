@@ -102,7 +102,7 @@ class HoleReader:
             while True:
                 msg = consumer.poll(0.2)
                 if msg is not None and msg.error() is None:
-                    if msg.offset() >= end:
+                    if (msg.offset() or 0) >= end:  # a message read has an offset
                         return found
                     found.append(msg)
                 # Markers and deleted records move the position without a message.
