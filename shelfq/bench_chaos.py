@@ -268,9 +268,10 @@ class Chaos:
             c.signal(signal.SIGCONT)
             self.wait_progress(name, {"learner": baseline}, time.monotonic())
         elif name.startswith("broker-"):
-            baselines = {role: c.progress() for role, c in self.components.items()}
             self._broker_down(kill=name == "broker-kill")
             time.sleep(self.config.outage_s)
+            # Taken with the broker down: what they sent while it stopped is no recovery.
+            baselines = {role: c.progress() for role, c in self.components.items()}
             starting = subprocess.Popen([sys.executable, "-m", "shelfq", "broker", "start"], env=self.env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             # Recovery counts from the moment the broker takes connections again.
