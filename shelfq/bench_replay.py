@@ -8,7 +8,8 @@ scored beside a popularity list and a first-order Markov chain on the same event
    and title where the log has ``item`` lines).
 2. Topics under a prefix of this run's own; the catalog goes to ``items``; a streams worker
    (a 5 s join window), a learner (its defaults: SlateQ; a checkpoint directory of its own) and
-   an agent (greedy slates unless ``--exploration epsilon``) start as child processes.
+   an agent (greedy slates unless ``--exploration epsilon``) start as child processes; the
+   learner counts what follows what (``SHELFQ_LEARNER_NEXT_CLICKS=16`` unless set).
 3. Each event, in log order at a bounded rate: a request for its user (slate of 10, ts now, the
    event's session), the slate awaited; then the reveal: the true item in the slate gives an
    impression of that slate and a click on the item; otherwise an organic impression of the
@@ -50,6 +51,9 @@ FAUST_TOPICS = ("streams-join-records-changelog", "streams-__assignor-__leader")
 #: The join's settings for this bench (a child's environment overrides them): transitions
 #: within seconds, as the demo runs it.
 JOIN_ENV = {"SHELFQ_JOIN_WINDOW_S": "5", "SHELFQ_JOIN_ALLOWED_LATENESS_S": "2", "SHELFQ_JOIN_IDLE_ADVANCE_S": "2"}
+#: The learner's, likewise: a shop replaying logs of sequential behaviour counts what follows
+#: what (``learner.next_clicks``; off in the learner's defaults, whose benchmark has no order).
+LEARNER_ENV = {"SHELFQ_LEARNER_NEXT_CLICKS": "16"}
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ class ReplayBench:
                 "SHELFQ_PARTITIONS": str(self.settings.partitions)}
         commands = {
             "streams": (["streams", "--log-level", "warning"], {**JOIN_ENV, **base}),
-            "learner": (["learner", "--checkpoint-dir", str(self.checkpoints), "--log-level", "warning"], base),
+            "learner": (["learner", "--checkpoint-dir", str(self.checkpoints), "--log-level", "warning"],
+                        {**LEARNER_ENV, **base}),
             "agent": (["agent", "--exploration", self.config.exploration, "--log-level", "warning"], base),
         }
         for name, (args, env) in commands.items():
