@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from contracts.errors import ConfigError
+from contracts.settings import parse_value
 from streams.join import JoinConfig
 from streams.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
 
@@ -73,24 +74,14 @@ class StreamsConfig:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> StreamsConfig:
         env = os.environ if env is None else env
 
+        # Read through the one parser every SHELFQ_* variable goes through (its words, its errors).
         def num(name: str, kind: type = float) -> object | None:
             raw = env.get(name)
-            if raw is None:
-                return None
-            try:
-                return kind(raw)
-            except ValueError:
-                raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+            return None if raw is None else parse_value(name, raw, kind.__name__)
 
         def flag(name: str) -> bool | None:
             raw = env.get(name)
-            if raw is None:
-                return None
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ConfigError(f"{name}: expected 1 or 0 (true or false), got {raw!r}")
+            return None if raw is None else parse_value(name, raw, "bool")
 
         join_kw = {k: v for k, v in {
             "window_s": num("SHELFQ_JOIN_WINDOW_S"),
