@@ -150,6 +150,7 @@ class JoinWorker:
     def __post_init__(self) -> None:
         s = self.settings
         self.join = Join(self.config.join, self.records.data)
+        self._held_until = 0.0  # monotonic time until which watermarks stay held after an outage
         self.partitions: set[int] = set()
         self.logical = {s.topic(t): t for t in INPUTS}
         self.transitions_topic = s.topic(TRANSITIONS)
@@ -434,7 +435,19 @@ class JoinWorker:
         """While the broker cannot say what is unread, count every input as unread, so no
         input goes idle and the wall clock moves no watermark: events sent meanwhile (a
         frontend's producer keeps them while the broker is away) arrive with the event times
-        of the outage, and a watermark that had moved on would take them for late or orphans."""
+        of the outage, and a watermark that had moved on would take them for late or orphans.
+        The hold lasts ``outage_grace_s`` past the outage (``keep_holding``): those producers
+        reconnect after the worker does."""
+        self._held_until = time.monotonic() + self.config.outage_grace_s
+        self._hold()
+
+    def keep_holding(self) -> None:
+        """Within ``outage_grace_s`` of an outage, hold the watermarks still (after
+        ``refresh_backlog``, which saw only what has arrived so far)."""
+        if time.monotonic() < self._held_until:
+            self._hold()
+
+    def _hold(self) -> None:
         for partition in self.partitions:
             self.join.note_backlog(partition, set(self.logical.values()))
 
@@ -819,6 +832,7 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
             worker.hold_watermarks()
         else:
             await worker.refresh_backlog()
+            worker.keep_holding()
         worker.on_tick()
         await worker.flush()
 

@@ -45,6 +45,11 @@ class StreamsConfig:
     other."""
     tick_s: float = 0.5
     """How often quiet partitions are checked for windows to close on wall-clock time."""
+    outage_grace_s: float = 30.0
+    """After a broker outage, how long the wall clock still moves no watermark: frontends'
+    producers that kept events through the outage reconnect first (librdkafka backs off up to
+    10 s between tries), and those events arrive with the outage's event times; a watermark
+    moved on by the clock in the meantime would take them for late or orphans."""
     commit_interval_s: float = 1.0
     """How often Faust commits source offsets (after flushing everything produced)."""
     session_timeout_s: float = 10.0
@@ -100,6 +105,7 @@ class StreamsConfig:
             "commit_interval_s": num("SHELFQ_STREAMS_COMMIT_INTERVAL_S"),
             "session_timeout_s": num("SHELFQ_STREAMS_SESSION_TIMEOUT_S"),
             "stall_timeout_s": num("SHELFQ_STREAMS_STALL_TIMEOUT_S"),
+            "outage_grace_s": num("SHELFQ_STREAMS_OUTAGE_GRACE_S"),
             "max_message_bytes": num("SHELFQ_STREAMS_MAX_MESSAGE_BYTES", int),
             "metrics_port": num("SHELFQ_STREAMS_METRICS_PORT", int),
             "batch_consumer": flag("SHELFQ_STREAMS_BATCH_CONSUMER"),
@@ -121,6 +127,8 @@ class StreamsConfig:
             raise ConfigError(f"streams: fetch_min_bytes must be >= 1, got {self.fetch_min_bytes}")
         if self.fetch_partition_bytes < 1024:
             raise ConfigError(f"streams: fetch_partition_bytes must be >= 1024, got {self.fetch_partition_bytes}")
+        if self.outage_grace_s < 0:
+            raise ConfigError(f"streams: outage_grace_s must be >= 0, got {self.outage_grace_s}")
         if self.stall_timeout_s <= 0:
             raise ConfigError(f"streams: stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES:

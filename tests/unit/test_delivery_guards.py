@@ -282,3 +282,21 @@ def test_faust_and_the_hole_readers_read_committed_records_only() -> None:
     worker._admin = Admin()
     worker._end_offsets()
     assert asked == [confluent_kafka.IsolationLevel.READ_COMMITTED]
+
+
+def test_watermarks_stay_held_for_the_grace_after_an_outage_then_follow_the_backlog() -> None:
+    # A frontend's producer that kept events through an outage reconnects after the worker:
+    # until outage_grace_s has passed, every input counts as unread whatever the backlog says.
+    _, worker = create_app(Settings.from_env(topic_prefix="grace."), StreamsConfig(outage_grace_s=30.0))
+    worker.partitions = {0, 1}
+    everything = frozenset(worker.logical.values())
+    worker.hold_watermarks()  # the broker was away
+    for p in worker.partitions:
+        worker.join.note_backlog(p, set())  # back: the backlog read sees nothing unread yet
+    worker.keep_holding()
+    assert all(worker.join._backlog[p] == everything for p in worker.partitions)
+    worker._held_until = 0.0  # the grace is over
+    for p in worker.partitions:
+        worker.join.note_backlog(p, set())
+    worker.keep_holding()
+    assert all(worker.join._backlog[p] == frozenset() for p in worker.partitions)
