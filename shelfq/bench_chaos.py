@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shelfq import scrape
+
 FAULTS = ("kill-streams", "kill-learner", "kill-learner-checkpoint", "kill-agent", "replica-streams", "replica-agent",
           "stop-learner", "broker-term", "broker-kill", "hostile")
 #: The metric that shows each kind of component making progress.
@@ -130,15 +132,7 @@ class Component:
 
     def metric(self, name: str, label: str = "") -> float:
         """The sum of a metric's series whose labels contain ``label``; 0 if unreachable."""
-        import re
-        import urllib.request
-
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return 0.0
-        found = re.findall(rf"^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-        return sum(float(v) for v in found)
+        return scrape.metric(self.port, name, label)
 
     def progress(self) -> float:
         return self.metric(*PROGRESS[self.kind])

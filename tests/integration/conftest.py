@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient
 
 from contracts.settings import Settings
 from contracts.topics import topic_specs
+from shelfq import scrape
 from shelfq.ports import free_port  # noqa: F401 - the tests import it from here
 from shelfq.topic_admin import delete_topics, ensure_topics
 
@@ -87,15 +88,7 @@ class ShelfqProcess:
 
     def metric(self, name: str, label: str = "") -> float:
         """The sum of a metric's series (those whose labels contain ``label``); 0 if unreachable."""
-        import re
-        import urllib.request
-
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return 0.0
-        found = re.findall(rf"^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-        return sum(float(v) for v in found)
+        return scrape.metric(self.port, name, label)
 
     def wait(self, condition, what: str, timeout: float = 60.0) -> None:
         import time

@@ -1,0 +1,18 @@
+"""Read one series off a local component's /metrics: what the chaos run and the integration
+tests use to watch a child process's progress."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+
+def metric(port: int, name: str, label: str = "") -> float:
+    """The sum of metric ``name``'s series on 127.0.0.1:``port`` whose labels contain
+    ``label``; 0 if the endpoint is unreachable (a process starting or stopped)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    found = re.findall(rf"^{name}(?:{{[^}}]*{label}[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+    return sum(float(v) for v in found)
