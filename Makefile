@@ -43,5 +43,5 @@ broker-stop: $(STAMP)
 	$(BIN)/shelfq broker stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agents.arms import Arm, parse_arms
-from agents.exclusion import SEEN_EVENTS
-from contracts.errors import ConfigError
-from contracts.settings import fields_from_env
+from shelfq.agents.arms import Arm, parse_arms
+from shelfq.agents.exclusion import SEEN_EVENTS
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.settings import fields_from_env
 
 ENV_PREFIX = "SHELFQ_AGENT_"
 EXPLORATIONS = ("greedy", "epsilon", "boltzmann")

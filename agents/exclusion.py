@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from contracts.events import Interaction, State  # noqa: F401 - State: the doctest's
+from shelfq.contracts.events import Interaction, State  # noqa: F401 - State: the doctest's
 
 #: exclude_seen setting -> the interactions that leave an item out of the user's slates
 SEEN_EVENTS: Mapping[str, frozenset[str]] = {

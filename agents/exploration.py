@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from learner.slateq import ChoiceModel, assortment_gains
+from shelfq.learner.slateq import ChoiceModel, assortment_gains
 
 #: similarity(chosen item index, candidate indices) -> similarities in [0, 1]
 Similarity = Callable[[int, np.ndarray], np.ndarray]

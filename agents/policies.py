@@ -24,13 +24,13 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from agents import exploration
-from contracts.events import DEFAULT_REWARD_WEIGHTS, MAX_SLATE_SIZE, Item, State, UserState
-from learner import slateq
-from learner.artifact import LoadedModel
-from learner.features import Featurizer
-from learner.item_features import attribute_rows
-from learner.network import UserVectors
+from shelfq.agents import exploration
+from shelfq.contracts.events import DEFAULT_REWARD_WEIGHTS, MAX_SLATE_SIZE, Item, State, UserState
+from shelfq.learner import slateq
+from shelfq.learner.artifact import LoadedModel
+from shelfq.learner.features import Featurizer
+from shelfq.learner.item_features import attribute_rows
+from shelfq.learner.network import UserVectors
 
 EVENT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
 CACHE_FROM = 256  # candidate lists this long (catalogs) keep their item vectors between batches

@@ -36,22 +36,22 @@ import numpy as np
 import torch
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
 
-from agents.arms import Arm, ArmSplit
-from agents.config import AgentConfig
-from agents.deadline import arrival_time, past_deadline
-from agents.exclusion import allowed_mask, excluded_items
-from agents.metrics import AgentMetrics
-from agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, SlateChoice
-from agents.serving import ServedVersions
-from contracts.decisions import ModelDecision, decode_decision, read_decisions
-from contracts.errors import EventError
-from contracts.events import Item, Request, Slate, State, UserState, encode
-from contracts.kafka import CompactedReader, EventConsumer, Received, ReliableProducer, topic_partitions
-from contracts.models import ModelHeaders
-from contracts.outage import BrokerWatch, install
-from contracts.settings import Settings
-from contracts.topics import ITEMS, MODEL_DECISIONS, MODELS, REQUESTS, SLATES, USER_STATE
-from learner.artifact import LoadedModel, load_model
+from shelfq.agents.arms import Arm, ArmSplit
+from shelfq.agents.config import AgentConfig
+from shelfq.agents.deadline import arrival_time, past_deadline
+from shelfq.agents.exclusion import allowed_mask, excluded_items
+from shelfq.agents.metrics import AgentMetrics
+from shelfq.agents.policies import Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy, SlateChoice
+from shelfq.agents.serving import ServedVersions
+from shelfq.contracts.decisions import ModelDecision, decode_decision, read_decisions
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import Item, Request, Slate, State, UserState, encode
+from shelfq.contracts.kafka import CompactedReader, EventConsumer, Received, ReliableProducer, topic_partitions
+from shelfq.contracts.models import ModelHeaders
+from shelfq.contracts.outage import BrokerWatch, install
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import ITEMS, MODEL_DECISIONS, MODELS, REQUESTS, SLATES, USER_STATE
+from shelfq.learner.artifact import LoadedModel, load_model
 
 log = logging.getLogger("shelfq.agent")
 CACHE_EVERY_S = 0.05

@@ -29,7 +29,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from contracts.errors import EventError
+from shelfq.contracts.errors import EventError
 
 SCHEMA = "shelfq.model-decision.v1"
 #: Versions a decision remembers (the newest): what ``shelfq models list`` can show.
@@ -144,8 +144,8 @@ def read_decisions(settings: object, timeout: float = 30.0) -> dict[str, ModelDe
     beginning to the end offsets it had when called (no consumer group, nothing committed)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from contracts.kafka import topic_partitions
-    from contracts.topics import MODEL_DECISIONS
+    from shelfq.contracts.kafka import topic_partitions
+    from shelfq.contracts.topics import MODEL_DECISIONS
 
     topic = settings.topic(MODEL_DECISIONS)  # type: ignore[attr-defined]
     consumer = Consumer(settings.confluent_config(**{  # type: ignore[attr-defined]

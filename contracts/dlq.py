@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import base64
 import time
-from contracts.events import DeadLetter, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from contracts.topics import DLQ
+from shelfq.contracts.events import DeadLetter, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import DLQ
 
 
 def dead_letter(

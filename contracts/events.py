@@ -28,7 +28,7 @@ from typing import Annotated, Literal, TypeVar, Union, cast
 
 import msgspec
 
-from contracts.errors import EventError
+from shelfq.contracts.errors import EventError
 
 #: Default limit on one encoded event; the settings object can lower or raise it.
 MAX_EVENT_BYTES = 1 << 20
@@ -168,7 +168,7 @@ class Slate(Event, tag="shelfq.slate.v1", frozen=True):
     ``arm`` names the experiment arm that served it (``agents.arms``: users split by a stable
     hash); a slate served outside an experiment has none, and it is not encoded.
 
-    >>> from contracts.examples import EXAMPLES
+    >>> from shelfq.contracts.examples import EXAMPLES
     >>> slate = msgspec.structs.replace(EXAMPLES["slates"][1], arm="longterm")
     >>> decode(encode(slate), Slate).arm, b'"arm"' in encode(EXAMPLES["slates"][1])
     ('longterm', False)

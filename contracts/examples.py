@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 
-from contracts.events import (
+from shelfq.contracts.events import (
     DeadLetter,
     Event,
     Feedback,
@@ -23,7 +23,7 @@ from contracts.events import (
     Transition,
     UserState,
 )
-from contracts.models import ModelHeaders
+from shelfq.contracts.models import ModelHeaders
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 

@@ -15,16 +15,16 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
-from contracts.errors import ConfigError, EventError, ShelfqError
-from contracts.events import Event, decode
-from contracts.outage import (
+from shelfq.contracts.errors import ConfigError, EventError, ShelfqError
+from shelfq.contracts.events import Event, decode
+from shelfq.contracts.outage import (
     LIBRDKAFKA_NOISE,
     ConnectionNoise,
     Unacknowledged,
     report_client_error,
 )
-from contracts.settings import KAFKA_LOGGER, Settings
-from contracts.topics import DLQ, EVENT_OF_TOPIC, ITEMS, MODELS
+from shelfq.contracts.settings import KAFKA_LOGGER, Settings
+from shelfq.contracts.topics import DLQ, EVENT_OF_TOPIC, ITEMS, MODELS
 
 log = logging.getLogger("shelfq.consumer")
 #: Commit errors of a consumer that is no longer a member of its group (it rejoins as it polls);
@@ -171,7 +171,7 @@ class ReliableProducer:
             on_too_large(detail)
             return
         if self.dead_letters is None:
-            from contracts.dlq import DeadLetterWriter
+            from shelfq.contracts.dlq import DeadLetterWriter
 
             DeadLetterWriter(self.settings, self.component or "producer", self)  # registers itself
         self.dead_letters.send("too_large" if sized else "refused", topic, value, key=key, detail=detail)
@@ -276,7 +276,7 @@ class EventConsumer:
         starts (a checkpoint that is ahead of the committed offsets, for instance).
         ``decoders`` replaces the full decode of a logical topic with a reader's own (a view
         that raises ``EventError`` the same way)."""
-        from contracts.dlq import DeadLetterWriter
+        from shelfq.contracts.dlq import DeadLetterWriter
 
         self._decoders = {settings.topic(t): d for t, d in (decoders or {}).items()}
         self._kinds: dict[str, tuple[str, type[Event]]] = {}
@@ -413,7 +413,7 @@ class CompactedReader:
                  producer: ReliableProducer | None = None) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        from contracts.dlq import DeadLetterWriter
+        from shelfq.contracts.dlq import DeadLetterWriter
 
         kind = EVENT_OF_TOPIC.get(logical)
         if kind is None:

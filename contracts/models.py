@@ -20,8 +20,8 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
-from contracts.errors import EventError
-from contracts.events import MAX_TS
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import MAX_TS
 
 HEADER_KEYS = ("policy", "version", "created_ts", "config")
 # safetensors dtypes and their sizes in bytes

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
-from contracts.errors import ShelfqError
+from shelfq.contracts.errors import ShelfqError
 
 log = logging.getLogger("shelfq.outage")
 T = TypeVar("T")

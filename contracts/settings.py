@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from contracts.errors import ConfigError
+from shelfq.contracts.errors import ConfigError
 
 ENV_PREFIX = "SHELFQ_"
 KAFKA_ENV_PREFIX = "SHELFQ_KAFKA_"

@@ -1,6 +1,6 @@
 """Topics as code: every topic of DESIGN.md with its key, event type, partitions and config.
 
->>> from contracts.settings import Settings
+>>> from shelfq.contracts.settings import Settings
 >>> specs = topic_specs(Settings(partitions=3))
 >>> specs["items"].config["cleanup.policy"], specs["requests"].partitions
 ('compact', 3)
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from contracts.events import (
+from shelfq.contracts.events import (
     DeadLetter,
     Event,
     Feedback,
@@ -23,7 +23,7 @@ from contracts.events import (
     Transition,
     UserState,
 )
-from contracts.settings import Settings
+from shelfq.contracts.settings import Settings
 
 REQUESTS = "requests"
 SLATES = "slates"

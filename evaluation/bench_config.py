@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learner.config import LearnerConfig
-from simulator.world import WorldConfig
+from shelfq.learner.config import LearnerConfig
+from shelfq.simulator.world import WorldConfig
 
 
 @dataclass(frozen=True)

@@ -36,15 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from agents.policies import DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy
-from contracts.events import Item, Transition, UserState
-from evaluation.bench_config import PolicyBenchConfig
-from evaluation.offline import METRICS, copy_world, mean_ci95, run_seed
-from evaluation.oracles import ORACLE_POLICIES, OraclePolicy
-from learner.artifact import LoadedModel, load_model, model_message
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from simulator.world import World
+from shelfq.agents.policies import DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy
+from shelfq.contracts.events import Item, Transition, UserState
+from shelfq.evaluation.bench_config import PolicyBenchConfig
+from shelfq.evaluation.offline import METRICS, copy_world, mean_ci95, run_seed
+from shelfq.evaluation.oracles import ORACLE_POLICIES, OraclePolicy
+from shelfq.learner.artifact import LoadedModel, load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.simulator.world import World
 
 POLICIES = ("random", "popularity", "myopic", "longterm")
 GROUPS = ("returning", "new")

@@ -17,7 +17,7 @@ interval (``evaluation.estimators.mean_ci``):
 - ``distinct_items`` shown, and ``coverage`` = the share of the catalog's items ever shown
   (when a catalog is known). Counts over the whole log: no interval.
 
->>> from contracts.examples import EXAMPLES
+>>> from shelfq.contracts.examples import EXAMPLES
 >>> log = Log("example")
 >>> log.add(EXAMPLES["transitions"][1])
 >>> figures(list(log.impressions.values()))["conversion"]["value"]
@@ -37,13 +37,13 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from contracts.errors import EventError, ShelfqError
-from contracts.events import Item, State, Transition, decode
-from contracts.kafka import topic_partitions
-from contracts.settings import Settings
-from contracts.topics import ITEMS, MODELS, TRANSITIONS
-from evaluation.estimators import mean_ci
-from learner.artifact import LoadedModel, load_model
+from shelfq.contracts.errors import EventError, ShelfqError
+from shelfq.contracts.events import Item, State, Transition, decode
+from shelfq.contracts.kafka import topic_partitions
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import ITEMS, MODELS, TRANSITIONS
+from shelfq.evaluation.estimators import mean_ci
+from shelfq.learner.artifact import LoadedModel, load_model
 
 NO_POLICY = "(none)"  # transitions that name no policy
 KEEP_ERRORS = 5       # bad records whose reason is kept for the report

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.policies import Ask, Policy
-from contracts.events import Transition, UserState
-from simulator.env import ShopperEnv, transitions_of
-from simulator.world import World, WorldConfig
+from shelfq.agents.policies import Ask, Policy
+from shelfq.contracts.events import Transition, UserState
+from shelfq.simulator.env import ShopperEnv, transitions_of
+from shelfq.simulator.world import World, WorldConfig
 
 METRICS = ("reward_per_session", "ctr", "conversion", "revenue_per_session", "session_length",
            "intra_list_diversity", "catalog_coverage", "bait_share")

@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from agents import exploration
-from agents.policies import Ask, DQNPolicy, Explorer, Scored
-from evaluation.estimators import OffPolicyWarning, doubly_robust, ips, mean_ci, snips
-from evaluation.estimators import cross_fit as fit_reward_models
-from evaluation.logs import LoggedImpression
-from learner.artifact import LoadedModel
-from learner.features import stable_hash
-from learner.slateq import assortment_gains
+from shelfq.agents import exploration
+from shelfq.agents.policies import Ask, DQNPolicy, Explorer, Scored
+from shelfq.evaluation.estimators import OffPolicyWarning, doubly_robust, ips, mean_ci, snips
+from shelfq.evaluation.estimators import cross_fit as fit_reward_models
+from shelfq.evaluation.logs import LoggedImpression
+from shelfq.learner.artifact import LoadedModel
+from shelfq.learner.features import stable_hash
+from shelfq.learner.slateq import assortment_gains
 
 SCORE_BATCH = 256
 

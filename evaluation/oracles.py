@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agents.policies import Ask, SlateChoice
-from simulator.oracles import item_values
-from simulator.world import World
+from shelfq.agents.policies import Ask, SlateChoice
+from shelfq.simulator.oracles import item_values
+from shelfq.simulator.world import World
 
 ORACLE_POLICIES = ("oracle-myopic", "oracle-quality")
 QUALITY_FLOOR = 0.5

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from agents.policies import Explorer
-from evaluation.logs import distinct_items, logging_figures, newest_model, read_catalog, read_file, read_topic
-from evaluation.offpolicy import evaluate_model
+from shelfq.agents.policies import Explorer
+from shelfq.evaluation.logs import distinct_items, logging_figures, newest_model, read_catalog, read_file, read_topic
+from shelfq.evaluation.offpolicy import evaluate_model
 
 
 class Options(NamedTuple):

@@ -14,7 +14,7 @@ click on it, and an exit at the end of each session; sessions are more than an h
 >>> lines = generate(users=3, seed=1)
 >>> lines == generate(users=3, seed=1), lines[0]
 (True, '{"schema":"shelfq.item.v1","item_id":"c00-i00","ts":1767225600.0,"title":"category 0 item 0","category":"c00","price":12.0}')
->>> from frontend.replay import parse_jsonl
+>>> from shelfq.frontend.replay import parse_jsonl
 >>> parsed = parse_jsonl("\\n".join(lines).encode())
 >>> parsed.bad, sum(1 for e in parsed.events if getattr(e, "event", None) == "click") > 3 * 3
 ([], True)
@@ -27,7 +27,7 @@ import random
 import sys
 from pathlib import Path
 
-from contracts.events import Feedback, Impression, Item, encode
+from shelfq.contracts.events import Feedback, Impression, Item, encode
 
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SPAN_S = 14 * 86_400.0

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from contracts.events import Event, Feedback, Impression, Item
+from shelfq.contracts.events import Event, Feedback, Impression, Item
 
 K = 10
 PREDICTORS = ("popularity", "popularity_unseen", "markov")
@@ -73,7 +73,7 @@ def positives(events: Iterable[Event]) -> list[Positive]:
     A click, add-to-cart and purchase of one item on one impression are one interaction, at
     its first ``ts``; exits, impressions and catalog items are no positive events.
 
-    >>> from contracts.events import Feedback as F
+    >>> from shelfq.contracts.events import Feedback as F
     >>> log = [F(request_id="r1", user_id="u", session_id="s", ts=5.0, event="purchase", item_id="a", value=2.0),
     ...        F(request_id="r1", user_id="u", session_id="s", ts=4.0, event="click", item_id="a"),
     ...        F(request_id="r0", user_id="u", session_id="s", ts=1.0, event="click", item_id="b"),
@@ -94,7 +94,7 @@ def catalog(events: Iterable[Event]) -> dict[str, Item]:
     entry: the log's own entry where it has one (its category, price and title), else a bare
     id with the price of its first purchase, if any.
 
-    >>> from contracts.events import Feedback as F, Item as I
+    >>> from shelfq.contracts.events import Feedback as F, Item as I
     >>> log = [F(request_id="r", user_id="u", session_id="s", ts=1.0, event="purchase", item_id="a", value=3.5),
     ...        I(item_id="b", category="shoes", ts=0.0)]
     >>> {i: (e.category, e.price) for i, e in catalog(log).items()}

@@ -19,11 +19,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from agents.policies import DQNPolicy, Explorer
-from evaluation.bench_config import PolicyBenchConfig
-from evaluation.benchmark import LOGGING_TS, _log, _served, train
-from evaluation.offline import copy_world, run_seed
-from simulator.world import World
+from shelfq.agents.policies import DQNPolicy, Explorer
+from shelfq.evaluation.bench_config import PolicyBenchConfig
+from shelfq.evaluation.benchmark import LOGGING_TS, _log, _served, train
+from shelfq.evaluation.offline import copy_world, run_seed
+from shelfq.simulator.world import World
 
 torch.set_num_threads(1)
 FIGURES = ("reward_per_session", "session_length", "bait_share", "lowq_share", "ctr")

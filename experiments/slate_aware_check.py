@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from agents.policies import DQNPolicy, Explorer, RandomPolicy
-from contracts.events import Transition
-from evaluation.offline import compare, run_seed
-from learner.artifact import LoadedModel, load_model, model_message
-from learner.config import LearnerConfig
-from learner.dqn import DQN
+from shelfq.agents.policies import DQNPolicy, Explorer, RandomPolicy
+from shelfq.contracts.events import Transition
+from shelfq.evaluation.offline import compare, run_seed
+from shelfq.learner.artifact import LoadedModel, load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
 
 
 def learner(objective: str, gamma: float) -> DQN:

@@ -1,6 +1,6 @@
 """The client a shop frontend uses to talk to shelfq: typed, keyed sends and awaitable slates.
 
->>> from contracts.events import Feedback
+>>> from shelfq.contracts.events import Feedback
 >>> key_of(Feedback(request_id="r1", user_id="u7", session_id="s1", ts=1.0, event="exit"))
 'u7'
 
@@ -21,11 +21,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from contracts.errors import EventError, ShelfqError
-from contracts.events import Event, Feedback, Impression, Item, Request, Slate, decode, encode
-from contracts.kafka import ReliableProducer, topic_partitions
-from contracts.settings import Settings
-from contracts.topics import FEEDBACK, IMPRESSIONS, ITEMS, REQUESTS, SLATES
+from shelfq.contracts.errors import EventError, ShelfqError
+from shelfq.contracts.events import Event, Feedback, Impression, Item, Request, Slate, decode, encode
+from shelfq.contracts.kafka import ReliableProducer, topic_partitions
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import FEEDBACK, IMPRESSIONS, ITEMS, REQUESTS, SLATES
 
 TOPIC_OF: dict[type[Event], str] = {Request: REQUESTS, Impression: IMPRESSIONS, Feedback: FEEDBACK, Item: ITEMS}
 

@@ -36,11 +36,11 @@ from typing import Any
 
 import msgspec
 
-from contracts.errors import ConfigError, EventError, ShelfqError
-from contracts.events import (MAX_EVENT_BYTES, MAX_HISTORY, Event, Feedback, Impression, Interaction, Item, State,
+from shelfq.contracts.errors import ConfigError, EventError, ShelfqError
+from shelfq.contracts.events import (MAX_EVENT_BYTES, MAX_HISTORY, Event, Feedback, Impression, Interaction, Item, State,
                               decode, schema_of)
-from contracts.settings import Settings
-from frontend.client import ShopClient
+from shelfq.contracts.settings import Settings
+from shelfq.frontend.client import ShopClient
 
 CSV_COLUMNS = {
     "kind": "impression, click, add_to_cart, purchase or exit",

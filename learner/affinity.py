@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from learner.features import EVENT_KINDS
+from shelfq.learner.features import EVENT_KINDS
 
 FEATURES = 2 * (EVENT_KINDS - 1) + 2
 NEXT_FEATURES = 2  # with a next-items table: share and log1p count of candidate after the newest item

@@ -3,7 +3,7 @@ one before anything serves it. Shared by the learner (writer) and the agents (re
 
 Nothing is unpickled: safetensors holds raw tensors, the headers are JSON and text.
 
->>> from learner.config import LearnerConfig
+>>> from shelfq.learner.config import LearnerConfig
 >>> net = QNetwork(LearnerConfig(hash_buckets=64, context_buckets=8))
 >>> value, headers = model_message(net, LearnerConfig(hash_buckets=64, context_buckets=8), version=1, created_ts=1.0)
 >>> loaded = load_model(value, headers.to_headers())
@@ -28,11 +28,11 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch.overrides import TorchFunctionMode
 
-from contracts.errors import ConfigError, EventError
-from contracts.models import DTYPE_BYTES, ModelHeaders, read_safetensors_index
-from learner.config import NETWORK_FIELDS, LearnerConfig
-from learner.item_features import CATEGORY_BUCKETS, PRICE_BANDS
-from learner.network import QNetwork
+from shelfq.contracts.errors import ConfigError, EventError
+from shelfq.contracts.models import DTYPE_BYTES, ModelHeaders, read_safetensors_index
+from shelfq.learner.config import NETWORK_FIELDS, LearnerConfig
+from shelfq.learner.item_features import CATEGORY_BUCKETS, PRICE_BANDS
+from shelfq.learner.network import QNetwork
 
 _TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32"}
 assert set(_TORCH_DTYPES.values()) <= set(DTYPE_BYTES)

@@ -46,7 +46,7 @@ from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file as load_tensors
 from safetensors.torch import save_file as save_tensors
 
-from contracts.errors import ShelfqError
+from shelfq.contracts.errors import ShelfqError
 
 log = logging.getLogger(__name__)
 

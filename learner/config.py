@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contracts.errors import ConfigError
-from contracts.events import MAX_SLATE_SIZE
-from contracts.settings import fields_from_env
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.events import MAX_SLATE_SIZE
+from shelfq.contracts.settings import fields_from_env
 
 ENCODERS = ("gru", "lstm", "cnn")
 OBJECTIVES = ("item", "slateq")

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from contracts.errors import ConfigError
-from contracts.events import Item
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.events import Item
 
 MINILM_DIM = 384
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from contracts.errors import ConfigError
+from shelfq.contracts.errors import ConfigError
 
 
 def pick_device(name: str = "auto") -> torch.device:

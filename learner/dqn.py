@@ -2,7 +2,7 @@
 ``score`` items for a state. No Kafka here; ``learner.service`` feeds it from the topic.
 
 >>> import msgspec
->>> from contracts.examples import EXAMPLES
+>>> from shelfq.contracts.examples import EXAMPLES
 >>> dqn = DQN(LearnerConfig(batch_size=2, learning_starts=2, replay_capacity=8, candidates=4))
 >>> t = EXAMPLES["transitions"][1]
 >>> dqn.learn_one(t) is None                            # not enough data for a step yet
@@ -25,19 +25,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from contracts.events import Item, State, Transition
-from learner.candidates import Catalog
-from learner.columns import LINK_FIELDS, Rows
-from learner.config import LearnerConfig
-from learner.device import autocast, pick_device
-from learner.features import Featurizer
-from learner.item_features import attribute_rows
-from learner.next_clicks import NextClicks
-from learner.network import QNetwork, UserVectors
-from learner.replay import ReplayBuffer, Sample
-from learner.sessions import SessionLinks, bootstrap
-from learner.slateq import item_scores, slate_value
-from learner.wire import TransitionView
+from shelfq.contracts.events import Item, State, Transition
+from shelfq.learner.candidates import Catalog
+from shelfq.learner.columns import LINK_FIELDS, Rows
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.device import autocast, pick_device
+from shelfq.learner.features import Featurizer
+from shelfq.learner.item_features import attribute_rows
+from shelfq.learner.next_clicks import NextClicks
+from shelfq.learner.network import QNetwork, UserVectors
+from shelfq.learner.replay import ReplayBuffer, Sample
+from shelfq.learner.sessions import SessionLinks, bootstrap
+from shelfq.learner.slateq import item_scores, slate_value
+from shelfq.learner.wire import TransitionView
 
 
 @dataclass(frozen=True, slots=True)

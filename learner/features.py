@@ -8,7 +8,7 @@ agent replica must agree on it.
 >>> f = Featurizer(hash_buckets=1000, history_length=3)
 >>> f.bucket("sku-1") == f.bucket("sku-1") and 1 <= f.bucket("sku-1") < 1000
 True
->>> from contracts.events import Interaction, State
+>>> from shelfq.contracts.events import Interaction, State
 >>> s = State(history=[Interaction(item_id="a", event="click", ts=1.0),
 ...                    Interaction(item_id="b", event="purchase", ts=2.0)], context={"device": "app"})
 >>> items, events, context, weights = f.states([s])
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from contracts.events import ORGANIC, State
-from learner.columns import LINK_COLUMNS, ROW_COLUMNS
-from learner.columns import LINK_FIELDS as LINK_FIELDS  # where the tests of the links read them
+from shelfq.contracts.events import ORGANIC, State
+from shelfq.learner.columns import LINK_COLUMNS, ROW_COLUMNS
+from shelfq.learner.columns import LINK_FIELDS as LINK_FIELDS  # where the tests of the links read them
 
 EVENT_IDS = {"click": 1, "add_to_cart": 2, "purchase": 3}
 EVENT_KINDS = len(EVENT_IDS) + 1  # plus padding
@@ -97,7 +97,7 @@ class Featurizer:
         axis, named by ``ROW_FIELDS`` and ``LINK_FIELDS`` and typed as ``learner.columns`` declares.
         Built from flat lists, one array per field: this is the ingestion's hot path.
 
-        >>> from learner.synthetic import bait_or_build
+        >>> from shelfq.learner.synthetic import bait_or_build
         >>> r = Featurizer(1000, 3).rows(bait_or_build(2, seed=0))
         >>> r["items"].shape, r["actions"].dtype, r["rewards"].tolist()
         ((2, 3), dtype('int32'), [0.5, 1.0])

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import msgspec
 import numpy as np
 
-from contracts.errors import ShelfqError
-from contracts.events import Id, Transition, decode_view, schema_of
+from shelfq.contracts.errors import ShelfqError
+from shelfq.contracts.events import Id, Transition, decode_view, schema_of
 
 if TYPE_CHECKING:
-    from learner.wire import TransitionView
+    from shelfq.learner.wire import TransitionView
 
 POLL_TIMEOUT_S = 0.1
 _ENCODER = msgspec.msgpack.Encoder()
@@ -155,13 +155,13 @@ def arm_filter(arm: str, max_bytes: int) -> Callable[[bytes | None], Any]:
     What is not a transition at all fails as ``decode_transition`` fails (a dead letter).
 
     >>> import msgspec
-    >>> from contracts.events import encode
-    >>> from contracts.examples import EXAMPLES
+    >>> from shelfq.contracts.events import encode
+    >>> from shelfq.contracts.examples import EXAMPLES
     >>> t, keep = EXAMPLES["transitions"][1], arm_filter("a", 1 << 20)
     >>> keep(encode(msgspec.structs.replace(t, arm="a"))).action, keep(encode(msgspec.structs.replace(t, arm="b"))), keep(encode(t))
     ('sku-3', None, None)
     """
-    from learner.wire import decode_transition
+    from shelfq.learner.wire import decode_transition
 
     def decode(data: bytes | None) -> Any:
         if decode_view(data, ArmView, max_bytes=max_bytes).arm != arm:
@@ -186,12 +186,12 @@ def _child_main(conn: Connection, env: dict[str, Any], batch_size: int, limit: i
 
 class _Child:
     def __init__(self, conn: Connection, env: dict[str, Any], batch_size: int, limit: int | None, parent: int) -> None:
-        from contracts.kafka import EventConsumer
-        from contracts.outage import BrokerWatch, install
-        from contracts.settings import Settings
-        from contracts.topics import TRANSITIONS
-        from learner.features import Featurizer
-        from learner.wire import decode_transition
+        from shelfq.contracts.kafka import EventConsumer
+        from shelfq.contracts.outage import BrokerWatch, install
+        from shelfq.contracts.settings import Settings
+        from shelfq.contracts.topics import TRANSITIONS
+        from shelfq.learner.features import Featurizer
+        from shelfq.learner.wire import decode_transition
 
         self.conn, self.batch_size, self.limit, self.parent = conn, batch_size, limit, parent
         settings = Settings.from_plain(env["settings"])

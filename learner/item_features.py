@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from learner.features import stable_hash
+from shelfq.learner.features import stable_hash
 
 CATEGORY_BUCKETS = 256
 PRICE_BANDS = 32

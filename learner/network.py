@@ -32,13 +32,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from contracts.events import MAX_SLATE_SIZE
-from learner.config import LearnerConfig
-from learner.affinity import FEATURES as AFFINITY_FEATURES
-from learner.affinity import NEXT_FEATURES
-from learner.affinity import affinity
-from learner.features import EVENT_KINDS
-from learner.item_features import CATEGORY_BUCKETS, COLUMNS, PRICE_BANDS
+from shelfq.contracts.events import MAX_SLATE_SIZE
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.affinity import FEATURES as AFFINITY_FEATURES
+from shelfq.learner.affinity import NEXT_FEATURES
+from shelfq.learner.affinity import affinity
+from shelfq.learner.features import EVENT_KINDS
+from shelfq.learner.item_features import CATEGORY_BUCKETS, COLUMNS, PRICE_BANDS
 
 
 class UserVectors(NamedTuple):

@@ -16,7 +16,7 @@ The id is ``<topic prefix>learner-<policy>`` (``transactional_id``), the same na
 learner's consumer group: two deployments with their own topic prefixes never fence each
 other, and an experiment's arms (each its own ``--policy``) neither.
 
->>> from contracts.settings import Settings
+>>> from shelfq.contracts.settings import Settings
 >>> transactional_id(Settings(topic_prefix="shop1."), "dqn-myopic")
 'shop1.learner-dqn-myopic'
 """
@@ -28,9 +28,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from contracts.errors import ConfigError, ShelfqError
-from contracts.outage import LIBRDKAFKA_NOISE, BrokerWatch, ConnectionNoise, report_client_error
-from contracts.settings import KAFKA_LOGGER, Settings
+from shelfq.contracts.errors import ConfigError, ShelfqError
+from shelfq.contracts.outage import LIBRDKAFKA_NOISE, BrokerWatch, ConnectionNoise, report_client_error
+from shelfq.contracts.settings import KAFKA_LOGGER, Settings
 
 #: How long one call to the transaction coordinator may block before it is tried again.
 CALL_TIMEOUT_S = 30.0

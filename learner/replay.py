@@ -3,8 +3,8 @@
 Preallocated numpy arrays: memory is fixed by ``capacity`` and known up front, appends and
 samples are vectorised, and the whole buffer saves to safetensors as it is (checkpoints).
 
->>> from learner.features import Featurizer
->>> from learner.synthetic import bait_or_build
+>>> from shelfq.learner.features import Featurizer
+>>> from shelfq.learner.synthetic import bait_or_build
 >>> buf = ReplayBuffer(capacity=4, history_length=2, seed=0)
 >>> buf.add(Featurizer(1000, 2).rows(bait_or_build(6, seed=0)))
 >>> len(buf), buf.added                                   # bounded: the oldest were overwritten
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.columns import COLUMNS, ROW_FIELDS, SUCCESSORS, Rows, take
-from learner.features import MAX_CONTEXT
+from shelfq.learner.columns import COLUMNS, ROW_FIELDS, SUCCESSORS, Rows, take
+from shelfq.learner.features import MAX_CONTEXT
 
 _PRIORITY_EPS = 1e-3
 CLICK_COLUMNS = ("clicks", "quiet", "slates")  # what SlateQ reads, added after the first checkpoints

@@ -25,20 +25,20 @@ from typing import Any, NamedTuple
 import torch
 from confluent_kafka import Consumer, TopicPartition
 
-from contracts.errors import ConfigError, EventError
-from contracts.events import Item
-from contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
-from contracts.models import ModelHeaders, read_safetensors_index
-from contracts.outage import BrokerWatch, install
-from contracts.settings import Settings
-from contracts.topics import ITEMS, MODELS, TRANSITIONS
-from learner.artifact import model_message
-from learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, save_checkpoint
-from learner.config import LearnerConfig
-from learner.dqn import DQN, StepStats
-from learner.ingest import Ingest
-from learner.metrics import LearnerMetrics
-from learner.publisher import ModelPublisher
+from shelfq.contracts.errors import ConfigError, EventError
+from shelfq.contracts.events import Item
+from shelfq.contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
+from shelfq.contracts.models import ModelHeaders, read_safetensors_index
+from shelfq.contracts.outage import BrokerWatch, install
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import ITEMS, MODELS, TRANSITIONS
+from shelfq.learner.artifact import model_message
+from shelfq.learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, save_checkpoint
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN, StepStats
+from shelfq.learner.ingest import Ingest
+from shelfq.learner.metrics import LearnerMetrics
+from shelfq.learner.publisher import ModelPublisher
 
 log = logging.getLogger("shelfq.learner")
 ITEMS_EVERY_S = 1.0
@@ -61,7 +61,7 @@ class Learner:
     def __init__(self, settings: Settings, config: LearnerConfig, *, group_id: str | None = None,
                  metrics: LearnerMetrics | None = None, content: Any = None) -> None:
         if config.content_dim and content is None:
-            from learner.content import ContentIndex, TitleEmbedder
+            from shelfq.learner.content import ContentIndex, TitleEmbedder
 
             embedder = TitleEmbedder()
             if embedder.dim != config.content_dim:

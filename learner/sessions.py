@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from learner.columns import LINK_FIELDS, SUCCESSORS
+from shelfq.learner.columns import LINK_FIELDS, SUCCESSORS
 
 __all__ = ["LINK_FIELDS", "Bootstrap", "SessionLinks", "bootstrap"]
 

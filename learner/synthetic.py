@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from contracts.events import Interaction, InteractionKind, State, Transition
+from shelfq.contracts.events import Interaction, InteractionKind, State, Transition
 
 BAIT, BUILD, GEM = "bait", "build", "gem"
 T0 = 1_700_000_000.0

@@ -7,8 +7,8 @@ finite as the replay buffer's float32; bounded context numbers), plus the two ch
 matter for training: a finite reward and an action that is the slate's item at ``position``.
 A transition failing them goes to ``dlq`` like any invalid event.
 
->>> from contracts.examples import EXAMPLES
->>> from contracts.events import encode
+>>> from shelfq.contracts.examples import EXAMPLES
+>>> from shelfq.contracts.events import encode
 >>> t = decode_transition(encode(EXAMPLES["transitions"][1]))
 >>> t.transition_id, t.action, t.reward, len(t.next_state.history)
 ('req-9f1c:1', 'sku-3', 8.0, 5)
@@ -29,8 +29,8 @@ from typing import Annotated
 
 import msgspec
 
-from contracts.errors import EventError
-from contracts.events import (
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import (
     MAX_EVENT_BYTES,
     MAX_HISTORY,
     MAX_SLATE_SIZE,

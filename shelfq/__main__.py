@@ -1,6 +1,6 @@
 import sys
 
-from shelfq.cli import main
+from shelfq.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

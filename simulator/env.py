@@ -27,8 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from contracts.events import DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS, Interaction, State, Transition
-from simulator.world import Outcome, Session, World, WorldConfig
+from shelfq.contracts.events import DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS, Interaction, State, Transition
+from shelfq.simulator.world import Outcome, Session, World, WorldConfig
 
 EVENT_WEIGHTS = DEFAULT_REWARD_WEIGHTS
 EVENT_CODES = {"click": 1, "add_to_cart": 2, "purchase": 3}

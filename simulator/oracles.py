@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.world import Session, World, WorldConfig
+from shelfq.simulator.world import Session, World, WorldConfig
 
 ORACLES = ("click-greedy", "quality-aware")
 

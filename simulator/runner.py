@@ -18,13 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from contracts.errors import ConfigError
-from contracts.events import Feedback, Impression, Interaction, Request, State
-from contracts.settings import Settings
-from frontend.client import ShopClient
-from simulator.env import EVENT_WEIGHTS, HISTORY, feedback_of
-from simulator.metrics import SimulatorMetrics
-from simulator.world import World, WorldConfig
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.events import Feedback, Impression, Interaction, Request, State
+from shelfq.contracts.settings import Settings
+from shelfq.frontend.client import ShopClient
+from shelfq.simulator.env import EVENT_WEIGHTS, HISTORY, feedback_of
+from shelfq.simulator.metrics import SimulatorMetrics
+from shelfq.simulator.world import World, WorldConfig
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from contracts.errors import ConfigError
-from contracts.events import Item
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.events import Item
 
 ADJECTIVES = ("classic", "compact", "deluxe", "eco", "everyday", "premium", "pro", "smart", "travel", "vintage")
 CATEGORIES = ("books", "kitchen", "garden", "toys", "audio", "shoes", "sports", "beauty", "games", "office",

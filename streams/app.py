@@ -31,20 +31,20 @@ import msgspec
 from faust.serializers import codecs
 from faust.types import TP
 
-from contracts.dlq import dead_letter
-from contracts.errors import EventError
-from contracts.events import Feedback, Interaction, Transition, UserState, decode, encode
-from contracts.outage import BrokerUnreachable, BrokerWatch, ConnectionNoise, install
-from contracts.settings import Settings
-from contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
-from streams import faust_internals
-from streams.config import StreamsConfig
-from streams.gc_tuning import tune_worker_gc
-from streams.join import INPUTS, Join, Output, Record
-from streams.limits import message_size, refused_for_size
-from streams.metrics import StreamsMetrics
-from streams.sequence import DeliveryOrder, HoleReader, HoleUnreadable
-from streams.stalls import StallWatch
+from shelfq.contracts.dlq import dead_letter
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import Feedback, Interaction, Transition, UserState, decode, encode
+from shelfq.contracts.outage import BrokerUnreachable, BrokerWatch, ConnectionNoise, install
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
+from shelfq.streams import faust_internals
+from shelfq.streams.config import StreamsConfig
+from shelfq.streams.gc_tuning import tune_worker_gc
+from shelfq.streams.join import INPUTS, Join, Output, Record
+from shelfq.streams.limits import message_size, refused_for_size
+from shelfq.streams.metrics import StreamsMetrics
+from shelfq.streams.sequence import DeliveryOrder, HoleReader, HoleUnreadable
+from shelfq.streams.stalls import StallWatch
 
 log = logging.getLogger("shelfq.streams")
 COMPONENT = "streams"
@@ -510,7 +510,7 @@ class JoinWorker:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            from contracts.outage import report_client_error
+            from shelfq.contracts.outage import report_client_error
 
             self._admin = AdminClient(self.settings.confluent_config(error_cb=report_client_error))
         return self._admin

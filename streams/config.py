@@ -11,10 +11,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from contracts.errors import ConfigError
-from contracts.settings import parse_value
-from streams.join import JoinConfig
-from streams.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.settings import parse_value
+from shelfq.streams.join import JoinConfig
+from shelfq.streams.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)

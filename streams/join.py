@@ -17,7 +17,7 @@ with the same ``transition_id``; nothing is lost.
 ``process_batch`` applies a batch of events at one wall time: exactly what ``process`` would
 give for each, one after the other, for less work per event (see its docstring).
 
->>> from contracts.examples import EXAMPLES, T0
+>>> from shelfq.contracts.examples import EXAMPLES, T0
 >>> join = Join(JoinConfig(window_s=10))
 >>> _ = join.process(0, "slates", EXAMPLES["slates"][1], now=T0)
 >>> _ = join.process(0, "impressions", EXAMPLES["impressions"][1], now=T0)
@@ -43,8 +43,8 @@ from typing import NamedTuple
 import msgspec
 from msgspec.structs import replace
 
-from contracts.errors import ConfigError
-from contracts.events import (DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS, Event, Feedback, Impression, Interaction, Slate,
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.events import (DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS, Event, Feedback, Impression, Interaction, Slate,
                              State, Transition)
 
 SLATES, IMPRESSIONS, FEEDBACK = "slates", "impressions", "feedback"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from contracts.events import Transition
-from contracts.observability import ConsumerSeries
+from shelfq.contracts.events import Transition
+from shelfq.contracts.observability import ConsumerSeries
 
 # Emit latency is milliseconds to seconds; the buckets resolve the 50 ms budget finely.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from contracts.errors import ShelfqError
+from shelfq.contracts.errors import ShelfqError
 
 Verdict = Literal["process", "repeat", "hole"]
 

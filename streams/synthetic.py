@@ -14,8 +14,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from contracts.events import Event, Feedback, Impression, Interaction, Slate, State
-from streams.join import DEFAULT_WEIGHTS
+from shelfq.contracts.events import Event, Feedback, Impression, Interaction, Slate, State
+from shelfq.streams.join import DEFAULT_WEIGHTS
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.errors import ConfigError
-from contracts.settings import fields_from_env
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.settings import fields_from_env
 
 ENV_PREFIX = "SHELFQ_GATE_"
 EXPLORATIONS = ("greedy", "epsilon", "boltzmann")

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from agents.policies import Explorer
-from contracts.decisions import Interval
-from evaluation.gate.window import as_interval
-from evaluation.logs import LoggedImpression
-from learner.artifact import LoadedModel
-from evaluation.offpolicy import evaluate_model
+from shelfq.agents.policies import Explorer
+from shelfq.contracts.decisions import Interval
+from shelfq.evaluation.gate.window import as_interval
+from shelfq.evaluation.logs import LoggedImpression
+from shelfq.learner.artifact import LoadedModel
+from shelfq.evaluation.offpolicy import evaluate_model
 
 
 class Estimates(NamedTuple):

@@ -11,17 +11,17 @@ import logging
 import threading
 import time
 
-from agents.policies import Explorer
-from contracts.decisions import Figures, ModelDecision
-from contracts.events import Item, Transition
-from evaluation.estimators import mean_ci
-from evaluation.gate import ledger
-from evaluation.gate.config import GateConfig
-from evaluation.gate.estimate import Estimates, estimate
-from evaluation.gate.metrics import OUTCOMES, GateMetrics
-from evaluation.gate.rules import RollbackClock, promotion
-from evaluation.gate.window import Window, as_interval
-from learner.artifact import LoadedModel
+from shelfq.agents.policies import Explorer
+from shelfq.contracts.decisions import Figures, ModelDecision
+from shelfq.contracts.events import Item, Transition
+from shelfq.evaluation.estimators import mean_ci
+from shelfq.evaluation.gate import ledger
+from shelfq.evaluation.gate.config import GateConfig
+from shelfq.evaluation.gate.estimate import Estimates, estimate
+from shelfq.evaluation.gate.metrics import OUTCOMES, GateMetrics
+from shelfq.evaluation.gate.rules import RollbackClock, promotion
+from shelfq.evaluation.gate.window import Window, as_interval
+from shelfq.learner.artifact import LoadedModel
 
 log = logging.getLogger("shelfq.gate")
 #: Rollback targets kept loaded beside the serving version and the newest.

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from contracts.decisions import MAX_GOOD, MAX_VERSIONS, Figures, Interval, ModelDecision, VersionStatus
+from shelfq.contracts.decisions import MAX_GOOD, MAX_VERSIONS, Figures, Interval, ModelDecision, VersionStatus
 
 #: What ``shelfq models list`` says of a version.
 SHADOW, SKIPPED = "shadow", "skipped"

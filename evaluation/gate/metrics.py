@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from contracts.decisions import Interval
+from shelfq.contracts.decisions import Interval
 
 #: Decision counter label per action.
 OUTCOMES = {"adopt": "adopted", "promote": "promoted", "hold": "held", "rollback": "rolled_back"}

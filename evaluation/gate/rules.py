@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from contracts.decisions import Interval
+from shelfq.contracts.decisions import Interval
 
 
 class Verdict(NamedTuple):

@@ -27,17 +27,17 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from agents.service import ModelWatcher
-from contracts.decisions import ModelDecision, encode_decision, read_decisions, watermarks
-from contracts.errors import EventError
-from contracts.events import Transition, decode
-from contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
-from contracts.settings import Settings
-from contracts.topics import ITEMS, MODEL_DECISIONS, TRANSITIONS
-from evaluation.gate.config import GateConfig
-from evaluation.gate.judge import Judge
-from evaluation.gate.metrics import GateMetrics
-from learner.artifact import LoadedModel
+from shelfq.agents.service import ModelWatcher
+from shelfq.contracts.decisions import ModelDecision, encode_decision, read_decisions, watermarks
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import Transition, decode
+from shelfq.contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import ITEMS, MODEL_DECISIONS, TRANSITIONS
+from shelfq.evaluation.gate.config import GateConfig
+from shelfq.evaluation.gate.judge import Judge
+from shelfq.evaluation.gate.metrics import GateMetrics
+from shelfq.learner.artifact import LoadedModel
 
 log = logging.getLogger("shelfq.gate")
 #: Transitions read back from the tail per impression of the window (a slate of ten, and room).

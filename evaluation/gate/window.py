@@ -5,7 +5,7 @@ Transitions of one impression arrive one by one (the join emits each shown item 
 attribution window closes); an impression enters the window once its first ``positions``
 positions are all there, and the oldest leave it. A repeated transition counts once.
 
->>> from learner.synthetic import bait_or_gem_slates
+>>> from shelfq.learner.synthetic import bait_or_gem_slates
 >>> w = Window(size=2, positions=1)
 >>> for t in bait_or_gem_slates(3, seed=0):
 ...     w.add(t)
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
-from contracts.decisions import Interval
-from contracts.events import Transition
-from evaluation.estimators import mean_ci
-from evaluation.logs import LoggedImpression, LoggedPosition
+from shelfq.contracts.decisions import Interval
+from shelfq.contracts.events import Transition
+from shelfq.evaluation.estimators import mean_ci
+from shelfq.evaluation.logs import LoggedImpression, LoggedPosition
 
 #: Impressions still waiting for positions, at most this many times the window.
 OPEN_FACTOR = 4
@@ -63,7 +63,7 @@ class Window:
         """The mean reward per impression (of the estimated positions) of the newest ``last``
         impressions that ``version`` served, with its interval; None without any.
 
-        >>> from learner.synthetic import bait_or_gem_slates
+        >>> from shelfq.learner.synthetic import bait_or_gem_slates
         >>> w = Window(size=100, positions=2)
         >>> for t in bait_or_gem_slates(50, seed=1):
         ...     w.add(t)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from contracts.settings import Settings
-from contracts.topics import topic_specs
-from shelfq import scrape
-from shelfq.ports import free_port  # noqa: F401 - the tests import it from here
-from shelfq.topic_admin import delete_topics, ensure_topics
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import topic_specs
+from shelfq.ops import scrape
+from shelfq.ops.ports import free_port  # noqa: F401 - the tests import it from here
+from shelfq.ops.topic_admin import delete_topics, ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -33,13 +33,13 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from contracts.errors import ShelfqError
-from contracts.events import Feedback, Transition, UserState, decode, encode
-from contracts.examples import EXAMPLES
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from shelfq.broker import KAFKA_DEPLOY_DIR, EmbeddedBroker
-from shelfq.topic_admin import ensure_topics
+from shelfq.contracts.errors import ShelfqError
+from shelfq.contracts.events import Feedback, Transition, UserState, decode, encode
+from shelfq.contracts.examples import EXAMPLES
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.ops.broker import KAFKA_DEPLOY_DIR, EmbeddedBroker
+from shelfq.ops.topic_admin import ensure_topics
 from tests.integration.conftest import ShelfqProcess, free_port, read_topic
 
 PREFIX = "acl."
@@ -185,8 +185,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredCluster
 
 
 def _learner(settings: Settings, checkpoint_dir: Path):
-    from learner.config import LearnerConfig
-    from learner.service import Learner
+    from shelfq.learner.config import LearnerConfig
+    from shelfq.learner.service import Learner
 
     config = LearnerConfig(hash_buckets=256, context_buckets=16, embedding_dim=8, hidden_dim=8, history_length=4,
                            device="cpu", metrics_port=0, checkpoint_dir=checkpoint_dir)
@@ -194,7 +194,7 @@ def _learner(settings: Settings, checkpoint_dir: Path):
 
 
 def test_the_learner_publishes_a_model_and_the_agent_serves_it(cluster: SecuredCluster, tmp_path: Path) -> None:
-    from agents.service import ModelWatcher
+    from shelfq.agents.service import ModelWatcher
 
     learner = _learner(cluster.settings("learner"), tmp_path / "ck")  # reads models and items first
     try:
@@ -234,8 +234,8 @@ def test_the_agent_may_not_write_models(cluster: SecuredCluster) -> None:
         reliable.flush(30)
 
     # Nor may it take the learner's transactional id, which would fence the learner.
-    from contracts.outage import BrokerWatch
-    from learner.publisher import ModelPublisher
+    from shelfq.contracts.outage import BrokerWatch
+    from shelfq.learner.publisher import ModelPublisher
 
     watch = BrokerWatch("agent", cluster.bootstrap, 30.0, lambda: None)
     with pytest.raises(ShelfqError, match="refuses the transactional id 'acl.learner-dqn'"):
@@ -244,7 +244,7 @@ def test_the_agent_may_not_write_models(cluster: SecuredCluster) -> None:
 
 
 def test_the_streams_worker_and_a_frontend_work_with_their_own_acls(cluster: SecuredCluster, tmp_path: Path) -> None:
-    from frontend.client import ShopClient
+    from shelfq.frontend.client import ShopClient
 
     (_, slate), (_, impression), (_, purchase) = EXAMPLES["slates"], EXAMPLES["impressions"], EXAMPLES["feedback"]
     leave = Feedback(request_id=purchase.request_id, user_id=purchase.user_id, session_id=purchase.session_id,

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import DeadLetter, Interaction, Item, Request, Slate, UserState, decode, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from frontend.client import ShopClient
-from learner.artifact import model_message
-from learner.config import LearnerConfig
-from learner.network import QNetwork
+from shelfq.contracts.events import DeadLetter, Interaction, Item, Request, Slate, UserState, decode, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.frontend.client import ShopClient
+from shelfq.learner.artifact import model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.network import QNetwork
 from tests.integration.conftest import ShelfqProcess, read_topic
 
 CATALOG = [Item(item_id=f"sku-{i}", title=f"item {i}", category=f"c{i % 3}", ts=1.0) for i in range(20)]
@@ -215,8 +215,8 @@ def test_two_arms_answer_each_user_from_its_arm_and_the_join_carries_the_arm(set
     """Users split by the hash of their id: each user's slates all come from one arm, the arm
     the split names; an arm serves its own model once it arrives (the other its fallback); the
     slates say their arm, and so do the transitions the join makes of them."""
-    from agents.arms import ArmSplit, parse_arms
-    from contracts.events import Feedback, Impression, Transition
+    from shelfq.agents.arms import ArmSplit, parse_arms
+    from shelfq.contracts.events import Feedback, Impression, Transition
 
     arms = "lt=dqn-lt:0.5,my=dqn-my:0.5"
     produce_catalog(settings)
@@ -282,8 +282,8 @@ def test_two_arms_answer_each_user_from_its_arm_and_the_join_carries_the_arm(set
 
 
 def test_an_agent_stopped_by_an_error_leaves_the_unanswered_requests_for_the_next_one(settings: Settings) -> None:
-    from agents.config import AgentConfig
-    from agents.service import Agent
+    from shelfq.agents.config import AgentConfig
+    from shelfq.agents.service import Agent
 
     produce_catalog(settings)
     ids = send_requests(settings, 3, "crash")
@@ -311,7 +311,7 @@ def test_an_agent_reads_its_catalog_before_it_answers_requests_that_waited(setti
                                                                            tmp_path: Path) -> None:
     """A restarted agent finds requests waiting: it answers each from the catalog, none of
     them dead-lettered as unanswerable for an items cache not yet read (the chaos run saw it)."""
-    from contracts.kafka import CompactedReader
+    from shelfq.contracts.kafka import CompactedReader
 
     produce_catalog(settings)
     reader = CompactedReader(settings, "agent", "items")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from contracts.events import Request, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
+from shelfq.contracts.events import Request, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
 from tests.integration.test_agent import CATALOG, AgentProcess, agents, produce_catalog, slates_for  # noqa: F401
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from contracts.settings import Settings
-from evaluation.sequence_log import generate
-from evaluation.sequential import PREDICTORS, prequential, summary
-from shelfq.bench_replay import ReplayBenchConfig, load
+from shelfq.contracts.settings import Settings
+from shelfq.evaluation.sequence_log import generate
+from shelfq.evaluation.sequential import PREDICTORS, prequential, summary
+from shelfq.bench.replay import ReplayBenchConfig, load
 
 EVENTS = 300
 

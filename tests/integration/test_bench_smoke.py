@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from contracts.settings import Settings
+from shelfq.contracts.settings import Settings
 
 
 def test_bench_learner_prints_every_figure(base_settings: Settings) -> None:

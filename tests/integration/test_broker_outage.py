@@ -15,12 +15,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from contracts.events import Slate, decode, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from learner.synthetic import bait_or_build
-from shelfq.topic_admin import ensure_topics
-from streams.synthetic import synthetic_traffic
+from shelfq.contracts.events import Slate, decode, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.learner.synthetic import bait_or_build
+from shelfq.ops.topic_admin import ensure_topics
+from shelfq.streams.synthetic import synthetic_traffic
 from tests.integration.conftest import ShelfqProcess, free_port, read_topic
 from tests.integration.test_agent import produce_catalog, send_requests
 from tests.integration.test_learner import SMALL

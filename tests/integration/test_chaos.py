@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shelfq.bench_chaos import ChaosConfig, run_chaos
+from shelfq.bench.chaos import ChaosConfig, run_chaos
 
 
 # About 1.5 minutes alone on the 2 cores; 3 to 5 with the machine shared (the suite's default is 300 s).

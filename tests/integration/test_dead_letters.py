@@ -13,13 +13,13 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from contracts.events import DeadLetter, Request, decode, encode
-from contracts.examples import EXAMPLES
-from contracts.kafka import EventConsumer, ReliableProducer, topic_partitions
-from contracts.errors import ConfigError
-from contracts.settings import Settings
-from contracts.topics import topic_specs
-from shelfq.topic_admin import delete_topics, ensure_topics
+from shelfq.contracts.events import DeadLetter, Request, decode, encode
+from shelfq.contracts.examples import EXAMPLES
+from shelfq.contracts.kafka import EventConsumer, ReliableProducer, topic_partitions
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import topic_specs
+from shelfq.ops.topic_admin import delete_topics, ensure_topics
 
 GOOD = EXAMPLES["requests"][1]
 BAD = {

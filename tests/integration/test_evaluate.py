@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from contracts.events import Item, State, Transition, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from learner.artifact import model_message
-from learner.config import LearnerConfig
-from learner.network import QNetwork
-from shelfq.cli import main
+from shelfq.contracts.events import Item, State, Transition, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.learner.artifact import model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.network import QNetwork
+from shelfq.cli.main import main
 
 SMALL = LearnerConfig(hash_buckets=256, context_buckets=16, embedding_dim=8, hidden_dim=8, history_length=4)
 CATALOG = [Item(item_id=f"sku-{i}", category=f"c{i % 2}", ts=1.0) for i in range(6)]

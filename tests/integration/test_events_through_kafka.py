@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from contracts.events import decode, encode
-from contracts.examples import EXAMPLES
-from contracts.kafka import EventConsumer, ReliableProducer
-from contracts.settings import Settings
-from contracts.topics import DLQ, EVENT_OF_TOPIC
-from shelfq.roundtrip import roundtrip
+from shelfq.contracts.events import decode, encode
+from shelfq.contracts.examples import EXAMPLES
+from shelfq.contracts.kafka import EventConsumer, ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import DLQ, EVENT_OF_TOPIC
+from tests.integration.roundtrip import roundtrip
 from tests.integration.conftest import aiokafka_round_trip
 
 JSON_TOPICS = [t for t, kind in EVENT_OF_TOPIC.items() if kind is not None and t != DLQ]

@@ -21,19 +21,19 @@ import msgspec
 import numpy as np
 import pytest
 
-from contracts.decisions import encode_decision, read_decisions
-from contracts.errors import ShelfqError
-from contracts.events import Request, State, Transition, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from evaluation.benchmark import train
-from evaluation.gate import ledger
-from evaluation.gate.config import GateConfig
-from evaluation.gate.service import Gate
-from learner.artifact import model_message
-from learner.config import LearnerConfig
-from learner.network import QNetwork
-from shelfq import models_cli
+from shelfq.contracts.decisions import encode_decision, read_decisions
+from shelfq.contracts.errors import ShelfqError
+from shelfq.contracts.events import Request, State, Transition, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.evaluation.benchmark import train
+from shelfq.evaluation.gate import ledger
+from shelfq.evaluation.gate.config import GateConfig
+from shelfq.evaluation.gate.service import Gate
+from shelfq.learner.artifact import model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.network import QNetwork
+from shelfq.cli import models as models_cli
 from tests.integration.test_agent import CATALOG, AgentProcess, produce_catalog, slates_for
 
 GOOD_ITEMS = {f"sku-{i}" for i in range(15, 20)}
@@ -191,7 +191,7 @@ def test_shadow_promote_hold_rollback_and_every_agent_serves_the_decided_version
 
 
 def test_each_arm_serves_its_policys_decided_version(settings: Settings, tmp_path: Path) -> None:
-    from agents.arms import ArmSplit, parse_arms
+    from shelfq.agents.arms import ArmSplit, parse_arms
 
     arms = "a=dqn-a:0.5,b=dqn-b:0.5"
     produce_catalog(settings)

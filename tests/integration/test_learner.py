@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from contracts.errors import EventError
-from contracts.events import encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from learner.artifact import load_model
-from learner.checkpoint import load_checkpoint
-from learner.service import latest_published_version
-from learner.synthetic import bait_or_build
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.learner.artifact import load_model
+from shelfq.learner.checkpoint import load_checkpoint
+from shelfq.learner.service import latest_published_version
+from shelfq.learner.synthetic import bait_or_build
 from tests.integration.conftest import ShelfqProcess
 
 SMALL = {

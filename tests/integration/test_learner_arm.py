@@ -11,12 +11,12 @@ from pathlib import Path
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
-from contracts.events import encode
-from contracts.kafka import ReliableProducer, topic_partitions
-from contracts.settings import Settings
-from learner.config import LearnerConfig
-from learner.service import Learner
-from learner.synthetic import bait_or_build
+from shelfq.contracts.events import encode
+from shelfq.contracts.kafka import ReliableProducer, topic_partitions
+from shelfq.contracts.settings import Settings
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.service import Learner
+from shelfq.learner.synthetic import bait_or_build
 
 SMALL = dict(hash_buckets=1024, context_buckets=16, hidden_dim=16, embedding_dim=16, batch_size=32, learning_starts=32,
              replay_capacity=2000, publish_every_steps=1000, checkpoint_every_s=600, device="cpu", metrics_port=0)

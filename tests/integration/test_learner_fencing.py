@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 
-from contracts.settings import Settings
-from learner.artifact import load_model
-from learner.synthetic import bait_or_build
+from shelfq.contracts.settings import Settings
+from shelfq.learner.artifact import load_model
+from shelfq.learner.synthetic import bait_or_build
 from tests.integration.test_learner import LearnerProcess, models, produce
 
 TOOK_OVER = "another learner of policy 'dqn' took over"

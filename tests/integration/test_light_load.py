@@ -3,8 +3,8 @@ a worker used over half a core, fetching and batching every message on its own).
 
 from __future__ import annotations
 
-from contracts.settings import Settings
-from shelfq.bench_join import measure_light_load
+from shelfq.contracts.settings import Settings
+from shelfq.bench.join import measure_light_load
 
 
 def test_a_worker_at_100_input_events_per_s_uses_a_small_share_of_a_core(base_settings: Settings) -> None:

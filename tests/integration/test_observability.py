@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
 from tests.integration.conftest import REPO, ShelfqProcess, free_port
 
 DEPLOY = REPO / "deploy"

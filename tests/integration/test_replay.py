@@ -14,8 +14,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from contracts.events import Feedback, Impression, Transition, decode
-from contracts.settings import Settings
+from shelfq.contracts.events import Feedback, Impression, Transition, decode
+from shelfq.contracts.settings import Settings
 from tests.integration.conftest import ShelfqProcess, read_topic
 
 # u1 buys b from r1, then sees r2 and leaves; u2 puts a in the cart and clicks it. Rows are not

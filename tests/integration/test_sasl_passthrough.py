@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from contracts.events import Feedback, decode, encode
-from contracts.examples import EXAMPLES
-from contracts.settings import Settings
-from shelfq.broker import KAFKA_DEPLOY_DIR, EmbeddedBroker
+from shelfq.contracts.events import Feedback, decode, encode
+from shelfq.contracts.examples import EXAMPLES
+from shelfq.contracts.settings import Settings
+from shelfq.ops.broker import KAFKA_DEPLOY_DIR, EmbeddedBroker
 from tests.integration.conftest import aiokafka_round_trip, free_port
 
 SASL_LISTENER = """

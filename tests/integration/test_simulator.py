@@ -12,12 +12,12 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from contracts.events import Feedback, Impression, Item, Request, Slate, decode, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from frontend.client import ShopClient
-from simulator.runner import SimulateConfig, Simulation
-from simulator.world import WorldConfig
+from shelfq.contracts.events import Feedback, Impression, Item, Request, Slate, decode, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.frontend.client import ShopClient
+from shelfq.simulator.runner import SimulateConfig, Simulation
+from shelfq.simulator.world import WorldConfig
 from tests.integration.conftest import read_topic
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import DeadLetter, Transition, decode, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from contracts.topics import topic_specs
-from shelfq.topic_admin import delete_topics, ensure_topics
-from streams.synthetic import SyntheticTraffic, synthetic_traffic
+from shelfq.contracts.events import DeadLetter, Transition, decode, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import topic_specs
+from shelfq.ops.topic_admin import delete_topics, ensure_topics
+from shelfq.streams.synthetic import SyntheticTraffic, synthetic_traffic
 from tests.integration.conftest import ShelfqProcess, read_topic
 
 JOIN_ENV = {
@@ -86,7 +86,7 @@ def assert_same_except_emission_time(copies: list[Transition]) -> None:
 def expected_histories(traffic: SyntheticTraffic, shift: float) -> dict[str, list[tuple[str, str, float]]]:
     """Each user's interactions as user-state must hold them: every distinct feedback on an
     item once (the traffic's duplicates are exact copies), sorted."""
-    from contracts.events import Feedback
+    from shelfq.contracts.events import Feedback
 
     seen: dict[str, set[tuple[str, str, float]]] = defaultdict(set)
     for _topic, _key, event in traffic.events:
@@ -98,7 +98,7 @@ def expected_histories(traffic: SyntheticTraffic, shift: float) -> dict[str, lis
 def read_histories(settings: Settings, expected: dict[str, list], timeout: float = 30.0) -> dict[str, list]:
     """The newest user-state of each user, as sorted (item, event, ts), once it matches
     ``expected`` or at the timeout."""
-    from contracts.events import UserState
+    from shelfq.contracts.events import UserState
 
     def newest(values: list[bytes]) -> dict[str, list]:
         states = {}
@@ -265,7 +265,7 @@ def test_records_of_an_aborted_transaction_produce_no_transitions(settings: Sett
 def oversized_session(request: str, user: str, ts: float, context_chars: int) -> list[tuple[str, object]]:
     """A one-item slate whose state carries 64 context entries of ``context_chars`` characters
     (a transition carries the context twice), its impression and its exit: it closes at once."""
-    from contracts.events import Feedback, Impression, Slate, State
+    from shelfq.contracts.events import Feedback, Impression, Slate, State
 
     sid = f"s-{request}"
     state = State(context={f"k{i}": "x" * context_chars for i in range(64)})

@@ -8,9 +8,9 @@ import sys
 
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, ResourceType
 
-from contracts.settings import Settings
-from contracts.topics import topic_specs
-from shelfq.topic_admin import check_topics, describe_topics, ensure_topics
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import topic_specs
+from shelfq.ops.topic_admin import check_topics, describe_topics, ensure_topics
 
 
 def shelfq(settings: Settings, *args: str) -> subprocess.CompletedProcess:

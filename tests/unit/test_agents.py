@@ -8,17 +8,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from agents import exploration
-from agents.exclusion import allowed_mask, excluded_items
-from agents.policies import (CACHE_FROM, Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy,
+from shelfq.agents import exploration
+from shelfq.agents.exclusion import allowed_mask, excluded_items
+from shelfq.agents.policies import (CACHE_FROM, Ask, DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy,
                              category_similarity)
-from agents.service import form_ask
-from contracts.events import Interaction, Request, State, UserState
-from learner.artifact import load_model, model_message
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from learner.slateq import ChoiceModel
-from learner.synthetic import bait_or_build
+from shelfq.agents.service import form_ask
+from shelfq.contracts.events import Interaction, Request, State, UserState
+from shelfq.learner.artifact import load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.learner.slateq import ChoiceModel
+from shelfq.learner.synthetic import bait_or_build
 
 SCORES = np.array([2.0, 1.0, 0.5, -1.0])
 SIMILAR = category_similarity(["shoes", "shoes", "hats", None])

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from agents.arms import Arm, ArmSplit, parse_arms, unit_hash
-from agents.config import AgentConfig
-from contracts.errors import ConfigError
+from shelfq.agents.arms import Arm, ArmSplit, parse_arms, unit_hash
+from shelfq.agents.config import AgentConfig
+from shelfq.contracts.errors import ConfigError
 
 USERS = [f"shopper-{i:05d}" for i in range(20_000)]
 
@@ -92,7 +92,7 @@ def test_the_hash_is_spread_over_the_unit_interval() -> None:
 def _session_events(arm: str | None, inline: bool = False) -> list:
     import msgspec
 
-    from contracts.events import Feedback, Impression, Slate, State
+    from shelfq.contracts.events import Feedback, Impression, Slate, State
 
     base = dict(user_id="u1", session_id="s1")
     slate = Slate(request_id="r1", ts=100.0, items=["a", "b"], scores=[1.0, 0.5], propensities=[0.9, 0.8],
@@ -107,7 +107,7 @@ def _session_events(arm: str | None, inline: bool = False) -> list:
 
 
 def _transitions(events: list) -> list:
-    from streams.join import Join, JoinConfig
+    from shelfq.streams.join import Join, JoinConfig
 
     join = Join(JoinConfig(window_s=60))
     out = []
@@ -119,7 +119,7 @@ def _transitions(events: list) -> list:
 
 
 def test_the_join_copies_the_slate_s_arm_into_each_transition_and_it_round_trips() -> None:
-    from contracts.events import Transition, decode, encode
+    from shelfq.contracts.events import Transition, decode, encode
 
     transitions = _transitions(_session_events("longterm"))
     assert [(t.action, t.arm, t.policy) for t in transitions] == [("a", "longterm", "dqn-longterm"),
@@ -134,11 +134,11 @@ def test_the_join_copies_the_slate_s_arm_into_each_transition_and_it_round_trips
 def test_old_transitions_without_an_arm_still_decode_and_a_learner_of_one_arm_skips_the_others() -> None:
     import msgspec
 
-    from contracts.errors import EventError
-    from contracts.events import Transition, decode, encode
-    from contracts.examples import EXAMPLES
-    from learner.ingest import arm_filter
-    from learner.wire import decode_transition
+    from shelfq.contracts.errors import EventError
+    from shelfq.contracts.events import Transition, decode, encode
+    from shelfq.contracts.examples import EXAMPLES
+    from shelfq.learner.ingest import arm_filter
+    from shelfq.learner.wire import decode_transition
 
     t = EXAMPLES["transitions"][1]
     old = encode(t)
@@ -155,7 +155,7 @@ def test_old_transitions_without_an_arm_still_decode_and_a_learner_of_one_arm_sk
 
 
 def test_the_worker_counts_transitions_reward_clicks_purchases_and_sessions_per_arm() -> None:
-    from streams.metrics import StreamsMetrics
+    from shelfq.streams.metrics import StreamsMetrics
 
     m = StreamsMetrics()
     for arm in ("longterm", "myopic", "myopic"):
@@ -184,8 +184,8 @@ def test_the_worker_counts_transitions_reward_clicks_purchases_and_sessions_per_
 def test_the_demo_reports_each_arm_over_the_run_and_its_second_half_with_intervals() -> None:
     import numpy as np
 
-    from shelfq.demo_report import live_arms
-    from simulator.runner import SessionRecord
+    from shelfq.demo.report import live_arms
+    from shelfq.simulator.runner import SessionRecord
 
     rng = np.random.default_rng(0)
     log = []

@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from contracts.errors import ConfigError
-from contracts.events import encode
-from contracts.examples import EXAMPLES
-from contracts.settings import Settings
-from streams import faust_internals
-from streams.app import create_app
-from streams.config import StreamsConfig
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.events import encode
+from shelfq.contracts.examples import EXAMPLES
+from shelfq.contracts.settings import Settings
+from shelfq.streams import faust_internals
+from shelfq.streams.app import create_app
+from shelfq.streams.config import StreamsConfig
 from tests.unit.test_delivery_guards import RecordingConsumer, RecordingReader
 from tests.unit.test_streams_outputs import RecordingProducer
 
@@ -70,7 +70,7 @@ def test_fetches_bring_at_most_the_partition_bytes_set() -> None:
 
 
 def test_bench_join_refuses_impossible_worker_counts(capsys: pytest.CaptureFixture) -> None:
-    from shelfq.cli import main
+    from shelfq.cli.main import main
 
     assert main(["bench", "join", "--workers", "0", "--bootstrap-servers", "127.0.0.1:9"]) == 2
     assert "--workers must be within 1 and 64" in capsys.readouterr().err

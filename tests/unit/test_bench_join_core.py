@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shelfq.bench_join import bench_traffic, measure_join_core
-from shelfq.cli import main
+from shelfq.bench.join import bench_traffic, measure_join_core
+from shelfq.cli.main import main
 
 
 def test_the_core_figures_are_there_and_every_transition_was_made() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import ConfigError
-from frontend.replay import ReplayError
-from shelfq.bench_replay import ReplayBenchConfig, load
-from shelfq.cli import main
+from shelfq.contracts.errors import ConfigError
+from shelfq.frontend.replay import ReplayError
+from shelfq.bench.replay import ReplayBenchConfig, load
+from shelfq.cli.main import main
 
 LOG = """\
 kind,ts,request_id,user_id,session_id,items,item_id

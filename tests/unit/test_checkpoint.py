@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-import learner.checkpoint as checkpoint_module
-from contracts.errors import ShelfqError
-from learner.checkpoint import KEEP, LATEST, load_checkpoint, save_checkpoint
+import shelfq.learner.checkpoint as checkpoint_module
+from shelfq.contracts.errors import ShelfqError
+from shelfq.learner.checkpoint import KEEP, LATEST, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -154,7 +154,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_older_one(
     older = save(tmp_path, 1, mark=1.0)
     newest = save(tmp_path, 2, mark=2.0)
     corrupt(newest, how)
-    with caplog.at_level(logging.WARNING, logger="learner.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="shelfq.learner.checkpoint"):
         assert mark_of(tmp_path) == 1.0
     assert len(caplog.records) == 1
     message = caplog.records[0].getMessage()
@@ -175,7 +175,7 @@ def test_a_damaged_pointer_falls_back_to_the_newest_complete_checkpoint(
         (tmp_path / LATEST).unlink()
     else:
         (tmp_path / LATEST).write_bytes(pointer)
-    with caplog.at_level(logging.WARNING, logger="learner.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="shelfq.learner.checkpoint"):
         assert mark_of(tmp_path) == 2.0
     assert [f"using {newest}" in r.getMessage() and LATEST in r.getMessage() for r in caplog.records] == [True]
 
@@ -189,7 +189,7 @@ def test_leftovers_of_killed_writes_are_never_loaded(tmp_path: Path, caplog: pyt
         (tmp_path / name / "state.json").write_text('{"step": 9, "mark": 9.0}')
     (tmp_path / ".LATEST.partial-x1").write_text(".partial-x1")
     (tmp_path / ".LATEST.tmp").write_text("ckpt-00000009")
-    with caplog.at_level(logging.WARNING, logger="learner.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="shelfq.learner.checkpoint"):
         assert mark_of(tmp_path) == 1.0
     assert not caplog.records
     save(tmp_path, 2, mark=2.0)
@@ -223,7 +223,7 @@ def test_checkpoints_named_by_step_before_the_counter_still_load_and_order(tmp_p
 WRITER = """
 import sys, numpy as np, torch
 from pathlib import Path
-from learner.checkpoint import save_checkpoint
+from shelfq.learner.checkpoint import save_checkpoint
 root, step = Path(sys.argv[1]), int(sys.argv[2])
 while True:
     step += 1

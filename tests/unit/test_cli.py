@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shelfq.cli import build_parser, main
+from shelfq.cli.main import build_parser, main
 
 COMMANDS = [
     ["broker", "start"], ["broker", "stop"], ["broker", "status"], ["broker", "run"],

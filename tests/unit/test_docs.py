@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from contracts.events import EVENT_TYPES, decode, schema_of
-from contracts.examples import EXAMPLES
+from shelfq.contracts.events import EVENT_TYPES, decode, schema_of
+from shelfq.contracts.examples import EXAMPLES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 

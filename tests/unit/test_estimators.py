@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from evaluation.estimators import (
+from shelfq.evaluation.estimators import (
     OffPolicyWarning,
     RewardModel,
     cross_fit,

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from agents import exploration
-from agents.policies import Ask, DQNPolicy, Explorer
-from contracts.errors import ShelfqError
-from contracts.events import Interaction, State, Transition, encode
-from evaluation.logs import LoggedImpression, LoggedPosition, read_file
-from evaluation.offpolicy import evaluate_model, next_item_probs
-from learner.artifact import load_model, model_message
-from learner.config import LearnerConfig
-from learner.network import QNetwork
-from shelfq.cli import main
+from shelfq.agents import exploration
+from shelfq.agents.policies import Ask, DQNPolicy, Explorer
+from shelfq.contracts.errors import ShelfqError
+from shelfq.contracts.events import Interaction, State, Transition, encode
+from shelfq.evaluation.logs import LoggedImpression, LoggedPosition, read_file
+from shelfq.evaluation.offpolicy import evaluate_model, next_item_probs
+from shelfq.learner.artifact import load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.network import QNetwork
+from shelfq.cli.main import main
 
 
 def transition(request: str, user: str, slate: list[str], position: int, parts: dict[str, int], ts: float,

@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from contracts.errors import EventError
-from contracts.events import (
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import (
     EVENT_TYPES,
     Feedback,
     Impression,
@@ -20,8 +20,8 @@ from contracts.events import (
     encode,
     schema_of,
 )
-from contracts.examples import EXAMPLES
-from contracts.topics import EVENT_OF_TOPIC
+from shelfq.contracts.examples import EXAMPLES
+from shelfq.contracts.topics import EVENT_OF_TOPIC
 
 
 @pytest.mark.parametrize("topic", sorted(EXAMPLES))

@@ -11,10 +11,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import Fetcher
 from faust.types import TP
 
-from contracts.settings import Settings
-from streams import faust_internals
-from streams.app import create_app
-from streams.config import StreamsConfig
+from shelfq.contracts.settings import Settings
+from shelfq.streams import faust_internals
+from shelfq.streams.app import create_app
+from shelfq.streams.config import StreamsConfig
 
 
 def test_the_worker_gets_the_read_committed_consumer_and_faust_state_reads_as_unknown_at_first() -> None:

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.decisions import Interval, ModelDecision, apply_message, decode_decision, encode_decision
-from contracts.errors import ConfigError, EventError
-from contracts.events import State, Transition
-from evaluation.gate import ledger
-from evaluation.gate.config import GateConfig
-from evaluation.gate.judge import Judge
-from evaluation.gate.rules import RollbackClock, promotion
-from evaluation.gate.window import Window
-from learner.artifact import load_model, model_message
-from learner.config import LearnerConfig
-from learner.network import QNetwork
+from shelfq.contracts.decisions import Interval, ModelDecision, apply_message, decode_decision, encode_decision
+from shelfq.contracts.errors import ConfigError, EventError
+from shelfq.contracts.events import State, Transition
+from shelfq.evaluation.gate import ledger
+from shelfq.evaluation.gate.config import GateConfig
+from shelfq.evaluation.gate.judge import Judge
+from shelfq.evaluation.gate.rules import RollbackClock, promotion
+from shelfq.evaluation.gate.window import Window
+from shelfq.learner.artifact import load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.network import QNetwork
 
 SERVING = Interval(value=1.0, low=0.9, high=1.1, n=500, ess=500.0)
 

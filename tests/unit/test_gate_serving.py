@@ -3,7 +3,7 @@ decided one with one, and the loaded versions it keeps for a switch without a re
 
 from __future__ import annotations
 
-from agents.serving import ServedVersions
+from shelfq.agents.serving import ServedVersions
 
 
 def test_without_a_decision_the_newest_serves_as_before_the_gate() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.policies import Ask, DQNPolicy, Explorer
-from contracts.events import Item, State
-from learner.artifact import load_model, model_message
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from learner.synthetic import T0, _transition
+from shelfq.agents.policies import Ask, DQNPolicy, Explorer
+from shelfq.contracts.events import Item, State
+from shelfq.learner.artifact import load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.learner.synthetic import T0, _transition
 
 GOOD = [Item(item_id=f"kettle-{i}", category="kitchen", price=30.0, ts=T0) for i in range(6)]
 BAD = [Item(item_id=f"toy-{i}", category="toys", price=3.0, ts=T0) for i in range(6)]
@@ -60,9 +60,9 @@ def test_a_model_whose_item_table_indexes_past_its_embeddings_is_refused() -> No
     import pytest
     import torch
 
-    from contracts.errors import EventError
-    from learner.item_features import CATEGORY_BUCKETS
-    from learner.network import QNetwork
+    from shelfq.contracts.errors import EventError
+    from shelfq.learner.item_features import CATEGORY_BUCKETS
+    from shelfq.learner.network import QNetwork
 
     config = LearnerConfig(hash_buckets=64, context_buckets=8)
     for row, column, value in ((5, 0, CATEGORY_BUCKETS), (5, 1, -1), (0, 0, 3)):

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
-from contracts.events import Event, Feedback, Impression, Interaction, Slate, State, Transition
-from streams.join import Join, JoinConfig
+from shelfq.contracts.events import Event, Feedback, Impression, Interaction, Slate, State, Transition
+from shelfq.streams.join import Join, JoinConfig
 
 WINDOW = 60.0
 CONFIG = JoinConfig(window_s=WINDOW, allowed_lateness_s=0.0, idle_advance_s=1.0)
@@ -272,14 +272,14 @@ def test_rebuild_keeps_only_the_assigned_partitions() -> None:
 @pytest.mark.parametrize("bad", [dict(window_s=0), dict(history_length=0), dict(weights={"like": 1.0}),
                                  dict(weights={"click": float("nan")})])
 def test_impossible_join_settings_are_refused(bad: dict) -> None:
-    from contracts.errors import ConfigError
+    from shelfq.contracts.errors import ConfigError
 
     with pytest.raises(ConfigError):
         JoinConfig(**bad)
 
 
 def test_synthetic_traffic_through_the_join_matches_its_oracle() -> None:
-    from streams.synthetic import synthetic_traffic
+    from shelfq.streams.synthetic import synthetic_traffic
 
     traffic = synthetic_traffic(users=40, requests_per_user=4, slate_size=5, t0=1000.0, seed=3, gap_s=20.0)
     r = run([(topic, event) for topic, _key, event in traffic.events])
@@ -484,7 +484,7 @@ class Changelog:
                 self.store[key] = msgspec.msgpack.encode(record)
 
     def restore(self) -> Join:
-        from streams.join import Record
+        from shelfq.streams.join import Record
 
         decoder = msgspec.msgpack.Decoder(Record)
         return Join(CONFIG, records={k: decoder.decode(v) for k, v in self.store.items()})
@@ -537,7 +537,7 @@ def test_session_bookkeeping_is_forgotten_once_the_windows_pass() -> None:
 
 
 def test_records_stored_before_the_session_fields_still_decode() -> None:
-    from streams.join import Record
+    from shelfq.streams.join import Record
 
     class OldRecord(msgspec.Struct, array_like=True):
         request_id: str
@@ -554,7 +554,7 @@ def test_records_stored_before_the_session_fields_still_decode() -> None:
 
 
 def test_sessions_through_the_join_conserve_every_event() -> None:
-    from streams.synthetic import synthetic_traffic
+    from shelfq.streams.synthetic import synthetic_traffic
 
     # Five requests per session, each session ending with an exit on its last, delivered in a
     # shuffled order, all well inside one window (so only exits and purchases emit early).

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from contracts.events import Event, Feedback, Impression, encode
-from streams.join import INPUTS, Join, JoinConfig, Output
-from streams.synthetic import synthetic_traffic
+from shelfq.contracts.events import Event, Feedback, Impression, encode
+from shelfq.streams.join import INPUTS, Join, JoinConfig, Output
+from shelfq.streams.synthetic import synthetic_traffic
 
 PARTITIONS = 3
 CONFIG = JoinConfig(window_s=5.0, allowed_lateness_s=1.0, idle_advance_s=1.0)

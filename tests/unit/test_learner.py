@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from contracts.errors import ConfigError, EventError
-from contracts.events import Interaction, State
-from learner.artifact import load_model, model_message
-from learner.candidates import Catalog
-from learner.config import ENCODERS, LearnerConfig
-from learner.dqn import DQN, Deduper
-from learner.replay import ReplayBuffer
-from learner.synthetic import BAIT, BUILD, GEM, bait_or_build, bait_or_gem_slates, random_transitions
+from shelfq.contracts.errors import ConfigError, EventError
+from shelfq.contracts.events import Interaction, State
+from shelfq.learner.artifact import load_model, model_message
+from shelfq.learner.candidates import Catalog
+from shelfq.learner.config import ENCODERS, LearnerConfig
+from shelfq.learner.dqn import DQN, Deduper
+from shelfq.learner.replay import ReplayBuffer
+from shelfq.learner.synthetic import BAIT, BUILD, GEM, bait_or_build, bait_or_gem_slates, random_transitions
 
 SMALL = dict(hash_buckets=256, context_buckets=16, embedding_dim=16, hidden_dim=16, history_length=4,
              batch_size=64, learning_starts=64, replay_capacity=4096, candidates=8, learning_rate=3e-3,
@@ -159,7 +159,7 @@ def test_settings_refuse_impossible_values_and_warn_on_odd_ones() -> None:
 
 
 def test_checkpoint_files_hold_no_pickle(tmp_path: Path) -> None:
-    from learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, save_checkpoint
+    from shelfq.learner.checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, save_checkpoint
 
     dqn = train(LearnerConfig(**SMALL), bait_or_build(300), epochs=3)
     tensors, meta = optimizer_tensors(dqn.optimizer)

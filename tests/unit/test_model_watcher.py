@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-import agents.service as service
-from agents.service import ModelWatcher
-from contracts.errors import EventError
-from contracts.settings import Settings
-from learner.artifact import model_message
-from learner.config import LearnerConfig
-from learner.network import QNetwork
+import shelfq.agents.service as service
+from shelfq.agents.service import ModelWatcher
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.settings import Settings
+from shelfq.learner.artifact import model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.network import QNetwork
 
 
 class Message:

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from contracts.errors import EventError
-from contracts.events import Interaction, State
-from learner.artifact import load_model, model_message
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from learner.next_clicks import NextClicks
-from learner.synthetic import _transition
+from shelfq.contracts.errors import EventError
+from shelfq.contracts.events import Interaction, State
+from shelfq.learner.artifact import load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.learner.next_clicks import NextClicks
+from shelfq.learner.synthetic import _transition
 from tests.unit.test_learner import SMALL
 
 ITEMS = [f"sku-{i}" for i in range(40)]

@@ -7,10 +7,10 @@ import msgspec
 
 import torch
 
-from contracts.events import ORGANIC
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from learner.synthetic import bait_or_gem_slates
+from shelfq.contracts.events import ORGANIC
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.learner.synthetic import bait_or_gem_slates
 from tests.unit.test_learner import SMALL
 
 

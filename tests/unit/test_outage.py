@@ -13,16 +13,16 @@ import time
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from contracts.errors import ConfigError
-from contracts.outage import (
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.outage import (
     BrokerUnreachable,
     BrokerWatch,
     ConnectionNoise,
     Unacknowledged,
     is_transient,
 )
-from contracts.settings import Settings
-from shelfq.ports import free_port
+from shelfq.contracts.settings import Settings
+from shelfq.ops.ports import free_port
 
 
 class Clock:
@@ -139,7 +139,7 @@ def test_an_agent_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non
 def test_a_consumer_that_left_its_group_skips_the_commit_instead_of_waiting_for_ever() -> None:
     from confluent_kafka import KafkaError, KafkaException
 
-    from contracts.kafka import EventConsumer
+    from shelfq.contracts.kafka import EventConsumer
 
     def left(offsets=None):
         raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))

@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from agents.policies import RandomPolicy
-from evaluation.bench_config import PolicyBenchConfig
-from evaluation.benchmark import GROUPS, POLICIES, paired_ratio
-from evaluation.offline import run_seed
-from evaluation.oracles import ORACLE_POLICIES, OraclePolicy
-from shelfq.cli import main
-from simulator.world import World, WorldConfig
+from shelfq.agents.policies import RandomPolicy
+from shelfq.evaluation.bench_config import PolicyBenchConfig
+from shelfq.evaluation.benchmark import GROUPS, POLICIES, paired_ratio
+from shelfq.evaluation.offline import run_seed
+from shelfq.evaluation.oracles import ORACLE_POLICIES, OraclePolicy
+from shelfq.cli.main import main
+from shelfq.simulator.world import World, WorldConfig
 
 
 def test_quick_run_prints_the_figures_as_one_json_line(capsys: pytest.CaptureFixture) -> None:
@@ -66,9 +66,9 @@ def test_impossible_settings_are_refused() -> None:
 
 
 def test_oracles_fill_slates_from_the_worlds_latent_values() -> None:
-    from agents.policies import Ask
-    from contracts.events import State
-    from simulator.oracles import item_values
+    from shelfq.agents.policies import Ask
+    from shelfq.contracts.events import State
+    from shelfq.simulator.oracles import item_values
     world = World(WorldConfig(items=60, users=10), seed=0)
     ask = Ask(State(), world.catalog.ids, 5, user_id=world.user_id(3))
     rng = np.random.default_rng(0)

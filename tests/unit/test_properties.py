@@ -29,9 +29,9 @@ import torch
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from contracts.dlq import dead_letter
-from contracts.errors import EventError, ShelfqError
-from contracts.events import (
+from shelfq.contracts.dlq import dead_letter
+from shelfq.contracts.errors import EventError, ShelfqError
+from shelfq.contracts.events import (
     EVENT_TYPES,
     FLOAT32_MAX,
     INT64_MAX,
@@ -55,14 +55,14 @@ from contracts.events import (
     decode,
     encode,
 )
-from contracts.examples import EXAMPLES
-from contracts.models import DTYPE_BYTES, HEADER_KEYS, ModelHeaders, read_safetensors_index
-from learner.artifact import LoadedModel, load_model, model_message
-from learner.checkpoint import Checkpoint, load_checkpoint, load_optimizer, save_checkpoint
-from learner.config import LearnerConfig
-from learner.features import LINK_FIELDS, Featurizer
-from learner.network import QNetwork
-from learner.wire import decode_transition
+from shelfq.contracts.examples import EXAMPLES
+from shelfq.contracts.models import DTYPE_BYTES, HEADER_KEYS, ModelHeaders, read_safetensors_index
+from shelfq.learner.artifact import LoadedModel, load_model, model_message
+from shelfq.learner.checkpoint import Checkpoint, load_checkpoint, load_optimizer, save_checkpoint
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.features import LINK_FIELDS, Featurizer
+from shelfq.learner.network import QNetwork
+from shelfq.learner.wire import decode_transition
 
 
 def scaled(share: float) -> settings:

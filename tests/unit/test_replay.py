@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import Feedback, Impression, Interaction, Item, Request, State, encode
-from contracts.settings import Settings
-from frontend.replay import (
+from shelfq.contracts.events import Feedback, Impression, Interaction, Item, Request, State, encode
+from shelfq.contracts.settings import Settings
+from shelfq.frontend.replay import (
     BadLine,
     ReplayError,
     parse_csv,
@@ -21,7 +21,7 @@ from frontend.replay import (
     shifted,
     with_inline_state,
 )
-from shelfq.cli import main
+from shelfq.cli.main import main
 
 HEADER = "kind,ts,request_id,user_id,session_id,items,propensities,policy,item_id,value\n"
 GOOD = HEADER + (

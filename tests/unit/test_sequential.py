@@ -9,11 +9,11 @@ from collections import Counter
 
 import pytest
 
-from contracts.events import Feedback, Impression, Item
-from evaluation.sequence_log import generate
-from evaluation.sequential import (MarkovChain, Popularity, Positive, Score, catalog, positives, prequential, score,
+from shelfq.contracts.events import Feedback, Impression, Item
+from shelfq.evaluation.sequence_log import generate
+from shelfq.evaluation.sequential import (MarkovChain, Popularity, Positive, Score, catalog, positives, prequential, score,
                                    sessions, summary)
-from frontend.replay import parse_csv, parse_jsonl
+from shelfq.frontend.replay import parse_csv, parse_jsonl
 
 
 def test_popularity_stays_sorted_by_count_under_random_updates() -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contracts.events import Interaction, State
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from learner.sessions import bootstrap
-from simulator.env import transitions_of
+from shelfq.contracts.events import Interaction, State
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.learner.sessions import bootstrap
+from shelfq.simulator.env import transitions_of
 
 SLATE = ["a", "b", "c"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import ConfigError
-from contracts.settings import Secret, Settings, aiokafka_kwargs
-from shelfq.cli import main
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.settings import Secret, Settings, aiokafka_kwargs
+from shelfq.cli.main import main
 
 SASL_SSL_ENV = {
     "SHELFQ_BOOTSTRAP_SERVERS": "kafka-1.example:9093,kafka-2.example:9093",

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from contracts.errors import ConfigError
-from evaluation.offline import mean_ci95
-from simulator.env import ShopperEnv, transitions_of
-from simulator.oracles import session_rewards
-from simulator.world import Session, World, WorldConfig
+from shelfq.contracts.errors import ConfigError
+from shelfq.evaluation.offline import mean_ci95
+from shelfq.simulator.env import ShopperEnv, transitions_of
+from shelfq.simulator.oracles import session_rewards
+from shelfq.simulator.world import Session, World, WorldConfig
 
 
 def _play(env: ShopperEnv, seed: int, steps: int = 40) -> list[tuple]:
@@ -103,7 +103,7 @@ def test_observations_fit_their_space_and_history_carries_over_sessions() -> Non
 
 
 def test_transitions_are_labelled_as_the_join_labels_them() -> None:
-    from contracts.events import State
+    from shelfq.contracts.events import State
 
     feedback = [("click", "b", None), ("add_to_cart", "b", None), ("purchase", "b", 12.0), ("exit", None, None)]
     ts = transitions_of("r1", "u1", "s1", State(), ["a", "b", "c"], feedback, 5.0, [0.5, 0.4, 0.3], "dqn", 2)
@@ -116,8 +116,8 @@ def test_transitions_are_labelled_as_the_join_labels_them() -> None:
 
 
 def test_the_comparison_is_reproducible_and_its_intervals_hold_the_mean() -> None:
-    from agents.policies import RandomPolicy
-    from evaluation.offline import compare, run_seed
+    from shelfq.agents.policies import RandomPolicy
+    from shelfq.evaluation.offline import compare, run_seed
 
     config = WorldConfig(items=50, users=30)
     first = run_seed(RandomPolicy(), seed=3, sessions=40, config=config, slate_size=5, concurrent=8)

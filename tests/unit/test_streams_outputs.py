@@ -17,12 +17,12 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
 from faust.types import TP
 
-from contracts.events import DeadLetter, Feedback, Impression, Slate, State, Transition, UserState, decode, encode
-from contracts.settings import Settings
-from streams.app import _RECORD_CODEC, create_app
-from streams.config import StreamsConfig
-from streams.join import JoinConfig
-from streams.limits import message_size
+from shelfq.contracts.events import DeadLetter, Feedback, Impression, Slate, State, Transition, UserState, decode, encode
+from shelfq.contracts.settings import Settings
+from shelfq.streams.app import _RECORD_CODEC, create_app
+from shelfq.streams.config import StreamsConfig
+from shelfq.streams.join import JoinConfig
+from shelfq.streams.limits import message_size
 
 PREFIX = "outputs."
 

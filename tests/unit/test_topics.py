@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contracts.settings import Settings
-from contracts.topics import USER_STATE, ActualTopic, topic_drift, topic_specs
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import USER_STATE, ActualTopic, topic_drift, topic_specs
 
 DESIGN_TOPICS = {"requests", "slates", "impressions", "feedback", "items", "transitions", "user-state", "models",
                  "model-decisions", "dlq"}
@@ -60,7 +60,7 @@ class MetadataAfter:
 
 
 def test_a_topic_just_created_is_asked_for_again_until_its_metadata_shows_it() -> None:
-    from contracts.kafka import topic_partitions
+    from shelfq.contracts.kafka import topic_partitions
 
     client = MetadataAfter(known_after=3)
     assert topic_partitions(client, "t", timeout=5) == [0, 1]
@@ -70,8 +70,8 @@ def test_a_topic_just_created_is_asked_for_again_until_its_metadata_shows_it() -
 def test_a_topic_that_stays_unknown_is_a_precise_error() -> None:
     import pytest
 
-    from contracts.errors import ShelfqError
-    from contracts.kafka import topic_partitions
+    from shelfq.contracts.errors import ShelfqError
+    from shelfq.contracts.kafka import topic_partitions
 
     with pytest.raises(ShelfqError, match=r"topic t is not available: UNKNOWN_TOPIC_OR_PART \(run `shelfq topics create`\)"):
         topic_partitions(MetadataAfter(known_after=10**6), "t", timeout=0.3)

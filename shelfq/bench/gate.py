@@ -32,16 +32,16 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from agents.policies import DQNPolicy, Explorer, RandomPolicy
-from contracts.decisions import ModelDecision
-from contracts.events import Transition
-from evaluation.benchmark import train
-from evaluation.gate.config import GateConfig
-from evaluation.gate.judge import Judge
-from evaluation.offline import copy_world, run_seed
-from learner.artifact import LoadedModel, load_model, model_message
-from learner.config import LearnerConfig
-from simulator.world import World, WorldConfig
+from shelfq.agents.policies import DQNPolicy, Explorer, RandomPolicy
+from shelfq.contracts.decisions import ModelDecision
+from shelfq.contracts.events import Transition
+from shelfq.evaluation.benchmark import train
+from shelfq.evaluation.gate.config import GateConfig
+from shelfq.evaluation.gate.judge import Judge
+from shelfq.evaluation.offline import copy_world, run_seed
+from shelfq.learner.artifact import LoadedModel, load_model, model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.simulator.world import World, WorldConfig
 
 POLICY = "dqn"
 FIRST, BAD, GOOD = 1, 2, 3

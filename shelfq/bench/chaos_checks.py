@@ -1,4 +1,4 @@
-"""The chaos run's accounting (``shelfq.bench_chaos``): once the faults are over, wait until
+"""The chaos run's accounting (``shelfq.bench.chaos``): once the faults are over, wait until
 every expected output is out and every consumer group has caught up, then count what the
 topics hold against what the load sent.
 
@@ -23,8 +23,8 @@ def strictly_increasing(values: list[int]) -> bool:
 
 
 def produce_catalog(settings: Any) -> None:
-    from contracts.events import Item, encode
-    from contracts.kafka import ReliableProducer
+    from shelfq.contracts.events import Item, encode
+    from shelfq.contracts.kafka import ReliableProducer
 
     producer = ReliableProducer(settings)
     for i in range(CATALOG):
@@ -82,8 +82,8 @@ def group_lag(settings: Any) -> dict[str, int]:
 
 
 def _transitions(messages: list[Any], hostile: set[tuple[int, int]]) -> tuple[dict[str, list[Any]], int]:
-    from contracts.errors import EventError
-    from contracts.events import Transition, decode
+    from shelfq.contracts.errors import EventError
+    from shelfq.contracts.events import Transition, decode
 
     by_id: dict[str, list[Any]] = defaultdict(list)
     undecodable = 0
@@ -161,8 +161,8 @@ def _transition_figures(chaos: Any, hostile: set[tuple[int, int]]) -> dict[str, 
 
 
 def _dead_letter_figures(settings: Any, hostile: list[dict[str, Any]], by_origin: dict) -> dict[str, Any]:
-    from contracts.events import DeadLetter, decode
-    from shelfq.chaos_inputs import READERS
+    from shelfq.contracts.events import DeadLetter, decode
+    from shelfq.bench.chaos_inputs import READERS
 
     logical = {settings.topic(t): t for t in READERS}
     reader = TopicReader(settings, "dlq")
@@ -194,8 +194,8 @@ def _dead_letter_figures(settings: Any, hostile: list[dict[str, Any]], by_origin
 
 
 def _request_figures(settings: Any, sent: list[str]) -> dict[str, Any]:
-    from contracts.errors import EventError
-    from contracts.events import Slate, decode
+    from shelfq.contracts.errors import EventError
+    from shelfq.contracts.events import Slate, decode
 
     reader = TopicReader(settings, "slates")
     wanted, answered, slates = set(sent), set(), 0
@@ -213,8 +213,8 @@ def _request_figures(settings: Any, sent: list[str]) -> dict[str, Any]:
 
 
 def _model_figures(settings: Any, hostile: set[tuple[int, int]]) -> dict[str, Any]:
-    from contracts.errors import EventError
-    from learner.artifact import load_model
+    from shelfq.contracts.errors import EventError
+    from shelfq.learner.artifact import load_model
 
     reader = TopicReader(settings, "models", committed_only=True)
     versions, unloadable = [], 0
@@ -232,8 +232,8 @@ def _model_figures(settings: Any, hostile: set[tuple[int, int]]) -> dict[str, An
 
 
 def _history_figures(settings: Any, expected: dict[str, set]) -> dict[str, Any]:
-    from contracts.errors import EventError
-    from contracts.events import UserState, decode
+    from shelfq.contracts.errors import EventError
+    from shelfq.contracts.events import UserState, decode
 
     reader = TopicReader(settings, "user-state")
     newest: dict[str, list] = {}
@@ -253,7 +253,7 @@ def _learner_checkpoint(chaos: Any, on_topic: int) -> dict[str, Any]:
     """The learner's last checkpoint covers every message of the transitions topic."""
     from pathlib import Path
 
-    from learner.checkpoint import load_checkpoint
+    from shelfq.learner.checkpoint import load_checkpoint
 
     ck = load_checkpoint(Path(chaos.env["SHELFQ_LEARNER_CHECKPOINT_DIR"]))
     covered = sum(o for _t, _p, o in ck.state["offsets"]) if ck is not None else 0

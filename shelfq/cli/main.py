@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
-from contracts.errors import ConfigError, ShelfqError
-from contracts.events import DEFAULT_HISTORY_LENGTH
-from contracts.settings import Settings
-from contracts.topics import topic_specs
+from shelfq.contracts.errors import ConfigError, ShelfqError
+from shelfq.contracts.events import DEFAULT_HISTORY_LENGTH
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import topic_specs
 
 if TYPE_CHECKING:
-    from learner.config import LearnerConfig
+    from shelfq.learner.config import LearnerConfig
 
 EPILOG = """\
 Settings come from SHELFQ_* environment variables (SHELFQ_PARTITIONS=6, SHELFQ_HOME=...);
@@ -140,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the served model: SlateQ (slates built under its click model; default) or item-wise")
     bagent.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
-    from evaluation.bench_config import PolicyBenchConfig
-    from shelfq.dataclass_cli import add_fields
+    from shelfq.evaluation.bench_config import PolicyBenchConfig
+    from shelfq.cli.dataclass_flags import add_fields
 
-    from shelfq.bench_chaos import ChaosConfig
+    from shelfq.bench.chaos import ChaosConfig
 
     bchaos = bsub2.add_parser("chaos", help="faults under steady load (kills, SIGSTOP, replicas, broker restarts, hostile messages): nothing lost?",
                               description="Start a private embedded broker (its own home, ports and topics; a running broker is never touched), a streams worker, a learner and an agent, and steady seeded synthetic load whose transitions and histories are known. Then, in a seeded order after seeded gaps, the faults: SIGKILL of each component (the learner once while it writes a checkpoint), a second worker and a second agent joining while the first is SIGSTOPped past its session timeout and leaving after SIGCONT, the learner SIGSTOPped, the broker restarted after SIGTERM and after SIGKILL, hostile messages on every topic a component reads. When the consumer lag is 0, it counts: transitions_missing (expected, not on the topic), transitions_repeated_differing (a repeat that is not the same transition), hostile_dead_letters_by_reason and _missing (each hostile message dead-lettered by each reader), requests_unanswered, model_versions_increasing (and every one loadable), user_histories_differing, hostile_crashes (a component exiting when not stopped) and each component's recovery time after each fault (restart to its first progress). Exit status 1 unless nothing is missing, nothing crashed and all recovered. See docs/chaos.md.")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--metrics-port", type=int, default=9104, help="port of /metrics (default 9104; 0 turns it off)")
     simulate.add_argument("--json", action="store_true", help="print the totals as one JSON object on the last line")
 
-    from frontend.replay import CSV_HELP
+    from shelfq.frontend.replay import CSV_HELP
 
     replay = sub.add_parser("replay", parents=[common], help="replay a file of logged impressions and feedback (CSV or JSONL) into the topics",
                             description="Send your own logged impressions and feedback through the join and the learner. The file is\nvalidated whole first: a bad line refuses it (up to 10 errors with line and field shown),\nnothing is sent. Then its events go to the impressions, feedback and items topics, keyed\nby user_id (item_id), in ts order. Needs a running broker and the topics.",
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
     demo.add_argument("--json", action="store_true", help="print the comparison as one JSON object on the last line")
 
-    from shelfq.gate_cli import add_parsers as add_gate_parsers
+    from shelfq.cli.gate import add_parsers as add_gate_parsers
 
     add_gate_parsers(sub, bsub2, common)  # gate, models, bench gate
     return parser
@@ -248,7 +248,7 @@ def _learner_options(p: argparse.ArgumentParser) -> None:
 
 
 def _learner_config(args: argparse.Namespace) -> LearnerConfig:
-    from learner.config import LearnerConfig
+    from shelfq.learner.config import LearnerConfig
 
     return LearnerConfig.from_env(
         gamma=args.gamma, objective=args.objective, encoder=args.encoder, policy=args.policy, batch_size=args.batch_size, device=args.device,
@@ -290,7 +290,7 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "run":
             return _run_command(args.cmd)
         return 0
-    from shelfq.broker import EmbeddedBroker
+    from shelfq.ops.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(settings)
     if args.action == "start":
@@ -323,7 +323,7 @@ def _run_command(cmd: list[str]) -> int:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.topic_admin import check_topics, ensure_topics
+    from shelfq.ops.topic_admin import check_topics, ensure_topics
 
     if args.check:
         drift = check_topics(settings)
@@ -343,8 +343,8 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.app import run_worker
-    from streams.config import StreamsConfig
+    from shelfq.streams.app import run_worker
+    from shelfq.streams.config import StreamsConfig
 
     config = StreamsConfig.from_env(metrics_port=args.metrics_port)
     run_worker(settings, config, max_seconds=args.max_seconds, log_level=args.log_level)
@@ -354,7 +354,7 @@ def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
-    from learner.service import Learner
+    from shelfq.learner.service import Learner
 
     logging.getLogger("shelfq").setLevel(args.log_level.upper())
     config = _learner_config(args)
@@ -378,8 +378,8 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
-    from agents.config import AgentConfig
-    from agents.service import Agent
+    from shelfq.agents.config import AgentConfig
+    from shelfq.agents.service import Agent
 
     logging.getLogger("shelfq").setLevel(args.log_level.upper())
     config = AgentConfig.from_env(policy=args.policy, exploration=args.exploration, epsilon=args.epsilon,
@@ -403,17 +403,22 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress goes to stderr
     if args.target == "gate":
-        from shelfq.gate_cli import cmd_bench_gate
+        from shelfq.cli.gate import cmd_bench_gate
 
         return cmd_bench_gate(args, settings, log)
     if args.target == "policy":
         return _bench_policy(args, log)
     if args.target == "chaos":  # its own private broker: never the one of the settings
-        from shelfq.bench_chaos import main as bench_chaos
+        from shelfq.bench.chaos import ChaosConfig, main as bench_chaos
+        from shelfq.cli.dataclass_flags import overrides
 
-        return bench_chaos(args, log)
+        try:
+            chaos = ChaosConfig(**overrides(args, ChaosConfig))
+        except ValueError as exc:
+            raise ConfigError(f"bench chaos: {exc}") from None
+        return bench_chaos(chaos, args.json, log)
     if args.target == "replay":
-        from shelfq.bench_replay import ReplayBenchConfig, lines, run_bench as bench_replay
+        from shelfq.bench.replay import ReplayBenchConfig, lines, run_bench as bench_replay
 
         config = ReplayBenchConfig(rate=args.rate, limit=args.limit, exploration=args.exploration, user_gap_s=args.user_gap_s,
                                    session_gap_s=args.session_gap_s, fmt=args.format, skip_bad=args.skip_bad)
@@ -424,21 +429,21 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(figures))
         return 0
     if args.target == "agent":
-        from shelfq.bench_agent import run_bench as bench_agent
+        from shelfq.bench.agent import run_bench as bench_agent
 
         if args.rate <= 0 or args.seconds <= 0 or args.burst < 100:
             raise ConfigError("bench agent: --rate and --seconds must be > 0, --burst at least 100")
         with _broker_for(settings):
             result = bench_agent(settings, args.rate, args.seconds, args.burst, report=log, objective=args.objective)
     elif args.target == "learner":
-        from shelfq.bench_learner import run_bench as bench_learner
+        from shelfq.bench.learner import run_bench as bench_learner
 
         if args.transitions < 1000:
             raise ConfigError("bench learner: --transitions must be at least 1000")
         with _broker_for(settings):
             result = bench_learner(settings, args.transitions, _learner_config(args), report=log)
     else:
-        from shelfq.bench_join import run_bench
+        from shelfq.bench.join import run_bench
 
         if args.events < 1000:
             raise ConfigError("bench join: --events must be at least 1000")
@@ -451,7 +456,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         if args.core_only:
             if args.light_rate is not None:
                 raise ConfigError("bench join: --light-rate needs the broker; it does not go with --core-only")
-            from shelfq.bench_join import run_core
+            from shelfq.bench.join import run_core
 
             result = run_core(args.events, settings.partitions, window_s=args.window, report=log)
         else:
@@ -459,7 +464,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
                 result = run_bench(settings, args.events, window_s=args.window, report=log, half_load_s=args.half_load_s,
                                    workers=args.workers)
                 if args.light_rate is not None:
-                    from shelfq.bench_join import measure_light_load
+                    from shelfq.bench.join import measure_light_load
 
                     result.update(measure_light_load(settings, args.light_rate, report=log))
     width = max(map(len, result))
@@ -476,9 +481,9 @@ def _bench_policy(args: argparse.Namespace, log: Callable[[str], None]) -> int:
 
     import torch
 
-    from evaluation.bench_config import PolicyBenchConfig
-    from evaluation.benchmark import run_bench
-    from shelfq.dataclass_cli import overrides
+    from shelfq.evaluation.bench_config import PolicyBenchConfig
+    from shelfq.evaluation.benchmark import run_bench
+    from shelfq.cli.dataclass_flags import overrides
 
     base = PolicyBenchConfig.quick() if args.quick else PolicyBenchConfig()
     try:
@@ -508,7 +513,7 @@ def _broker_for(settings: Settings, keep: bool = False) -> Iterator[None]:
     a broker already runs (then it is left as it is); ``keep`` leaves a started one running."""
     broker = None
     if not settings.external_cluster:
-        from shelfq.broker import EmbeddedBroker
+        from shelfq.ops.broker import EmbeddedBroker
 
         broker = EmbeddedBroker(settings)
         if broker.start():
@@ -526,7 +531,7 @@ def _broker_for(settings: Settings, keep: bool = False) -> Iterator[None]:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from simulator.runner import SimulateConfig, Simulation
+    from shelfq.simulator.runner import SimulateConfig, Simulation
 
     config = SimulateConfig(sessions=args.sessions, duration_s=args.seconds, concurrency=args.concurrency, think_s=args.think_s,
                             slate_timeout_s=args.slate_timeout_s, slate_size=args.slate_size, seed=args.seed,
@@ -549,7 +554,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from frontend.replay import replay
+    from shelfq.frontend.replay import replay
 
     summary = replay(settings, args.file, fmt=args.format, speed=args.speed, rebase=args.rebase, history_length=args.history_length,
                      skip_bad=args.skip_bad, dry_run=args.dry_run, report=lambda line: print(line, file=sys.stderr))
@@ -560,9 +565,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from agents.config import AgentConfig
-    from agents.policies import Explorer
-    from evaluation.report import Options, evaluate, format_report
+    from shelfq.agents.config import AgentConfig
+    from shelfq.agents.policies import Explorer
+    from shelfq.evaluation.report import Options, evaluate, format_report
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"evaluate: --limit must be >= 1, got {args.limit}")
@@ -583,7 +588,7 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.demo import DemoConfig, run_demo
+    from shelfq.demo.run import DemoConfig, run_demo
 
     config = DemoConfig(minutes=args.minutes, seeds=args.seeds, sessions_per_seed=args.sessions_per_seed, gamma=args.gamma,
                         epsilon=args.epsilon, report_dir=args.report_dir, keep_topics=args.keep_topics,
@@ -592,7 +597,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print("(the first start of the embedded broker resolves its jars with Maven)", file=sys.stderr)
     with _broker_for(settings, keep=args.keep_broker):
         result = run_demo(settings, config, say=lambda line: print(line, flush=True))
-    from shelfq.demo_report import markdown
+    from shelfq.demo.report import markdown
 
     print()
     print(markdown(result).split("![")[0].rstrip())
@@ -603,13 +608,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_gate(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.gate_cli import cmd_gate as run
+    from shelfq.cli.gate import cmd_gate as run
 
     return run(args, settings)
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq.gate_cli import cmd_models as run
+    from shelfq.cli.gate import cmd_models as run
 
     return run(args, settings)
 

@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer
 from confluent_kafka.cimpl import murmur2
 
-from contracts.events import encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
-from streams.gc_tuning import worker_gc
-from streams.join import Join, JoinConfig
-from streams.synthetic import SyntheticTraffic, synthetic_traffic
-from shelfq.ports import free_port
+from shelfq.contracts.events import encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
+from shelfq.streams.gc_tuning import worker_gc
+from shelfq.streams.join import Join, JoinConfig
+from shelfq.streams.synthetic import SyntheticTraffic, synthetic_traffic
+from shelfq.ops.ports import free_port
 
 INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
 EVENTS_PER_REQUEST = 3.4  # slate + impression + feedback at the synthetic click rates, about
@@ -116,7 +116,7 @@ def run_bench(settings: Settings, events: int, window_s: float = 5.0, report=pri
 
 def _fresh_topics(settings: Settings) -> Settings:
     """Settings of a fresh topic prefix, its topics created."""
-    from shelfq.topic_admin import ensure_topics
+    from shelfq.ops.topic_admin import ensure_topics
 
     bench = Settings.from_env(topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", partitions=settings.partitions,
                               **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
@@ -132,7 +132,7 @@ def _load(bench: Settings, traffic: SyntheticTraffic) -> None:
 
 
 def _delete_topics(bench: Settings) -> None:
-    from shelfq.topic_admin import delete_topics
+    from shelfq.ops.topic_admin import delete_topics
 
     delete_topics(bench, [bench.topic(t) for t in ("requests", "slates", "impressions", "feedback", "items", "transitions",
                                                    "user-state", "models", "dlq", "passthrough",
@@ -239,7 +239,7 @@ def _faust_noop(settings: Settings, n: int) -> float:
     env = {**os.environ, "SHELFQ_PARTITIONS": str(settings.partitions)}
     if settings.external_cluster:
         env["SHELFQ_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
-    out = subprocess.run([sys.executable, "-m", "shelfq.bench_faust_noop", settings.topic_prefix, str(n)],
+    out = subprocess.run([sys.executable, "-m", "shelfq.bench.faust_noop", settings.topic_prefix, str(n)],
                          env=env, capture_output=True, text=True, timeout=600).stdout
     found = re.search(r"events_per_s=([0-9.]+)", out)
     if found is None:
@@ -396,8 +396,8 @@ def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, i
     the emit latency of that traffic (p50, p99: from the event or tick that closed an item to
     its transition acknowledged). ``window_s`` sets the join window (default: the worker's);
     the figures are named ``{name}_...``."""
-    from shelfq.topic_admin import delete_topics, ensure_topics
-    from contracts.topics import topic_specs
+    from shelfq.ops.topic_admin import delete_topics, ensure_topics
+    from shelfq.contracts.topics import topic_specs
 
     prefix = f"bench-light-{uuid.uuid4().hex[:6]}."
     bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,

@@ -21,9 +21,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from contracts.errors import ShelfqError
-from contracts.settings import Settings
-from contracts.topics import ActualTopic, TopicSpec, topic_drift, topic_specs
+from shelfq.contracts.errors import ShelfqError
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import ActualTopic, TopicSpec, topic_drift, topic_specs
 
 TIMEOUT_S = 30.0
 UNREACHABLE_S = 10.0  # every broker refusing connections this long: give up early

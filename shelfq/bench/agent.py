@@ -25,15 +25,15 @@ from collections.abc import Callable
 import numpy as np
 from confluent_kafka import Consumer
 
-from contracts.events import Item, Request, encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from contracts.topics import topic_specs
-from learner.artifact import model_message
-from learner.config import LearnerConfig
-from learner.network import QNetwork
-from shelfq.bench_join import _quantile
-from shelfq.ports import free_port
+from shelfq.contracts.events import Item, Request, encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import topic_specs
+from shelfq.learner.artifact import model_message
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.network import QNetwork
+from shelfq.bench.join import _quantile
+from shelfq.ops.ports import free_port
 
 CATALOG = 1000
 SLATE = 10
@@ -42,7 +42,7 @@ ECHO_IN, ECHO_OUT = "bench-echo-in", "bench-echo-out"  # the echo has topics of 
 
 def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
               report: Callable[[str], None] = print, objective: str = "slateq") -> dict:
-    from shelfq.topic_admin import delete_topics, ensure_topics
+    from shelfq.ops.topic_admin import delete_topics, ensure_topics
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,
@@ -55,7 +55,7 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
         _load_catalog_and_model(bench, objective)
         env = {**os.environ, "SHELFQ_PARTITIONS": str(bench.partitions)}
         report(f"kafka round trip: an echo process, {rate:g} requests/s for {seconds:g}s ...")
-        procs.append(subprocess.Popen([sys.executable, "-m", "shelfq.bench_agent", "echo", prefix], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "shelfq.bench.agent", "echo", prefix], env=env))
         _until_answered(bench, ECHO_IN, ECHO_OUT, "echo-ready")
         _offer(bench, ECHO_IN, ECHO_OUT, 100, 2, "echo-warm")
         echo = _offer(bench, ECHO_IN, ECHO_OUT, rate, seconds, "echo")

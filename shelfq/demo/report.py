@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.offline import METRICS
+from shelfq.evaluation.offline import METRICS
 
 LABELS = {"reward_per_session": "reward / session", "ctr": "CTR", "conversion": "conversion",
           "revenue_per_session": "revenue / session", "session_length": "session length (slates)",
@@ -34,7 +34,7 @@ def session_figures(sessions: Sequence[Any]) -> dict[str, Any]:
     each with a 95% interval over sessions: normal for the per-session means, and for CTR, a
     ratio of sums, the delta method over sessions (a session's slates are not independent).
 
-    >>> from simulator.runner import SessionRecord
+    >>> from shelfq.simulator.runner import SessionRecord
     >>> log = [SessionRecord(0, "a", 0.0, 4, 2, 1, 7.0, 20.0), SessionRecord(1, "a", 1.0, 2, 0, 0, 0.0, 0.0),
     ...        SessionRecord(2, "a", 2.0, 2, 1, 0, 1.0, 0.0)]
     >>> f = session_figures(log)

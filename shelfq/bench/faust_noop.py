@@ -1,7 +1,7 @@
 """The ceiling Faust itself sets: a Faust agent that reads the join's three input topics the way
 the streams worker does (take_events batches, uvloop) and does nothing with them.
 
-``python -m shelfq.bench_faust_noop PREFIX COUNT`` prints ``events_per_s=N`` once it has read
+``python -m shelfq.bench.faust_noop PREFIX COUNT`` prints ``events_per_s=N`` once it has read
 COUNT events, then stops. ``shelfq bench join`` runs it on the same data as the worker.
 """
 
@@ -17,9 +17,9 @@ import uuid
 
 import faust
 
-from contracts.settings import Settings
-from contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
-from streams.app import FAUST_DATADIR
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import FEEDBACK, IMPRESSIONS, SLATES
+from shelfq.streams.app import FAUST_DATADIR
 
 
 def main(prefix: str, count: int) -> None:

@@ -1,7 +1,7 @@
-"""Round-trip one example of every event kind through Kafka and check each comes back intact.
-
-This is what ``shelfq demo`` does until the full pipeline (streams, learner, agent and the
-shopper simulator) lands: it proves the broker, the topics and the contracts work together.
+"""Round-trip one example of every event kind through Kafka and check each comes back intact
+(the helper of test_events_through_kafka).
+It proves the broker, the topics and the contracts work together, for every event kind and a
+model, before the tests of the components that use them.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, TopicPartition
 
-from contracts.errors import EventError, ShelfqError
-from contracts.events import decode, encode
-from contracts.examples import EXAMPLES, example_model
-from contracts.kafka import ReliableProducer
-from contracts.models import ModelHeaders, read_safetensors_index
-from contracts.settings import Settings
-from contracts.topics import EVENT_OF_TOPIC, MODELS
+from shelfq.contracts.errors import EventError, ShelfqError
+from shelfq.contracts.events import decode, encode
+from shelfq.contracts.examples import EXAMPLES, example_model
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.models import ModelHeaders, read_safetensors_index
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import EVENT_OF_TOPIC, MODELS
 
 
 class Sent(NamedTuple):

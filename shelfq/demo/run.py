@@ -14,7 +14,7 @@
 5. Random, popularity, the myopic and the long-term DQN each serve the same simulated shoppers
    (``evaluation.offline``) over several seeds, in copies of the world as the live run left
    it: returning shoppers (those the live traffic met, with their histories) and new ones.
-   The report (``shelfq.demo_report``) has both, and each live arm's figures with intervals.
+   The report (``shelfq.demo.report``) has both, and each live arm's figures with intervals.
 """
 
 from __future__ import annotations
@@ -25,20 +25,21 @@ import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contracts.errors import ConfigError, ShelfqError
-from contracts.settings import Settings
-from shelfq.ports import free_port, port_free
+from shelfq.contracts.errors import ConfigError, ShelfqError
+from shelfq.contracts.settings import Settings
+from shelfq.ops import scrape
+from shelfq.ops.components import Component
+from shelfq.ops.ports import free_port, port_free
+from shelfq.ops.resources import deploy_dir
 
 LONGTERM, MYOPIC = "dqn-longterm", "dqn-myopic"
 POLICY_NAMES = ("random", "popularity", "myopic_dqn", "longterm_dqn")
@@ -91,7 +92,7 @@ class DemoConfig:
             raise ConfigError(f"demo: sessions_per_seed must be >= 10, got {self.sessions_per_seed}")
         if not 0 < self.gamma < 1:
             raise ConfigError(f"demo: gamma must be in (0, 1), got {self.gamma}")
-        from simulator.world import WorldConfig
+        from shelfq.simulator.world import WorldConfig
 
         if not 10 <= self.new_users <= WorldConfig().users - 10:
             raise ConfigError(f"demo: new_users must leave at least 10 shoppers in each group, got {self.new_users}")
@@ -104,42 +105,7 @@ class DemoConfig:
         return max(20.0, self.minutes * 60 - 25 - comparison)
 
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"  # the repository's deploy/ (alert rules)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """A component's /metrics as {series name: sum over its labels}; empty if unreachable."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
-
-
-@dataclass
-class Component:
-    name: str
-    proc: subprocess.Popen
-    port: int
-    log: Path
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+DEPLOY = deploy_dir()  # the shipped deploy/ (alert rules)
 
 
 @dataclass
@@ -235,10 +201,10 @@ class Demo:
     # -- the run ---------------------------------------------------------------------------
 
     def live(self) -> LiveRun:
-        from shelfq.demo_report import live_arms
-        from shelfq.topic_admin import ensure_topics
-        from simulator.runner import SimulateConfig, Simulation
-        from simulator.world import WorldConfig
+        from shelfq.demo.report import live_arms
+        from shelfq.ops.topic_admin import ensure_topics
+        from shelfq.simulator.runner import SimulateConfig, Simulation
+        from shelfq.simulator.world import WorldConfig
 
         cfg = self.config
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +236,7 @@ class Demo:
         self.say("traffic done; letting the join close the last windows, then stopping the learners (each publishes a last model)")
         time.sleep(cfg.window_s + 4)
         self.check_components()
-        run.transitions = int(scrape(self.components["streams"].port).get("shelfq_streams_transitions_total", 0))
+        run.transitions = int(scrape.series(self.components["streams"].port).get("shelfq_streams_transitions_total", 0))
         self.stop_components(["learner-longterm", "learner-myopic"])
         self.stop_components(["agent", "streams"])
         run.simulation = sim.stats.summary()
@@ -309,8 +275,8 @@ class Demo:
         task.result()
 
     def _component_figures(self) -> dict[str, float]:
-        lt, my = (scrape(self.components[n].port) for n in ("learner-longterm", "learner-myopic"))
-        st = scrape(self.components["streams"].port)
+        lt, my = (scrape.series(self.components[n].port) for n in ("learner-longterm", "learner-myopic"))
+        st = scrape.series(self.components["streams"].port)
         return {"longterm_version": lt.get("shelfq_learner_model_version", 0.0),
                 "myopic_version": my.get("shelfq_learner_model_version", 0.0),
                 "learner_lag": lt.get("shelfq_consumer_lag", 0.0) + my.get("shelfq_consumer_lag", 0.0),
@@ -318,11 +284,11 @@ class Demo:
                 "transitions": st.get("shelfq_streams_transitions_total", 0.0)}
 
     def compare(self) -> dict[str, Any]:
-        from agents.policies import DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy
-        from contracts.events import UserState, decode
-        from contracts.topics import USER_STATE
-        from evaluation.logs import newest_model, read_to_end
-        from evaluation.offline import compare
+        from shelfq.agents.policies import DQNPolicy, Explorer, Popularity, PopularityPolicy, RandomPolicy
+        from shelfq.contracts.events import UserState, decode
+        from shelfq.contracts.topics import USER_STATE
+        from shelfq.evaluation.logs import newest_model, read_to_end
+        from shelfq.evaluation.offline import compare
 
         cfg = self.config
         # Popularity as the agent's fallback had it at the end: from the live run's user-state.
@@ -359,8 +325,8 @@ class Demo:
                 c.proc.kill()
                 c.proc.wait(10)
         if not self.config.keep_topics:
-            from contracts.topics import topic_specs
-            from shelfq.topic_admin import delete_topics
+            from shelfq.contracts.topics import topic_specs
+            from shelfq.ops.topic_admin import delete_topics
 
             try:
                 delete_topics(self.settings, [spec.name for spec in topic_specs(self.settings).values()])
@@ -383,7 +349,7 @@ def shopper_groups(world: Any) -> dict[str, list[int]]:
     """Returning shoppers (those with a live session; their histories are in the world) and
     new ones (the rest of the population).
 
-    >>> from simulator.world import World, WorldConfig
+    >>> from shelfq.simulator.world import World, WorldConfig
     >>> w = World(WorldConfig(items=20, users=5))
     >>> w.histories = {3: [], 1: []}
     >>> shopper_groups(w)
@@ -395,7 +361,7 @@ def shopper_groups(world: Any) -> dict[str, list[int]]:
 
 def run_demo(settings: Settings, config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run everything; the report's dict (also written to ``config.report_dir``)."""
-    from shelfq.demo_report import write_report
+    from shelfq.demo.report import write_report
 
     demo = Demo(settings, config, say)
     try:

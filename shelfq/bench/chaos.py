@@ -1,10 +1,10 @@
 """``shelfq bench chaos``: the real components under faults, against a private embedded broker,
 with steady seeded load whose output is known; then what came out is counted
-(``shelfq.chaos_checks``).
+(``shelfq.bench.chaos_checks``).
 
 The run starts a broker of its own (own ``SHELFQ_HOME``, ports and topic prefix; a broker
 already running is never touched), a ``shelfq streams`` worker, a ``shelfq learner`` and a
-``shelfq agent`` as subprocesses, and the load (``shelfq.chaos_inputs.Load``). Then, one after
+``shelfq agent`` as subprocesses, and the load (``shelfq.bench.chaos_inputs.Load``). Then, one after
 another in a seeded order and after seeded gaps of steady load, the faults of
 ``ChaosConfig.faults``; after each it waits until every component it touched makes progress
 again (transitions sent, transitions taken in, requests answered) and notes how long that took.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shelfq import scrape
+from shelfq.ops import scrape
 
 FAULTS = ("kill-streams", "kill-learner", "kill-learner-checkpoint", "kill-agent", "replica-streams", "replica-agent",
           "stop-learner", "broker-term", "broker-kill", "hostile")
@@ -162,8 +162,8 @@ class Chaos:
     """The run: broker, components, load, faults; ``run()`` returns the figures."""
 
     def __init__(self, config: ChaosConfig, report: Callable[[str], None] = lambda _line: None) -> None:
-        from contracts.settings import Settings
-        from shelfq.ports import free_port
+        from shelfq.contracts.settings import Settings
+        from shelfq.ops.ports import free_port
 
         self.config, self.report = config, report
         self.dir = Path(config.work_dir or tempfile.mkdtemp(prefix="shelfq-chaos-"))
@@ -331,7 +331,7 @@ class Chaos:
             if done.returncode != 0:
                 raise RuntimeError(f"chaos: the broker did not stop: {done.stderr[-2000:]}")
             return
-        from shelfq.broker import EmbeddedBroker
+        from shelfq.ops.broker import EmbeddedBroker
 
         pid = EmbeddedBroker(self.settings).status().pid
         if pid is None:
@@ -344,9 +344,9 @@ class Chaos:
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from shelfq.chaos_checks import account, produce_catalog, settle
-        from shelfq.chaos_inputs import Load, seeded_gaps
-        from shelfq.topic_admin import ensure_topics
+        from shelfq.bench.chaos_checks import account, produce_catalog, settle
+        from shelfq.bench.chaos_inputs import Load, seeded_gaps
+        from shelfq.ops.topic_admin import ensure_topics
 
         t0 = time.monotonic()
         self.start_broker()
@@ -388,20 +388,13 @@ def run_chaos(config: ChaosConfig, report: Callable[[str], None] = lambda _line:
     return Chaos(config, report).run()
 
 
-def main(args: Any, report: Callable[[str], None]) -> int:
+def main(config: ChaosConfig, as_json: bool, report: Callable[[str], None]) -> int:
     """``shelfq bench chaos``: prints the figures, and with ``--json`` one JSON line last."""
-    from contracts.errors import ConfigError
-    from shelfq.dataclass_cli import overrides
-
-    try:
-        config = ChaosConfig(**overrides(args, ChaosConfig))
-    except ValueError as exc:
-        raise ConfigError(f"bench chaos: {exc}") from None
     figures = run_chaos(config, report)
     for key, value in figures.items():
         if not isinstance(value, (dict, list)):
             print(f"{key:<32}  {value}")
-    if args.json:
+    if as_json:
         print(json.dumps(figures))
     ok = figures["transitions_missing"] == 0 and figures["hostile_crashes"] == 0 and figures["all_recovered"]
     return 0 if ok else 1

@@ -1,5 +1,5 @@
 """The command line of the model lifecycle: ``shelfq gate``, ``shelfq models`` and ``shelfq bench
-gate`` (their parsers and commands; ``shelfq.cli`` hooks them in)."""
+gate`` (their parsers and commands; ``shelfq.cli.main`` hooks them in)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from contracts.errors import ConfigError
-from contracts.settings import Settings
+from shelfq.contracts.errors import ConfigError
+from shelfq.contracts.settings import Settings
 
 
 def add_parsers(sub: Any, bench: Any, common: argparse.ArgumentParser) -> None:
-    from evaluation.gate.config import GateConfig
-    from shelfq.bench_gate import GateBenchConfig
-    from shelfq.dataclass_cli import add_fields
+    from shelfq.evaluation.gate.config import GateConfig
+    from shelfq.bench.gate import GateBenchConfig
+    from shelfq.cli.dataclass_flags import add_fields
 
     gate = sub.add_parser("gate", parents=[common], help="the model gate: judge new model versions in shadow, promote, hold, roll back",
                           description="Judge every new model version of the policies before it serves: estimate its value off-policy (SNIPS and DR with 95%% intervals) on the most recent logged transitions, next to the serving version's on the same window; promote it when its lower bound clears the serving estimate minus the margin, hold it back otherwise; roll a serving version back to the last good one when its live reward stays below its estimate's interval. Every decision goes to the compacted model-decisions topic, which every agent follows. Settings: SHELFQ_GATE_<NAME>; see docs/agents.md.")
@@ -49,9 +49,9 @@ def add_parsers(sub: Any, bench: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_gate(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation.gate.config import GateConfig
-    from evaluation.gate.service import Gate
-    from shelfq.dataclass_cli import overrides
+    from shelfq.evaluation.gate.config import GateConfig
+    from shelfq.evaluation.gate.service import Gate
+    from shelfq.cli.dataclass_flags import overrides
 
     logging.getLogger("shelfq").setLevel(args.log_level.upper())
     config = GateConfig.from_env(**overrides(args, GateConfig))  # --metrics-port among them
@@ -72,7 +72,7 @@ def cmd_gate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from shelfq import models_cli
+    from shelfq.cli import models as models_cli
 
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr if args.json else sys.stdout)  # noqa: E731
     if args.action == "list":
@@ -98,8 +98,8 @@ def cmd_bench_gate(args: argparse.Namespace, settings: Settings, log: Callable[[
 
     import torch
 
-    from shelfq.bench_gate import GateBenchConfig, run_bench
-    from shelfq.dataclass_cli import overrides
+    from shelfq.bench.gate import GateBenchConfig, run_bench
+    from shelfq.cli.dataclass_flags import overrides
 
     try:
         config = dataclasses.replace(GateBenchConfig(), **overrides(args, GateBenchConfig))

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contracts.errors import ConfigError, ShelfqError
-from contracts.events import DEFAULT_HISTORY_LENGTH, ORGANIC, Feedback, Impression, Interaction, Item, Request, Slate, State
-from contracts.settings import Settings
-from evaluation.sequential import K, PREDICTORS, Positive, Score, catalog, positives, prequential, score, sessions, summary
+from shelfq.contracts.errors import ConfigError, ShelfqError
+from shelfq.contracts.events import DEFAULT_HISTORY_LENGTH, ORGANIC, Feedback, Impression, Interaction, Item, Request, Slate, State
+from shelfq.contracts.settings import Settings
+from shelfq.evaluation.sequential import K, PREDICTORS, Positive, Score, catalog, positives, prequential, score, sessions, summary
 
 FAUST_TOPICS = ("streams-join-records-changelog", "streams-__assignor-__leader")
 #: The join's settings for this bench (a child's environment overrides them): transitions
@@ -109,7 +109,7 @@ def load(source: str | Path, config: ReplayBenchConfig, max_bytes: int,
          report: Callable[[str], None]) -> tuple[list[Positive], dict[str, Item]]:
     """The log's positive events (the first ``limit``) and its catalog; a log with bad lines is
     refused as ``shelfq replay`` refuses it."""
-    from frontend.replay import MAX_ERRORS_SHOWN, ReplayError, read_file
+    from shelfq.frontend.replay import MAX_ERRORS_SHOWN, ReplayError, read_file
 
     parsed = read_file(source, config.fmt, max_bytes)
     if parsed.bad:
@@ -138,11 +138,11 @@ class ReplayBench:
     # -- components ------------------------------------------------------------------------
 
     def start(self, items: dict[str, Item]) -> None:
-        from contracts.events import encode
-        from contracts.kafka import ReliableProducer
-        from shelfq.demo import Component
-        from shelfq.ports import free_port
-        from shelfq.topic_admin import ensure_topics
+        from shelfq.contracts.events import encode
+        from shelfq.contracts.kafka import ReliableProducer
+        from shelfq.ops.components import Component
+        from shelfq.ops.ports import free_port
+        from shelfq.ops.topic_admin import ensure_topics
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         ensure_topics(self.settings)
@@ -174,7 +174,7 @@ class ReplayBench:
                    "the agent to load the catalog")
 
     def _metric(self, name: str, series: str) -> float:
-        from shelfq.bench_agent import _metric
+        from shelfq.bench.agent import _metric
 
         return _metric(self.components[name].port, series)
 
@@ -198,8 +198,8 @@ class ReplayBench:
                 c.stop(30.0)
             except Exception:  # noqa: BLE001 - one stuck child must not keep the others running
                 pass
-        from contracts.topics import topic_specs
-        from shelfq.topic_admin import delete_topics
+        from shelfq.contracts.topics import topic_specs
+        from shelfq.ops.topic_admin import delete_topics
 
         try:
             # The streams worker's own topics (Faust's) too, as ``bench join`` deletes them.
@@ -213,7 +213,7 @@ class ReplayBench:
 
     async def drive(self, events: list[Positive], baselines: dict[str, list[Score]]) -> list[Served]:
         """Every event predicted by the agent, then revealed; their answers in log order."""
-        from frontend.client import ShopClient
+        from shelfq.frontend.client import ShopClient
 
         cfg = self.config
         session_ids, last_of_session = sessions(events, cfg.session_gap_s)
@@ -320,7 +320,7 @@ class ReplayBench:
 
     def figures(self) -> dict[str, float]:
         """The components' own counters, read before they stop."""
-        from shelfq.demo import scrape
+        from shelfq.ops.scrape import series as scrape
 
         return {"transitions": self._metric("streams", "shelfq_streams_transitions_total"),
                 "streams_dead_letters": scrape(self.components["streams"].port).get("shelfq_dead_letters_total", 0.0),

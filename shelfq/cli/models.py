@@ -19,15 +19,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from contracts.decisions import ModelDecision, encode_decision, read_decisions
-from contracts.errors import EventError, ShelfqError
-from contracts.kafka import ReliableProducer
-from contracts.models import ModelHeaders
-from contracts.settings import Settings
-from contracts.topics import MODEL_DECISIONS, MODELS
-from evaluation.gate import ledger
-from evaluation.logs import read_to_end
-from learner.artifact import load_model
+from shelfq.contracts.decisions import ModelDecision, encode_decision, read_decisions
+from shelfq.contracts.errors import EventError, ShelfqError
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.models import ModelHeaders
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import MODEL_DECISIONS, MODELS
+from shelfq.evaluation.gate import ledger
+from shelfq.evaluation.logs import read_to_end
+from shelfq.learner.artifact import load_model
 
 
 def versions_on_topic(settings: Settings, policy: str) -> dict[int, dict[str, Any]]:

@@ -17,21 +17,21 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from contracts.events import encode
-from contracts.kafka import ReliableProducer
-from contracts.settings import Settings
-from contracts.topics import TRANSITIONS, topic_specs
-from learner.config import LearnerConfig
-from learner.dqn import DQN
-from learner.synthetic import random_transitions
+from shelfq.contracts.events import encode
+from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.settings import Settings
+from shelfq.contracts.topics import TRANSITIONS, topic_specs
+from shelfq.learner.config import LearnerConfig
+from shelfq.learner.dqn import DQN
+from shelfq.learner.synthetic import random_transitions
 
 HISTORY = 50  # interactions per state, as the join's default history_length writes them
 
 
 def run_bench(settings: Settings, transitions: int, config: LearnerConfig,
               report: Callable[[str], None] = print) -> dict:
-    from learner.service import Learner
-    from shelfq.topic_admin import delete_topics, ensure_topics
+    from shelfq.learner.service import Learner
+    from shelfq.ops.topic_admin import delete_topics, ensure_topics
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,

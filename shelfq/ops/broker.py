@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from contracts.errors import BrokerError
-from contracts.settings import Settings
+from shelfq.contracts.errors import BrokerError
+from shelfq.contracts.settings import Settings
+from shelfq.ops.resources import deploy_dir
 
-KAFKA_DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
+KAFKA_DEPLOY_DIR = deploy_dir() / "kafka"
 MIN_JAVA = 17
 
 # Broker processes this Python process started, so stop() can reap them (no zombies).
@@ -64,7 +65,7 @@ class EmbeddedBroker:
         self.deploy_dir = deploy_dir
         self.pom = deploy_dir / "pom.xml"
         if not self.pom.is_file():
-            raise BrokerError(f"{self.pom} not found: run shelfq from a checkout of the repository")
+            raise BrokerError(f"{self.pom} not found: the shelfq installation is incomplete (reinstall it)")
         self.dir = settings.home / "broker"
         self.data_dir = self.dir / "data"
         self.logs_dir = self.dir / "logs"

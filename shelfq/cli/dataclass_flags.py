@@ -4,7 +4,7 @@ few lines argparse needs). Flags left out stay ``None``, so the dataclass's defa
 environment (``from_env``) keep deciding.
 
 >>> import argparse
->>> from evaluation.bench_config import PolicyBenchConfig
+>>> from shelfq.evaluation.bench_config import PolicyBenchConfig
 >>> p = argparse.ArgumentParser()
 >>> add_fields(p, PolicyBenchConfig, only=("steps", "gamma"))
 >>> p.parse_args(["--steps", "3"])

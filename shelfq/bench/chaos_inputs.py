@@ -1,4 +1,4 @@
-"""What the chaos run (``shelfq.bench_chaos``) feeds the pipeline: steady synthetic load with a
+"""What the chaos run (``shelfq.bench.chaos``) feeds the pipeline: steady synthetic load with a
 known expected output, and hostile messages for every topic a component reads.
 
 Every hostile message is one that a decoder must refuse (so each must come back as a dead
@@ -41,8 +41,8 @@ def hostile_messages(topic: str, max_event_bytes: int) -> list[tuple[str, str, b
     """(label, key, value, headers) of the hostile messages for ``topic``."""
     if topic == "models":
         return _hostile_models()
-    from contracts.events import encode
-    from contracts.examples import EXAMPLES
+    from shelfq.contracts.events import encode
+    from shelfq.contracts.examples import EXAMPLES
 
     base = json.loads(encode(EXAMPLES[topic][1]))
     id_field = "item_id" if topic == "items" else "user_id"
@@ -66,7 +66,7 @@ def _hostile_models() -> list[tuple[str, str, bytes, list | None]]:
     """Model messages of policy ``dqn`` that no loader may take (nor count as a version)."""
     import struct
 
-    from contracts.examples import example_model
+    from shelfq.contracts.examples import example_model
 
     value, headers = example_model()
     good = dict(headers._replace(version=999_999).to_headers())
@@ -82,13 +82,13 @@ def _hostile_models() -> list[tuple[str, str, bytes, list | None]]:
 
 def refused(topic: str, value: bytes, max_event_bytes: int) -> bool:
     """Whether the decoder of ``topic``'s events refuses ``value`` (what its reader does)."""
-    from contracts.errors import EventError
-    from contracts.events import decode
-    from contracts.topics import EVENT_OF_TOPIC
+    from shelfq.contracts.errors import EventError
+    from shelfq.contracts.events import decode
+    from shelfq.contracts.topics import EVENT_OF_TOPIC
 
     try:
         if topic == "transitions":  # the learner reads only the fields it trains on
-            from learner.wire import decode_transition
+            from shelfq.learner.wire import decode_transition
 
             decode_transition(value, max_bytes=max_event_bytes)
         else:
@@ -107,7 +107,7 @@ class Load:
 
     def __init__(self, settings: Any, seed: int, sessions_per_s: float, requests_per_s: float,
                  tick_s: float = 0.25) -> None:
-        from contracts.kafka import ReliableProducer
+        from shelfq.contracts.kafka import ReliableProducer
 
         self.settings, self.seed, self.tick_s = settings, seed, tick_s
         self.sessions_per_s, self.requests_per_s = sessions_per_s, requests_per_s
@@ -135,7 +135,7 @@ class Load:
         self.flush()
 
     def flush(self) -> None:
-        from contracts.outage import Unacknowledged
+        from shelfq.contracts.outage import Unacknowledged
 
         deadline = time.monotonic() + 600
         while True:  # the broker may be away for a while yet: the producer keeps it all
@@ -166,8 +166,8 @@ class Load:
     def _sessions(self, tick: int, users: int) -> None:
         import msgspec
 
-        from contracts.events import Feedback, encode
-        from streams.synthetic import synthetic_traffic
+        from shelfq.contracts.events import Feedback, encode
+        from shelfq.streams.synthetic import synthetic_traffic
 
         traffic = synthetic_traffic(users=users, requests_per_user=2, slate_size=3, seed=self.seed * 100_003 + tick,
                                     gap_s=0.2, click_p=0.3, tag=f"c{tick}-")
@@ -181,7 +181,7 @@ class Load:
         self.events += len(traffic.events)
 
     def _request(self) -> None:
-        from contracts.events import Request, encode
+        from shelfq.contracts.events import Request, encode
 
         n = len(self.requests)
         req = Request(request_id=f"q{n}", user_id=f"qu{n % 97}", ts=time.time(), slate_size=3)
