@@ -5,19 +5,19 @@
 >>> AgentConfig(exploration="softmax")
 Traceback (most recent call last):
 ...
-contracts.errors.ConfigError: agent: exploration must be greedy, epsilon or boltzmann; got 'softmax'
+shelfq.contracts.errors.ConfigError: agent: exploration must be greedy, epsilon or boltzmann; got 'softmax'
 >>> AgentConfig.from_env({"SHELFQ_AGENT_EXCLUDE_SEEN": "clicked"}).exclude_seen, AgentConfig().exclude_seen
 ('clicked', 'purchased')
 >>> AgentConfig(exclude_seen="viewed")
 Traceback (most recent call last):
 ...
-contracts.errors.ConfigError: agent: exclude_seen must be none, purchased or clicked; got 'viewed'
+shelfq.contracts.errors.ConfigError: agent: exclude_seen must be none, purchased or clicked; got 'viewed'
 >>> [a.name for a in AgentConfig.from_env({"SHELFQ_AGENT_ARMS": "a=dqn-a:1,b=dqn-b:1"}).served_arms()]
 ['a', 'b']
 >>> AgentConfig(arms="a=dqn:-1")
 Traceback (most recent call last):
 ...
-contracts.errors.ConfigError: agent: arms: arm 'a' has weight -1.0; a weight is a finite number > 0
+shelfq.contracts.errors.ConfigError: agent: arms: arm 'a' has weight -1.0; a weight is a finite number > 0
 """
 
 from __future__ import annotations

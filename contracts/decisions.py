@@ -18,7 +18,7 @@ True
 >>> decode_decision(b'{"schema":"shelfq.model-decision.v1","policy":"dqn"}')
 Traceback (most recent call last):
 ...
-contracts.errors.EventError: value: Object missing required field `serving_version`
+shelfq.contracts.errors.EventError: value: Object missing required field `serving_version`
 """
 
 from __future__ import annotations

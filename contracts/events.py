@@ -14,7 +14,7 @@ True
 >>> decode(b'{"schema":"shelfq.request.v1","request_id":"r1","user_id":"u1","ts":1,"slate_size":0}', Request)
 Traceback (most recent call last):
 ...
-contracts.errors.EventError: slate_size: out of range: expected `int` >= 1
+shelfq.contracts.errors.EventError: slate_size: out of range: expected `int` >= 1
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class Request(Event, tag="shelfq.request.v1", frozen=True):
     >>> decode(b'{"schema":"shelfq.request.v1","request_id":"r1","user_id":"u1","ts":1,"exclude":["a","a"]}', Request)
     Traceback (most recent call last):
     ...
-    contracts.errors.EventError: exclude: item id 'a' appears twice
+    shelfq.contracts.errors.EventError: exclude: item id 'a' appears twice
     """
 
     request_id: Id

@@ -59,7 +59,7 @@ class ModelHeaders(NamedTuple):
         >>> ModelHeaders.from_headers(list({**good, "config": b'{"a":' + b"[" * 5000}.items()))
         Traceback (most recent call last):
         ...
-        contracts.errors.EventError: headers.config: not a JSON object: nested too deeply
+        shelfq.contracts.errors.EventError: headers.config: not a JSON object: nested too deeply
         """
         try:
             found = {k: v for k, v in (headers or []) if k in HEADER_KEYS and v is not None}
@@ -144,7 +144,7 @@ def read_safetensors_index(value: bytes | None) -> dict[str, TensorInfo]:
     >>> read_safetensors_index(struct.pack("<Q", len(twice)) + twice + bytes(16))
     Traceback (most recent call last):
     ...
-    contracts.errors.EventError: value.b: data offsets 0..8 overlap another tensor's
+    shelfq.contracts.errors.EventError: value.b: data offsets 0..8 overlap another tensor's
     """
     if not value or len(value) < 8:
         raise EventError("value", "malformed", "not safetensors: shorter than its 8-byte header length")

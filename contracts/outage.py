@@ -22,7 +22,7 @@ False
 >>> now[0] = 161.0; watch.check()
 Traceback (most recent call last):
 ...
-contracts.outage.BrokerUnreachable: agent: the broker at 127.0.0.1:9092 was unreachable for 61 s (more than SHELFQ_BROKER_OUTAGE_S = 60 s; last: refused); start it (`shelfq broker start`, or check the cluster and the SHELFQ_KAFKA_* settings), then start the agent again: nothing uncommitted is lost
+shelfq.contracts.outage.BrokerUnreachable: agent: the broker at 127.0.0.1:9092 was unreachable for 61 s (more than SHELFQ_BROKER_OUTAGE_S = 60 s; last: refused); start it (`shelfq broker start`, or check the cluster and the SHELFQ_KAFKA_* settings), then start the agent again: nothing uncommitted is lost
 """
 
 from __future__ import annotations

@@ -246,7 +246,7 @@ def parse_value(variable: str, raw: str, kind: str) -> Any:
     >>> parse_value("SHELFQ_PARTITIONS", "six", "int")
     Traceback (most recent call last):
     ...
-    contracts.errors.ConfigError: SHELFQ_PARTITIONS: expected int, got 'six'
+    shelfq.contracts.errors.ConfigError: SHELFQ_PARTITIONS: expected int, got 'six'
     """
     try:
         if kind == "int":

@@ -12,7 +12,7 @@ Nothing is unpickled: safetensors holds raw tensors, the headers are JSON and te
 >>> load_model(value[:-4], headers.to_headers())  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-contracts.errors.EventError: value.value.2.weight: data offsets ... outside the ...-byte buffer
+shelfq.contracts.errors.EventError: value.value.2.weight: data offsets ... outside the ...-byte buffer
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def load_checkpoint(root: Path) -> Checkpoint | None:
     >>> load_checkpoint(bad)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    contracts.errors.ShelfqError: no readable checkpoint under ...: LATEST names '../../etc', not a ckpt-<n> directory; ...
+    shelfq.contracts.errors.ShelfqError: no readable checkpoint under ...: LATEST names '../../etc', not a ckpt-<n> directory; ...
     """
     if not root.is_dir():
         return None
@@ -254,7 +254,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     >>> load_optimizer(opt, {"optim.x.step": torch.ones(1)}, {"param_groups": []})
     Traceback (most recent call last):
     ...
-    contracts.errors.ShelfqError: checkpoint optimiser state is unreadable (invalid literal for int() with base 10: 'x')
+    shelfq.contracts.errors.ShelfqError: checkpoint optimiser state is unreadable (invalid literal for int() with base 10: 'x')
     """
     try:
         state: dict[int, dict[str, torch.Tensor]] = {}

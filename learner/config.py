@@ -8,7 +8,7 @@ Every field reads from ``SHELFQ_LEARNER_<FIELD>`` (upper case); flags override.
 >>> LearnerConfig(encoder="transformer")
 Traceback (most recent call last):
 ...
-contracts.errors.ConfigError: learner: encoder must be one of gru, lstm, cnn; got 'transformer'
+shelfq.contracts.errors.ConfigError: learner: encoder must be one of gru, lstm, cnn; got 'transformer'
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ A transition failing them goes to ``dlq`` like any invalid event.
 >>> decode_transition(encode(EXAMPLES["transitions"][1]).replace(b'"position":1', b'"position":0'))
 Traceback (most recent call last):
 ...
-contracts.errors.EventError: action: is not the slate's item at position 0
+shelfq.contracts.errors.EventError: action: is not the slate's item at position 0
 >>> decode_transition(encode(EXAMPLES["transitions"][1]).replace(b'"reward":8.0', b'"reward":1e300'))
 Traceback (most recent call last):
 ...
-contracts.errors.EventError: reward: out of range: expected `float` <= 1000000.0
+shelfq.contracts.errors.EventError: reward: out of range: expected `float` <= 1000000.0
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 >>> GateConfig(margin=-0.1)
 Traceback (most recent call last):
 ...
-contracts.errors.ConfigError: gate: margin must be in [0, 1), got -0.1
+shelfq.contracts.errors.ConfigError: gate: margin must be in [0, 1), got -0.1
 >>> GateConfig.from_env({"SHELFQ_GATE_POLICIES": "dqn-a, dqn-b"}).policy_keys()
 ('dqn-a', 'dqn-b')
 """
