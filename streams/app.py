@@ -43,7 +43,6 @@ from faust.types import TP
 
 from shelfq.contracts.outage import ConnectionNoise
 from shelfq.contracts.settings import Settings
-from shelfq.contracts.topics import DLQ, TRANSITIONS, USER_STATE
 from shelfq.streams import faust_internals
 from shelfq.streams.backlog import Backlog, StallRecovery
 from shelfq.streams.broker_offsets import BrokerOffsets
@@ -97,11 +96,7 @@ class JoinWorker:
     def __post_init__(self) -> None:
         s, metrics = self.settings, self.metrics
         self.join = Join(self.config.join, self.records.data)
-        self.logical = {s.topic(t): t for t in INPUTS}
-        self.transitions_topic = s.topic(TRANSITIONS)
-        self.dlq_topic = s.topic(DLQ)
-        self.user_state_topic = s.topic(USER_STATE)
-        self.max_message_bytes = self.config.max_message_bytes
+        self.logical = {s.topic(t): t for t in INPUTS}  # full topic name -> input
         self.records.on_recovered = self.on_recovered
         self.broker = BrokerOffsets(s, self.app.conf.id, self.logical)
         self.ownership = Ownership(self.app, self.broker.committed_offsets)
@@ -110,7 +105,7 @@ class JoinWorker:
         reader_config = s.confluent_config(**{"group.id": f"{self.app.conf.id}-holes"})
         self.holes = HoleFiller(self.app, self.ownership, HoleReader(reader_config), metrics)
         self.user_state = UserHistories(self.histories, self.config.join.history_length)
-        self.outbox = Outbox(self.app, s, self.max_message_bytes, self.join, self.records, self.user_state,
+        self.outbox = Outbox(self.app, s, self.config.max_message_bytes, self.join, self.records, self.user_state,
                              self.ownership, metrics)
         self.dead_letters = self.outbox.dead_letters
         self.decoder = Decoder(self.logical, s.max_event_bytes, self.dead_letters, metrics)
