@@ -20,7 +20,7 @@ rule is off here and nowhere else in the worker), and the streams tests say so
 - ``withhold_acks``: a batch whose hole the broker cannot give must leave no ack behind (what it
   caused is not flushed, and Faust's commit could pass the hole). Faust acks a message unless it
   is marked ``acked`` already; its messages are marked so.
-- ``is_paused``, ``is_buffered``, ``resume_fetch``: the stall guard (``streams.stalls``). Faust
+- ``is_paused``, ``is_buffered``, ``resume_fetch``: the stall guard (``streams.backlog``). Faust
   takes a partition whose stream buffer filled out of its fetch (``_buffered_partitions``) and
   puts it back when the buffer drains, and can miss putting it back across a rebalance, so the
   partition delivers nothing. The guard resumes its fetch and clears that mark, as Faust's

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the streams worker, on a registry of its own (one per worker)."""
+"""Prometheus metrics of the streams worker, on a registry of its own (one per worker), and the
+report that moves the join's outcome counts and gauges into them."""
 
 from __future__ import annotations
 
