@@ -17,7 +17,10 @@ rule is off here and nowhere else in the worker), and the streams tests say so
   the head of what it acked (faust-streaming #606, open; issue 16 also names #707 and #596).
   Offsets the worker read from the broker itself are handed to Faust's ``_add_gap``, as Faust
   does for offsets its own stream skips, so its commit goes on past them.
-- ``is_paused``, ``is_buffered``, ``resume_fetch``: the stall guard (``streams.stalls``). Faust
+- ``withhold_acks``: a batch whose hole the broker cannot give must leave no ack behind (what it
+  caused is not flushed, and Faust's commit could pass the hole). Faust acks a message unless it
+  is marked ``acked`` already; its messages are marked so.
+- ``is_paused``, ``is_buffered``, ``resume_fetch``: the stall guard (``streams.backlog``). Faust
   takes a partition whose stream buffer filled out of its fetch (``_buffered_partitions``) and
   puts it back when the buffer drains, and can miss putting it back across a rebalance, so the
   partition delivers nothing. The guard resumes its fetch and clears that mark, as Faust's
@@ -37,7 +40,7 @@ rule is off here and nowhere else in the worker), and the streams tests say so
   rebalance awaits before it flushes and commits) also waits for the batch in progress, and it
   keeps Faust's ``_read_offset`` and the stall detector's ``stream_inbound_time`` up to date.
 
-Faust's ``Codec._dumps``/``_loads`` (``streams.app``) are not here: overriding them is how
+Faust's ``Codec._dumps``/``_loads`` (``streams.tables``) are not here: overriding them is how
 Faust's documentation says to write a codec.
 """
 
@@ -46,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -74,7 +77,8 @@ class ReadCommittedConsumer(faust_aiokafka.Consumer):
 
 def use_read_committed_consumer(app: faust.App) -> None:
     """Give ``app`` a consumer that reads committed records only (before it is first built)."""
-    app.transport.Consumer = ReadCommittedConsumer
+    transport: Any = app.transport  # its Consumer is a class attribute, which Faust lets an app replace
+    transport.Consumer = ReadCommittedConsumer
 
 
 #: What the batch consumer hands the worker: each partition's fetched records (aiokafka's
@@ -132,7 +136,8 @@ class BatchDrainingConsumer(ReadCommittedConsumer):
                         self.log.warning("exception performing seek when flow not active %s", exc)
                     continue
                 handed = time.monotonic()
-                batch, others = [], []
+                batch: list[tuple[TP, Sequence[Any]]] = []
+                others: list[tuple[TP, Sequence[Any]]] = []
                 for tp, recs in records.items():
                     if recs and (active is None or tp in active or tp in self._buffered_partitions):
                         (batch if tp.topic in topics else others).append((TP(tp.topic, tp.partition), recs))
@@ -142,8 +147,8 @@ class BatchDrainingConsumer(ReadCommittedConsumer):
                     continue
                 self._batch_idle.clear()
                 try:
-                    for tp, recs in batch:
-                        self._read_offset[tp] = recs[-1].offset
+                    for tp, handed_over in batch:
+                        self._read_offset[tp] = handed_over[-1].offset
                         inbound[tp] = handed
                     self._ack_ranges(await handler(batch, handed))
                 finally:
@@ -203,14 +208,16 @@ class BatchDrainingConsumer(ReadCommittedConsumer):
 def use_batch_consumer(app: faust.App, handler: BatchHandler, topics: Iterable[str]) -> None:
     """Give ``app`` the batch-draining consumer (committed records only), handing its fetched
     batches of ``topics`` to ``handler`` (before the consumer is first built)."""
-    app.transport.Consumer = cast(type, type("BoundBatchDrainingConsumer", (BatchDrainingConsumer,),
-                                             {"batch_handler": staticmethod(handler), "batch_topics": frozenset(topics)}))
+    transport: Any = app.transport
+    transport.Consumer = type("BoundBatchDrainingConsumer", (BatchDrainingConsumer,),
+                              {"batch_handler": staticmethod(handler), "batch_topics": frozenset(topics)})
 
 
 def new_aiokafka_consumer(app: faust.App) -> Any:
     """A new aiokafka consumer, as ``app``'s consumer thread builds its own (not started; the
     caller stops it). For checks of what Faust would build."""
-    return app.consumer._thread._create_worker_consumer(app.transport)
+    consumer: Any = app.consumer
+    return consumer._thread._create_worker_consumer(app.transport)
 
 
 def isolation_level(client: Any) -> str:
@@ -227,6 +234,13 @@ async def add_gap(consumer: Any, tp: TP, first: int, last: int) -> None:
     """Tell Faust that offsets ``first`` to ``last`` of ``tp`` are done (processed outside its
     stream), so its commit passes them."""
     await consumer._add_gap(tp, first, last)
+
+
+def withhold_acks(messages: Iterable[Any]) -> None:
+    """Make Faust record no ack for these messages (of events its stream handed over): its
+    ``ack`` passes over a message already marked ``acked``, so their offsets stay uncommitted."""
+    for message in messages:
+        message.acked = True
 
 
 def is_paused(consumer: Any, tp: TP) -> bool:
@@ -252,6 +266,7 @@ def tune_fetches(app: faust.App, max_wait_s: float, min_bytes: int) -> None:
     there), so under light traffic every message that arrived cost a fetch round trip, a
     hand-over between the consumer's thread and the worker's, and a batch of its own: most of a
     core at 100 events/s. The fetcher reads both values each time it builds a request."""
-    fetcher = app.consumer._thread._ensure_consumer()._fetcher
+    consumer: Any = app.consumer
+    fetcher = consumer._thread._ensure_consumer()._fetcher
     fetcher._fetch_max_wait_ms = int(max_wait_s * 1000)
     fetcher._fetch_min_bytes = min_bytes

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the streams worker, on a registry of its own (one per worker)."""
+"""Prometheus metrics of the streams worker, on a registry of its own (one per worker), and the
+report that moves the join's outcome counts and gauges into them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from shelfq.contracts.events import Transition
 from shelfq.contracts.observability import ConsumerSeries
+from shelfq.streams.join import INPUTS, Join
 
 # Emit latency is milliseconds to seconds; the buckets resolve the 50 ms budget finely.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
@@ -83,3 +85,34 @@ class StreamsMetrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
+
+
+class JoinReport:
+    """Moves the join's outcome counts into ``metrics`` and refreshes its gauges; the gauges
+    scan every record, so ``report`` runs every ``every_s`` of the clock at most."""
+
+    def __init__(self, join: Join, metrics: StreamsMetrics, every_s: float) -> None:
+        self.join = join
+        self.metrics = metrics
+        self.every_s = every_s
+        self._reported = join.outcomes.copy()
+        self._last = 0.0
+
+    def maybe_report(self, now: float) -> None:
+        """Report if ``every_s`` passed since the last report (``now``: wall time)."""
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.report()
+
+    def report(self) -> None:
+        """Move the join's outcome counts into the metrics; refresh the gauges."""
+        join, metrics = self.join, self.metrics
+        for (topic, outcome), n in join.outcomes.items():
+            if n != self._reported[(topic, outcome)]:
+                metrics.events.labels(topic, outcome).inc(n - self._reported[(topic, outcome)])
+        self._reported = join.outcomes.copy()
+        pending = join.pending()
+        for topic in INPUTS:
+            metrics.pending_events.labels(topic).set(pending[topic])
+        metrics.pending_items.set(join.pending_items())
+        metrics.records.set(len(join.records))

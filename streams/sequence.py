@@ -77,8 +77,8 @@ class HoleReader:
         # Committed records only, as the worker's Faust consumer reads them
         # (streams.faust_internals.ReadCommittedConsumer): records of an aborted transaction must
         # never be joined, and the two must agree, or a hole would be filled with what Faust skips.
-        self._config = {**config, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                        "isolation.level": "read_committed", "fetch.wait.max.ms": 10}
+        self.config = {**config, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                       "isolation.level": "read_committed", "fetch.wait.max.ms": 10}
         self.timeout_s = timeout_s
         self._consumer: Any = None
         self._lock = threading.Lock()  # reads may run in executor threads; close comes from the loop
@@ -89,7 +89,7 @@ class HoleReader:
         try:
             with self._lock:
                 if self._consumer is None:
-                    self._consumer = Consumer(self._config)
+                    self._consumer = Consumer(self.config)
                 return self._read(self._consumer, topic, partition, begin, end)
         except KafkaException as exc:
             raise HoleUnreadable(f"{topic}:{partition}: reading offsets {begin} to {end - 1} failed: {exc}") from exc

@@ -1,4 +1,4 @@
-# ruff: noqa: SLF001 - the worker's and the consumer's bookkeeping is what is checked
+# ruff: noqa: SLF001 - Faust's consumer bookkeeping, as the door (streams/faust_internals.py) keeps it, is what is checked
 """The batch-draining consumer (SHELFQ_STREAMS_BATCH_CONSUMER): what the worker does with a
 fetched batch, and the acks it gives Faust's consumer, checked against Faust's own commit
 arithmetic (``_new_offset``). tests/integration/test_streams.py runs real workers with it."""
@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from faust.types import TP
 
 from shelfq.contracts.errors import ConfigError
-from shelfq.contracts.events import encode
+from shelfq.contracts.events import DeadLetter, decode, encode
 from shelfq.contracts.examples import EXAMPLES
 from shelfq.contracts.settings import Settings
 from shelfq.streams import faust_internals
@@ -76,20 +77,23 @@ def test_bench_join_refuses_impossible_worker_counts(capsys: pytest.CaptureFixtu
     assert "--workers must be within 1 and 64" in capsys.readouterr().err
 
 
+def dead_lettered_offsets(producer: RecordingProducer) -> list[int | None]:
+    """The offsets of the dead letters the broker took, in the order they were sent."""
+    return [decode(v, DeadLetter).offset for t, _k, v in producer.delivered if t == PREFIX + "dlq"]
+
+
 def test_a_batch_is_joined_flushed_and_its_offsets_holes_included_are_returned_as_done() -> None:
     consumer = RecordingConsumer()
     app, worker = batch_worker(consumer)
     slates, feedback = TP(PREFIX + "slates", 0), TP(PREFIX + "feedback", 0)
-    worker._start_offsets = {slates: 3, feedback: 0}
-    worker._holes = reader = RecordingReader(holds={4})  # 5: a transaction marker, say
-    letters: list[int] = []
-    worker._dead_letter = lambda reason, detail, topic, value, key, partition, offset: letters.append(offset)
+    worker.ownership.start_offsets = {slates: 3, feedback: 0}
+    worker.holes.reader = reader = RecordingReader(holds={4})  # 5: a transaction marker, say
     slate = encode(EXAMPLES["slates"][1])
     batch = [(slates, [record(slates, 3, slate), record(slates, 6), record(slates, 4)]),
              (feedback, [record(feedback, 0), record(feedback, 1)])]
     done = asyncio.run(hand_over(worker, app.producer, batch))
     assert reader.reads == [(PREFIX + "slates", 0, 4, 6)]
-    assert letters == [4, 6, 0, 1], "the hole's message first, the repeat of 4 skipped"
+    assert dead_lettered_offsets(app.producer) == [4, 6, 0, 1], "the hole's message first, the repeat of 4 skipped"
     assert done == [(slates, 3, 7), (feedback, 0, 2)]
     assert EXAMPLES["slates"][1].request_id in worker.join.records, "the valid slate was joined"
     assert consumer.calls == [], "no gap: the acked range covers the hole"
@@ -98,23 +102,35 @@ def test_a_batch_is_joined_flushed_and_its_offsets_holes_included_are_returned_a
     assert done == [(slates, 7, 9)]
 
 
+class RevokingProducer(RecordingProducer):
+    """Partition 1 is revoked while the batch's outputs are being sent."""
+
+    def __init__(self, worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    async def send(self, *args: Any) -> asyncio.Future:
+        if 1 in self.worker.partitions:
+            self.worker.on_revoked({1})
+        return await super().send(*args)
+
+
 def test_a_partition_revoked_during_the_batch_is_not_acked() -> None:
-    consumer = RecordingConsumer()
-    consumer._committed_offset = {}  # Faust's copy, where the revocation leaves the worker to look
-    app, worker = batch_worker(consumer)
+    app, worker = batch_worker(RecordingConsumer())
     worker.assign({0, 1})
     kept, revoked = TP(PREFIX + "slates", 0), TP(PREFIX + "slates", 1)
-    worker._start_offsets = {kept: 0, revoked: 0}
-    worker._dead_letter = lambda *args: worker.on_revoked({1})  # revoked while the batch is processed
+    worker.ownership.start_offsets = {kept: 0, revoked: 0}
+    app.producer = RevokingProducer(worker)
     done = asyncio.run(hand_over(worker, app.producer, [(kept, [record(kept, 0)]), (revoked, [record(revoked, 0)])]))
+    assert worker.partitions == {0}, "revoked during the flush"
     assert done == [(kept, 0, 1)]
 
 
 def test_a_hole_the_broker_cannot_give_acks_nothing_and_stops_the_worker() -> None:
     app, worker = batch_worker(RecordingConsumer())
     tp = TP(PREFIX + "impressions", 0)
-    worker._start_offsets = {tp: 0}
-    worker._holes = RecordingReader(holds=set(), fail=True)
+    worker.ownership.start_offsets = {tp: 0}
+    worker.holes.reader = RecordingReader(holds=set(), fail=True)
     crashed: list[BaseException] = []
 
     async def crash(exc: BaseException) -> None:

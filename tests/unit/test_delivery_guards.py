@@ -7,16 +7,24 @@ calls it makes, not Kafka's behaviour (tests/integration/test_streams.py runs re
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
 from faust.types import TP
 
+from shelfq.contracts.events import DeadLetter, decode, encode
+from shelfq.contracts.examples import EXAMPLES
 from shelfq.contracts.settings import Settings
 from shelfq.streams import faust_internals
-from shelfq.streams.app import STALL_AFTER_S, create_app
+from shelfq.streams.app import create_app
+from shelfq.streams.backlog import STALL_AFTER_S
+from shelfq.streams.broker_offsets import BrokerOffsets
 from shelfq.streams.config import StreamsConfig
+from shelfq.streams.join import INPUTS
+from shelfq.streams.outage import WatermarkHold
 from shelfq.streams.sequence import HoleUnreadable
+from tests.unit.test_streams_outputs import RecordingProducer, flush
 
 
 class RecordingConsumer:
@@ -46,7 +54,15 @@ def sample(worker, name: str, **labels: str) -> float | None:
 def worker_with(consumer: RecordingConsumer):
     app, worker = create_app(Settings.from_env(topic_prefix="stalls."), StreamsConfig())
     app.consumer = consumer
+    app.producer = RecordingProducer()
     return worker
+
+
+def dead_lettered_offsets(worker) -> list[int | None]:
+    """Flush the worker; the offsets of the dead letters the broker took, in the order sent."""
+    producer = worker.app.producer
+    asyncio.run(flush(worker, producer))
+    return [decode(v, DeadLetter).offset for t, _k, v in producer.delivered if t == "stalls.dlq"]
 
 
 def test_a_stalled_partition_is_resumed_then_sought_back_to_its_first_unprocessed_offset() -> None:
@@ -56,7 +72,7 @@ def test_a_stalled_partition_is_resumed_then_sought_back_to_its_first_unprocesse
 
     async def checks() -> None:
         for now in (0.0, STALL_AFTER_S, 2 * STALL_AFTER_S):
-            await worker._unstall(tp, 7, worker._stalls.check(tp, 7, now), now)
+            await worker.stalls.check(tp, 7, now)
 
     asyncio.run(checks())
     assert consumer.calls == [("resume", (tp,)), ("seek", {tp: 7})]
@@ -64,21 +80,32 @@ def test_a_stalled_partition_is_resumed_then_sought_back_to_its_first_unprocesse
 
 
 def test_a_failed_seek_is_logged_and_the_worker_goes_on(caplog) -> None:
-    worker = worker_with(RecordingConsumer(fail_seek=True))
-    asyncio.run(worker._unstall(TP("stalls.feedback", 0), 3, "seek", 30.0))
+    consumer = RecordingConsumer(fail_seek=True)
+    worker = worker_with(consumer)
+    tp = TP("stalls.feedback", 0)
+
+    async def checks() -> None:
+        for now in (0.0, STALL_AFTER_S, 2 * STALL_AFTER_S, 3 * STALL_AFTER_S):
+            await worker.stalls.check(tp, 3, now)
+
+    asyncio.run(checks())
     assert "could not seek stalls.feedback:0 to 3" in caplog.text
+    assert consumer.calls == [("resume", (tp,))], "the seeks failed; the guard tried again a tick later"
+    assert sample(worker, "shelfq_streams_fetch_stalls_total", action="seek") == 2
 
 
 def test_a_revoked_partition_forgets_its_read_position() -> None:
     worker = worker_with(RecordingConsumer())
-    worker.partitions = {0, 1}
+    worker.assign({0, 1})
     kept, revoked = TP("stalls.slates", 0), TP("stalls.slates", 1)
-    worker._order.check(kept, 4, start=4)
-    worker._order.check(revoked, 8, start=8)
-    worker._stalls.check(revoked, 9, 0.0)
+    order, stalls = worker.holes.order, worker.stalls.watch
+    order.check(kept, 4, start=4)
+    order.check(revoked, 8, start=8)
+    stalls.check(revoked, 9, 0.0)
     worker.on_revoked({1})
-    assert worker._order.next_offset(kept) == 5 and worker._order.next_offset(revoked) is None
-    assert worker._stalls.stalled_s(revoked, 100.0) == 0.0
+    assert order.next_offset(kept) == 5 and order.next_offset(revoked) is None
+    assert stalls.stalled_s(revoked, 100.0) == 0.0
+    assert worker.partitions == {0}
 
 
 def message(tp: TP, offset: int, value: bytes = b"not json") -> SimpleNamespace:
@@ -126,16 +153,14 @@ def deliver(worker, *messages: SimpleNamespace) -> None:
 def test_offsets_faust_left_out_are_read_from_the_broker_and_processed_first() -> None:
     consumer = RecordingConsumer()
     worker = worker_with(consumer)
-    worker.partitions = {0}
+    worker.assign({0})
     tp = TP("stalls.impressions", 0)
-    worker._start_offsets = {tp: 10}  # the group's committed offset
-    worker._holes = reader = RecordingReader(holds={10, 12, 13})  # 11: a transaction marker, say
-    seen: list[int] = []
-    worker._dead_letter = lambda reason, detail, topic, value, key, partition, offset: seen.append(offset)
+    worker.ownership.start_offsets = {tp: 10}  # the group's committed offset
+    worker.holes.reader = reader = RecordingReader(holds={10, 12, 13})  # 11: a transaction marker, say
 
     deliver(worker, message(tp, 14), message(tp, 15), message(tp, 13), message(tp, 16))
     assert reader.reads == [("stalls.impressions", 0, 10, 14)]
-    assert seen == [10, 12, 13, 14, 15, 16], "in offset order, and the repeat of 13 skipped"
+    assert dead_lettered_offsets(worker) == [10, 12, 13, 14, 15, 16], "in offset order, and the repeat of 13 skipped"
     assert sample(worker, "shelfq_streams_out_of_order_total", verdict="hole") == 1
     assert sample(worker, "shelfq_streams_out_of_order_total", verdict="repeat") == 1
     # Only once what they caused went to the producer is Faust told the hole is done.
@@ -147,47 +172,47 @@ def test_offsets_faust_left_out_are_read_from_the_broker_and_processed_first() -
 def test_in_order_offsets_read_nothing_from_the_broker() -> None:
     consumer = RecordingConsumer()
     worker = worker_with(consumer)
-    worker._holes = reader = RecordingReader(holds=set())
+    worker.holes.reader = reader = RecordingReader(holds=set())
     tp = TP("stalls.slates", 1)
-    worker._start_offsets = {}  # never committed: Faust starts at the beginning
+    worker.ownership.start_offsets = {}  # never committed: Faust starts at the beginning
     deliver(worker, message(tp, 0), message(tp, 1), message(tp, 2))
     asyncio.run(worker.after_flush())
     assert reader.reads == [] and consumer.calls == []
-    assert worker._order.next_offset(tp) == 3
+    assert worker.holes.order.next_offset(tp) == 3
 
 
 def test_a_hole_of_markers_only_is_passed_without_telling_faust() -> None:
     consumer = RecordingConsumer()
     worker = worker_with(consumer)
-    worker.partitions = {0}
+    worker.assign({0})
     tp = TP("stalls.feedback", 0)
-    worker._start_offsets = {tp: 4}
-    worker._holes = RecordingReader(holds=set())
+    worker.ownership.start_offsets = {tp: 4}
+    worker.holes.reader = RecordingReader(holds=set())
     deliver(worker, message(tp, 4), message(tp, 6))  # 5: a transaction's marker
     asyncio.run(worker.after_flush())
-    assert consumer.calls == [] and worker._order.next_offset(tp) == 7
+    assert consumer.calls == [] and worker.holes.order.next_offset(tp) == 7
 
 
 def test_a_hole_the_broker_cannot_give_stops_the_batch_and_withholds_its_acks() -> None:
     worker = worker_with(RecordingConsumer())
-    worker.partitions = {0}
+    worker.assign({0})
     tp = TP("stalls.impressions", 0)
-    worker._start_offsets = {tp: 10}
-    worker._holes = RecordingReader(holds=set(), fail=True)
+    worker.ownership.start_offsets = {tp: 10}
+    worker.holes.reader = RecordingReader(holds=set(), fail=True)
     before, at_hole, after = message(tp, 10), message(tp, 12), message(tp, 13)
     with pytest.raises(HoleUnreadable):
         deliver(worker, before, at_hole, after)
     assert before.acked and at_hole.acked and after.acked, "all unflushed: Faust must record no ack"
-
+    assert dead_lettered_offsets(worker) == [10], "nothing after the hole was processed"
 
 
 def test_a_hole_filled_on_a_partition_revoked_before_the_flush_is_not_reported() -> None:
     consumer = RecordingConsumer()
     worker = worker_with(consumer)
-    worker.partitions = {0, 1}
+    worker.assign({0, 1})
     tp = TP("stalls.slates", 1)
-    worker._start_offsets = {tp: 0}
-    worker._holes = RecordingReader(holds={0})
+    worker.ownership.start_offsets = {tp: 0}
+    worker.holes.reader = RecordingReader(holds={0})
     deliver(worker, message(tp, 1))
     worker.on_revoked({1})
     asyncio.run(worker.after_flush())
@@ -196,41 +221,49 @@ def test_a_hole_filled_on_a_partition_revoked_before_the_flush_is_not_reported()
 
 def test_an_offset_read_that_a_rebalance_overtakes_is_dropped_not_a_crash() -> None:
     worker = worker_with(RecordingConsumer())
-    worker.partitions = {0}
+    worker.assign({0})
+    noted: dict[int, set[str]] = {}
+    worker.backlog.note_backlog = lambda partition, topics: noted.__setitem__(partition, topics)
 
     def committed() -> dict:
         worker.assign({0, 1})  # the assignment changes while the broker answers
         return {}
 
-    worker._committed_offsets = committed
-    worker._end_offsets = lambda: {TP("stalls.slates", 0): 5}
+    worker.ownership.committed_offsets = committed
+    worker.backlog.end_offsets = lambda partitions: {TP("stalls.slates", 0): 5}
     asyncio.run(worker.refresh_backlog())
-    assert worker._start_offsets is None, "offsets read for the old assignment must not be kept"
-    worker._committed_offsets = lambda: {TP("stalls.slates", 0): 2}
+    assert worker.ownership.start_offsets is None, "offsets read for the old assignment must not be kept"
+    assert noted == {}
+    worker.ownership.committed_offsets = lambda: {TP("stalls.slates", 0): 2}
     asyncio.run(worker.refresh_backlog())
-    assert worker.join._backlog[0] == frozenset({"slates"})
+    assert noted == {0: {"slates"}, 1: set()}
+    assert sample(worker, "shelfq_consumer_lag", topic="stalls.slates", partition="0") == 3
 
 
 def test_the_start_offsets_are_read_after_the_assignment_and_dropped_if_it_changed_meanwhile() -> None:
     worker = worker_with(RecordingConsumer())
+    ownership = worker.ownership
     tp = TP("stalls.slates", 0)
-    worker._committed_offsets = lambda: {tp: 7}
+    ownership.committed_offsets = lambda: {tp: 7}
 
     async def recover() -> None:
         worker.on_recovered({0})
         await asyncio.sleep(0.1)  # the read runs in the background
 
     asyncio.run(recover())
-    assert worker._start_offset(tp) == 7
+    assert ownership.start_offset(tp) == 7
 
     def overtaken() -> dict:
         worker.assign({0, 1})
         return {tp: 8}
 
-    worker.assign({0})
-    worker._committed_offsets = overtaken
-    asyncio.run(worker._read_start_offsets(worker._assignments))
-    assert worker._start_offsets is None
+    async def overtake() -> None:
+        worker.assign({0})
+        ownership.committed_offsets = overtaken
+        await ownership.learn_start_offsets()
+
+    asyncio.run(overtake())
+    assert ownership.start_offsets is None
 
 
 def test_the_user_state_changelog_is_declared_without_acks_and_the_stall_timeout_reaches_faust() -> None:
@@ -269,7 +302,7 @@ def test_faust_and_the_hole_readers_read_committed_records_only() -> None:
 
     assert asyncio.run(consumer_isolation()) == "read_committed"
     worker = worker_with(RecordingConsumer())
-    assert worker._holes._config["isolation.level"] == worker._probe._config["isolation.level"] == "read_committed"
+    assert worker.holes.reader.config["isolation.level"] == worker.backlog.probe.config["isolation.level"] == "read_committed"
 
     asked: list = []
 
@@ -278,25 +311,51 @@ def test_faust_and_the_hole_readers_read_committed_records_only() -> None:
             asked.append(kw.get("isolation_level"))
             return {}
 
-    worker.partitions = {0}
-    worker._admin = Admin()
-    worker._end_offsets()
+    broker = BrokerOffsets(Settings.from_env(topic_prefix="stalls."), "stalls.streams", worker.logical, admin=Admin())
+    broker.end_offsets({0})
     assert asked == [confluent_kafka.IsolationLevel.READ_COMMITTED]
 
 
 def test_watermarks_stay_held_for_the_grace_after_an_outage_then_follow_the_backlog() -> None:
     # A frontend's producer that kept events through an outage reconnects after the worker:
     # until outage_grace_s has passed, every input counts as unread whatever the backlog says.
-    _, worker = create_app(Settings.from_env(topic_prefix="grace."), StreamsConfig(outage_grace_s=30.0))
-    worker.partitions = {0, 1}
-    everything = frozenset(worker.logical.values())
+    noted: dict[int, set[str]] = {}
+    clock = [100.0]
+    hold = WatermarkHold(lambda partition, topics: noted.__setitem__(partition, topics), INPUTS, grace_s=30.0,
+                         clock=lambda: clock[0])
+    everything = set(INPUTS)
+    hold.hold({0, 1})  # the broker was away
+    assert noted == {0: everything, 1: everything}
+    noted.clear()  # back: the backlog read sees nothing unread yet
+    clock[0] += 29.0
+    hold.keep_holding({0, 1})
+    assert noted == {0: everything, 1: everything}
+    noted.clear()
+    clock[0] += 1.0  # the grace is over
+    hold.keep_holding({0, 1})
+    assert noted == {}
+
+
+def test_the_worker_keeps_a_watermark_still_through_the_grace_then_the_clock_moves_it() -> None:
+    """The tick's order: the backlog read (nothing unread), then the hold, then the clock."""
+    app, worker = create_app(Settings.from_env(topic_prefix="grace."), StreamsConfig(outage_grace_s=30.0))
+    app.producer = RecordingProducer()
+    worker.assign({0})
+    clock = [0.0]
+    worker.hold.clock = lambda: clock[0]
+    worker.ownership.start_offsets = {}
+    worker.backlog.end_offsets = lambda partitions: {}  # the broker is back, and nothing is unread
+    deliver(worker, message(TP("grace.slates", 0), 0, encode(EXAMPLES["slates"][1])))
+    now = time.time()
+
+    def tick(later: float) -> None:
+        asyncio.run(worker.refresh_backlog())
+        worker.keep_holding()
+        worker.on_tick(now + later)
+
     worker.hold_watermarks()  # the broker was away
-    for p in worker.partitions:
-        worker.join.note_backlog(p, set())  # back: the backlog read sees nothing unread yet
-    worker.keep_holding()
-    assert all(worker.join._backlog[p] == everything for p in worker.partitions)
-    worker._held_until = 0.0  # the grace is over
-    for p in worker.partitions:
-        worker.join.note_backlog(p, set())
-    worker.keep_holding()
-    assert all(worker.join._backlog[p] == frozenset() for p in worker.partitions)
+    tick(100.0)
+    assert worker.join.watermark(0) is None, "held: every input counts as unread"
+    clock[0] = 30.0  # the grace is over
+    tick(200.0)
+    assert worker.join.watermark(0) is not None, "every input idle: the wall clock moves it"

@@ -19,10 +19,11 @@ from faust.types import TP
 
 from shelfq.contracts.events import DeadLetter, Feedback, Impression, Slate, State, Transition, UserState, decode, encode
 from shelfq.contracts.settings import Settings
-from shelfq.streams.app import _RECORD_CODEC, create_app
+from shelfq.streams.app import create_app
 from shelfq.streams.config import StreamsConfig
 from shelfq.streams.join import JoinConfig
 from shelfq.streams.limits import message_size
+from shelfq.streams.tables import RECORD_CODEC
 
 PREFIX = "outputs."
 
@@ -166,7 +167,7 @@ def test_a_transition_over_the_size_limit_is_dead_lettered_and_never_emitted_aga
     assert letter.reason == "too_large" and letter.topic == PREFIX + "transitions" and "big:0" in letter.detail
     assert letter.truncated and letter.key == "u1"
     changelog = worker.records.changelog_topic.get_topic_name()
-    stored = [_RECORD_CODEC.loads(v) for t, k, v in producer.delivered if t == changelog and k == b"big" and v]
+    stored = [RECORD_CODEC.loads(v) for t, k, v in producer.delivered if t == changelog and k == b"big" and v]
     assert stored[-1].closed_at is not None, "the settled record is stored: a restart does not re-emit it"
     assert worker.join.pending_items() == 0
     assert sample(worker, "shelfq_dead_letters_total", reason="too_large") == 1
