@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from shelfq.agents.policies import DQNPolicy, Explorer, RandomPolicy
+from shelfq.agents.policies import Ask, DQNPolicy, Explorer, RandomPolicy, SlateChoice
 from shelfq.contracts.decisions import ModelDecision
 from shelfq.contracts.events import Transition
 from shelfq.evaluation.benchmark import train
@@ -87,13 +87,13 @@ class _Serving:
     """The agent's policy with the version the gate's decisions say (swapped between chunks)."""
 
     def __init__(self, models: dict[int, LoadedModel], explorer: Explorer, version: int) -> None:
-        self.models, self.explorer = models, explorer
+        self.models, self.explorer, self.name = models, explorer, POLICY
         self.policy = DQNPolicy(models[version], explorer, name=POLICY)
 
     def serve(self, version: int) -> None:
         self.policy.swap(self.models[version])
 
-    def rank(self, asks: Any, rng: np.random.Generator, limit: int | None = None) -> Any:
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         return self.policy.rank(asks, rng, limit)
 
 
