@@ -166,15 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", parents=[common], help="drive simulated shoppers through the real topics (a stand-in frontend)",
                               description="Publish the simulated catalog to items, then run shopper sessions against the running agent: each session sends requests, waits for slates (a random slate after --slate-timeout-s, counted), publishes impressions and feedback (click, add_to_cart, purchase, exit) and stops when the shopper exits. Shoppers have category interests and price sensitivity; bait items (high appeal, low quality) win clicks and shorten sessions. Seeded: the same --seed gives the same shoppers. Needs a running broker, the topics, and an agent and a streams worker to be useful.")
-    simulate.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (default 0: stop after --seconds)")
-    simulate.add_argument("--seconds", type=float, default=60.0, help="stop starting sessions after this many seconds (default 60; 0: stop after --sessions)")
-    simulate.add_argument("--concurrency", type=int, default=32, help="sessions in progress at once (default 32)")
-    simulate.add_argument("--think-s", type=float, default=0.2, help="pause between a shopper's feedback and the next request (default 0.2)")
-    simulate.add_argument("--slate-timeout-s", type=float, default=1.0, help="wait this long for a slate, then show a random one (default 1.0)")
-    simulate.add_argument("--slate-size", type=int, default=10, help="items per requested slate (default 10)")
-    simulate.add_argument("--seed", type=int, default=0, help="seeds shoppers and choices (default 0)")
-    simulate.add_argument("--no-catalog", action="store_true", help="do not publish the catalog to items first")
-    simulate.add_argument("--metrics-port", type=int, default=9104, help="port of /metrics (default 9104; 0 turns it off)")
+    from shelfq.simulator.runner import SimulateConfig
+
+    # --seconds and --no-catalog are older than the fields' names.
+    add_fields(simulate.add_argument_group("simulation settings"), SimulateConfig,
+               renames={"duration_s": "seconds", "publish_catalog": "catalog"})
     simulate.add_argument("--json", action="store_true", help="print the totals as one JSON object on the last line")
 
     from shelfq.frontend.replay import CSV_HELP
@@ -205,16 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="the whole pipeline on simulated shoppers, then a report comparing policies",
                           description="Start the embedded broker unless one runs (or use SHELFQ_BOOTSTRAP_SERVERS), create topics under a prefix of this run's own, and run a streams worker, an agent serving an experiment of two arms (users split 50/50 by a stable hash of their id: longterm serves the long-term model, myopic the myopic one, both with epsilon-greedy exploration), two learners each training on its own arm's transitions (long-term: gamma 0.9; myopic: gamma 0), and the shopper simulator, for a bounded time with a progress line every 10 s. Then random, popularity, the myopic and the long-term DQN serve the same simulated shoppers over several seeds, returning shoppers with their live histories and new ones, and a report (markdown, JSON and PNG plots) compares reward per session, CTR, conversion, revenue, session length, diversity, coverage and the share of bait items shown with 95%% confidence intervals, beside each live arm's reward per session, CTR, conversion and revenue per session. Stops what it started; deletes this run's topics unless --keep-topics.")
-    demo.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (default 10)")
-    demo.add_argument("--seeds", type=int, default=5, help="seeds of the comparison, each a different draw of sessions and choices (default 5)")
-    demo.add_argument("--sessions-per-seed", type=int, default=500, help="simulated sessions per policy, seed and group (returning, new) in the comparison (default 500)")
-    demo.add_argument("--new-users", type=int, default=400, help="shoppers the live traffic never meets: the comparison's new shoppers (default 400 of 2000)")
-    demo.add_argument("--gamma", type=float, default=0.9, help="discount of the long-term learner (default 0.9)")
-    demo.add_argument("--epsilon", type=float, default=0.2, help="exploration of the serving agent, in both arms (default 0.2)")
-    demo.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where report.md, report.json and the plots go (default reports/latest)")
-    demo.add_argument("--keep-topics", action="store_true", help="leave this run's topics on the broker")
-    demo.add_argument("--metrics-port", type=int, default=9105, help="port of the simulator's /metrics in the demo (default 9105; 0 turns it off)")
-    demo.add_argument("--prometheus", action="store_true", help="also start a local Prometheus (Debian's prometheus package) scraping every component, and print its URL")
+    from shelfq.demo.run import DemoConfig
+
+    add_fields(demo.add_argument_group("demo settings"), DemoConfig)
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
     demo.add_argument("--json", action="store_true", help="print the comparison as one JSON object on the last line")
 
@@ -531,9 +520,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     from shelfq.simulator.runner import SimulateConfig, Simulation
 
-    config = SimulateConfig(sessions=args.sessions, duration_s=args.seconds, concurrency=args.concurrency, think_s=args.think_s,
-                            slate_timeout_s=args.slate_timeout_s, slate_size=args.slate_size, seed=args.seed,
-                            publish_catalog=not args.no_catalog, metrics_port=args.metrics_port)
+    config = SimulateConfig(**overrides(args, SimulateConfig))
     sim = Simulation(settings, config)
     if config.metrics_port:
         try:
@@ -587,9 +574,7 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.demo.run import DemoConfig, run_demo
 
-    config = DemoConfig(minutes=args.minutes, seeds=args.seeds, sessions_per_seed=args.sessions_per_seed, gamma=args.gamma,
-                        epsilon=args.epsilon, report_dir=args.report_dir, keep_topics=args.keep_topics,
-                        metrics_port=args.metrics_port, prometheus=args.prometheus, new_users=args.new_users)
+    config = DemoConfig(**overrides(args, DemoConfig))
     if not settings.external_cluster:
         print("(the first start of the embedded broker resolves its jars with Maven)", file=sys.stderr)
     with _broker_for(settings, keep=args.keep_broker):

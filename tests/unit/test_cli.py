@@ -80,11 +80,13 @@ def _settings_commands() -> list[tuple[list[str], type, str | None, tuple[str, .
     """(command, its settings, their environment prefix, the fields it has flags for: None = all)."""
     from shelfq.agents.config import AgentConfig
     from shelfq.bench.replay import ReplayBenchConfig
+    from shelfq.demo.run import DemoConfig
     from shelfq.evaluation.gate.config import GateConfig
     from shelfq.learner.config import LearnerConfig
+    from shelfq.simulator.runner import SimulateConfig
     from shelfq.streams.config import StreamsConfig
 
-    return [(["learner"], LearnerConfig, "SHELFQ_LEARNER_", None), (["bench", "learner"], LearnerConfig, "SHELFQ_LEARNER_", None),
+    return [(["simulate"], SimulateConfig, None, None), (["demo"], DemoConfig, None, None),(["learner"], LearnerConfig, "SHELFQ_LEARNER_", None), (["bench", "learner"], LearnerConfig, "SHELFQ_LEARNER_", None),
             (["agent"], AgentConfig, "SHELFQ_AGENT_", None), (["streams"], StreamsConfig, "SHELFQ_STREAMS_", None),
             (["gate"], GateConfig, "SHELFQ_GATE_", None), (["bench", "replay"], ReplayBenchConfig, None, None),
             (["evaluate"], AgentConfig, "SHELFQ_AGENT_", ("exploration", "epsilon", "temperature", "max_candidates"))]
@@ -103,7 +105,7 @@ def test_every_settings_field_has_a_flag_whose_help_is_its_docstring_default_and
     fields = flag_fields(cls) if only is None else only
     assert fields and all(name in field_docs(cls) for name in fields)  # every field documented
     for name in fields:
-        flag = flag_name(name, {"fmt": "format"})
+        flag = flag_name(name, {"fmt": "format", "duration_s": "seconds", "publish_catalog": "catalog"})
         at = next((i for i, line in enumerate(lines) if line.strip().split(" ")[0] in (flag, flag + ",")), None)
         assert at is not None, f"{' '.join(argv)}: no {flag}"
         # A long flag's help starts on the line below it (argparse's help column).
@@ -137,6 +139,11 @@ def test_generated_help_says_the_default_and_the_variable() -> None:
     ["bench", "replay", "log.csv", "--format", "csv", "--limit", "5", "--rate", "2", "--exploration", "epsilon",
      "--user-gap-s", "0", "--session-gap-s", "60", "--skip-bad", "--json"],
     ["evaluate", "--exploration", "greedy", "--epsilon", "0.3", "--temperature", "0.5", "--max-candidates", "10"],
+    ["simulate", "--sessions", "1", "--seconds", "1", "--concurrency", "2", "--think-s", "0", "--slate-timeout-s", "1",
+     "--slate-size", "3", "--seed", "1", "--no-catalog", "--metrics-port", "0", "--json"],
+    ["demo", "--minutes", "1", "--seeds", "2", "--sessions-per-seed", "10", "--new-users", "10", "--gamma", "0.5",
+     "--epsilon", "0.1", "--report-dir", "/tmp/r", "--keep-topics", "--metrics-port", "0", "--prometheus", "--keep-broker",
+     "--json"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_the_flags_of_before_still_parse(argv: list[str]) -> None:
     build_parser().parse_args(argv)
@@ -191,3 +198,13 @@ def test_a_choice_outside_the_settings_own_is_a_usage_error(capsys: pytest.Captu
         main(["learner", "--encoder", "transformer"])
     assert info.value.code == 2
     assert "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+def test_renamed_flags_set_their_fields() -> None:
+    from shelfq.cli.dataclass_flags import overrides
+    from shelfq.simulator.runner import SimulateConfig
+
+    args = build_parser().parse_args(["simulate", "--seconds", "5", "--no-catalog"])
+    config = SimulateConfig(**overrides(args, SimulateConfig))
+    assert (config.duration_s, config.publish_catalog) == (5.0, False)
+    assert SimulateConfig(**overrides(build_parser().parse_args(["simulate"]), SimulateConfig)) == SimulateConfig()
