@@ -18,7 +18,7 @@ from shelfq.contracts.settings import Settings
 
 def add_parsers(sub: Any, bench: Any, common: argparse.ArgumentParser) -> None:
     from shelfq.evaluation.gate.config import ENV_PREFIX, EXPLORATIONS, GateConfig
-    from shelfq.bench.gate import GateBenchConfig
+    from shelfq.bench.gate_config import GateBenchConfig
     from shelfq.cli.dataclass_flags import add_fields
 
     gate = sub.add_parser("gate", parents=[common], help="the model gate: judge new model versions in shadow, promote, hold, roll back",
