@@ -39,8 +39,13 @@ SCALARS = (int, float, str, Path)
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's docstring (the string literal right below it in the class body), read from
-    the class's source once: Python keeps no docstrings of attributes at run time."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    the class's source once: Python keeps no docstrings of attributes at run time. Without the
+    source (an install that ships bytecode only) the flags still work, their help says less."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    tree = ast.parse(textwrap.dedent(source))
     body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
     docs = {}
     for field, after in zip(body, body[1:]):
