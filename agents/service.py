@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -95,6 +95,12 @@ class RunStats(NamedTuple):
     seconds: float
 
 
+def _requests(received: Sequence[Received]) -> list[Request]:
+    """The events of a poll of ``requests``: its consumer decodes Requests only, and a request
+    has no tombstones."""
+    return cast("list[Request]", [r.event for r in received])
+
+
 class Agent:
     def __init__(self, settings: Settings, config: AgentConfig, *, replica: int = 0,
                  metrics: AgentMetrics | None = None) -> None:
@@ -103,11 +109,11 @@ class Agent:
         # Scoring is many small products: one thread each, and replicas for more cores.
         torch.set_num_threads(1)
         self.rng = np.random.default_rng(config.seed + 7919 * replica)
-        self.producer = ReliableProducer(settings, **{"linger.ms": 1})
+        self.producer = ReliableProducer(settings, component=None, **{"linger.ms": 1})
+        group: dict[str, Any] = {"session.timeout.ms": int(config.session_timeout_s * 1000),
+                                 "heartbeat.interval.ms": 3000, "fetch.wait.max.ms": 5}
         self.consumer = EventConsumer(settings, "agent", f"{settings.topic_prefix}agent", [REQUESTS],
-                                      producer=self.producer, offset_reset="earliest",
-                                      **{"session.timeout.ms": int(config.session_timeout_s * 1000),
-                                         "heartbeat.interval.ms": 3000, "fetch.wait.max.ms": 5})
+                                      producer=self.producer, offset_reset="earliest", **group)
         #: Waits out a broker outage (``contracts.outage``): started, or running, without one.
         self.watch = install(BrokerWatch("agent", settings.bootstrap, settings.broker_outage_s, self._probe))
         self.users_reader = self.watch.wait_out(
@@ -170,7 +176,7 @@ class Agent:
                 if received:
                     received += self.consumer.poll(timeout=0, max_messages=self.config.batch_size - 1)
                     t0 = time.perf_counter()
-                    a, s = self.answer([r.event for r in received], self._arrivals(received))  # type: ignore[misc]
+                    a, s = self.answer(_requests(received), self._arrivals(received))
                     self.metrics.batch_time.observe(time.perf_counter() - t0)
                     answered, skipped = answered + a, skipped + s
                 self.producer.poll(0)
@@ -210,7 +216,7 @@ class Agent:
                         "requests' own ts, so a frontend whose clock is off has its requests skipped (behind) or "
                         "answered late (ahead); run `shelfq topics create` to set message.timestamp.type="
                         "LogAppendTime", self.settings.topic(REQUESTS))
-        return [arrival_time(r.event.ts, r.timestamp_type, r.timestamp_ms) for r in received]  # type: ignore[union-attr]
+        return [arrival_time(request.ts, r.timestamp_type, r.timestamp_ms) for request, r in zip(_requests(received), received)]
 
     def close(self) -> None:
         self.consumer.close()
@@ -320,7 +326,7 @@ class Agent:
             if r.event is None:
                 self.users.pop(r.key or "", None)
                 continue
-            state: UserState = r.event  # type: ignore[assignment]
+            state = cast(UserState, r.event)  # the user-state reader decodes UserStates only
             self.users[state.user_id] = state
             self.popularity.observe(state)
         polled = items if items is not None else self.items_reader.poll(timeout=0, max_messages=5000)
@@ -330,8 +336,9 @@ class Agent:
             if r.event is None:
                 self.items.pop(r.key or "", None)
             else:
-                self.items[r.event.item_id] = r.event  # type: ignore[union-attr]
-                fresh.append(r.event)  # type: ignore[arg-type]
+                item = cast(Item, r.event)  # the items reader decodes Items only
+                self.items[item.item_id] = item
+                fresh.append(item)
         if self.dqn and polled:  # only when the catalog changed: this runs every few ms
             categories = {i: item.category for i, item in self.items.items()}
             for dqn in self.dqn.values():

@@ -25,11 +25,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 
 from shelfq.contracts.errors import EventError
+
+if TYPE_CHECKING:  # confluent_kafka is imported where it is used: the codec needs no client
+    from confluent_kafka import Consumer, TopicPartition
+
+    from shelfq.contracts.settings import Settings
 
 SCHEMA = "shelfq.model-decision.v1"
 #: Versions a decision remembers (the newest): what ``shelfq models list`` can show.
@@ -40,6 +45,7 @@ MAX_GOOD = 20
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Action = Literal["adopt", "promote", "hold", "rollback"]
 Status = Literal["serving", "retired", "held", "rolled_back"]
+By = Literal["gate", "operator"]
 
 
 class Interval(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -89,7 +95,7 @@ class ModelDecision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     action: Action
     version: Version
     """The version decided about (the one adopted, promoted, held or rolled back)."""
-    by: Literal["gate", "operator"]
+    by: By
     ts: float
     reason: str = ""
     forced: bool = False
@@ -123,7 +129,7 @@ def decode_decision(data: bytes | None) -> ModelDecision:
         raise EventError("value", "malformed", "nested too deeply") from None
 
 
-def watermarks(consumer: object, tp: object, timeout: float = 10.0) -> tuple[int, int]:
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
     """A partition's low and high offsets, asked again while a topic just created has no leader
     yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE: retriable) for up to ``timeout``."""
     from confluent_kafka import KafkaError, KafkaException
@@ -132,14 +138,14 @@ def watermarks(consumer: object, tp: object, timeout: float = 10.0) -> tuple[int
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return consumer.get_watermark_offsets(tp, timeout=timeout)  # type: ignore[attr-defined]
+            return consumer.get_watermark_offsets(tp, timeout=timeout)
         except KafkaException as exc:
             if time.monotonic() >= deadline or not (exc.args and (exc.args[0].retriable() or exc.args[0].code() in settling)):
                 raise
             time.sleep(0.2)
 
 
-def read_decisions(settings: object, timeout: float = 30.0) -> dict[str, ModelDecision]:
+def read_decisions(settings: Settings, timeout: float = 30.0) -> dict[str, ModelDecision]:
     """The latest valid decision of every policy on ``model-decisions``, read from the
     beginning to the end offsets it had when called (no consumer group, nothing committed)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -147,13 +153,13 @@ def read_decisions(settings: object, timeout: float = 30.0) -> dict[str, ModelDe
     from shelfq.contracts.kafka import topic_partitions
     from shelfq.contracts.topics import MODEL_DECISIONS
 
-    topic = settings.topic(MODEL_DECISIONS)  # type: ignore[attr-defined]
-    consumer = Consumer(settings.confluent_config(**{  # type: ignore[attr-defined]
-        "group.id": f"{settings.topic_prefix}decisions-{uuid.uuid4().hex[:8]}",  # type: ignore[attr-defined]
+    topic = settings.topic(MODEL_DECISIONS)
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": f"{settings.topic_prefix}decisions-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "enable.partition.eof": False, "isolation.level": "read_committed"}))
     out: dict[str, ModelDecision] = {}
     try:
-        ends = {}
+        ends: dict[int, int] = {}
         for p in topic_partitions(consumer, topic, timeout=min(timeout, 10.0)):
             low, high = watermarks(consumer, TopicPartition(topic, p))
             if high > low:
@@ -162,9 +168,10 @@ def read_decisions(settings: object, timeout: float = 30.0) -> dict[str, ModelDe
         deadline = time.monotonic() + timeout
         while ends and time.monotonic() < deadline:
             for msg in consumer.consume(500, 0.2):
-                if msg.error() is not None or msg.key() is None:
+                key = msg.key()
+                if msg.error() is not None or key is None:
                     continue
-                apply_message(out, msg.key(), msg.value())
+                apply_message(out, key, msg.value())
             for tp in consumer.position([TopicPartition(topic, p) for p in list(ends)]):
                 if tp.offset >= ends[tp.partition]:
                     del ends[tp.partition]

@@ -11,9 +11,9 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from shelfq.contracts.errors import ConfigError, EventError, ShelfqError
 from shelfq.contracts.events import Event, decode
@@ -458,6 +458,13 @@ class CompactedReader:
         """Stop reading; dead letters still queued are delivered first."""
         self._consumer.close()
         self.dlq.flush()
+
+
+def consumed_headers(msg: Message) -> list[tuple[str, bytes | None]] | None:
+    """A consumed message's headers, as librdkafka gives them: (key, value) pairs, a value
+    bytes or None. confluent-kafka's stub types ``Message.headers()`` with the union a producer
+    may pass (a dict, str values), which a consumer never receives."""
+    return cast("list[tuple[str, bytes | None]] | None", msg.headers())
 
 
 def _consume(consumer: Consumer, max_messages: int, timeout: float) -> list[Any]:

@@ -52,6 +52,23 @@ EVENT_OF_TOPIC: Mapping[str, type[Event] | None] = {
 }
 
 
+def event_kind(topic: str) -> type[Event]:
+    """The event type ``topic`` carries, for a reader that decodes it; a topic whose values are
+    not events (``models``, ``model-decisions``) is a caller's mistake.
+
+    >>> event_kind(FEEDBACK).__name__
+    'Feedback'
+    >>> event_kind(MODELS)
+    Traceback (most recent call last):
+    ...
+    ValueError: models: its values are not events (see EVENT_OF_TOPIC)
+    """
+    kind = EVENT_OF_TOPIC[topic]
+    if kind is None:
+        raise ValueError(f"{topic}: its values are not events (see EVENT_OF_TOPIC)")
+    return kind
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """What one topic must look like on the cluster."""

@@ -197,6 +197,10 @@ def _ts(text: str) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
+#: The formats of a log (``--format``); without one, the file's suffix says.
+FORMATS = ("csv", "jsonl")
+
+
 def read_file(source: str | Path, fmt: str | None = None, max_bytes: int = MAX_EVENT_BYTES) -> Parsed:
     """Parse ``source`` (a path, or ``-`` for stdin) as ``fmt``, or as its suffix says."""
     name = str(source)

@@ -67,6 +67,13 @@ class Logged(NamedTuple):
 
 
 class QNetwork(nn.Module):
+    # Buffers (register_buffer), declared so that they read as tensors, not as whatever
+    # nn.Module.__getattr__ may return; each exists only with its feature on (see __init__).
+    item_attributes: torch.Tensor
+    next_click_rows: torch.Tensor
+    next_click_counts: torch.Tensor
+    content: torch.Tensor
+
     def __init__(self, config: LearnerConfig) -> None:
         super().__init__()
         d, h = config.embedding_dim, config.hidden_dim
@@ -138,6 +145,14 @@ class QNetwork(nn.Module):
         """phi(a) for item rows of any shape [...] -> [..., hidden]."""
         return self.item_out(self._embed(rows))
 
+    def _phi(self, candidates: torch.Tensor | None, phi: torch.Tensor | None) -> torch.Tensor:
+        """The candidates' item vectors: ``phi`` when the caller has them, else computed."""
+        if phi is not None:
+            return phi
+        if candidates is None:
+            raise ValueError("pass the candidates' item rows or their item vectors (phi)")
+        return self.item_vectors(candidates)
+
     def user(self, items: torch.Tensor, events: torch.Tensor, context: torch.Tensor,
              context_weights: torch.Tensor) -> UserVectors:
         """The user vectors of left-padded histories [B, L] and context rows."""
@@ -182,7 +197,7 @@ class QNetwork(nn.Module):
                      phi: torch.Tensor | None = None) -> torch.Tensor:
         """Q(s, c) for every state in the batch and every candidate: [B] x [K] -> [B, K]; the
         candidates as item rows, or as their item vectors ``phi`` when the caller has them."""
-        phi = self.item_vectors(candidates) if phi is None else phi
+        phi = self._phi(candidates, phi)
         q = user.value.unsqueeze(1) + user.advantage @ phi.T
         cross = self._cross(user, candidates)
         return q if cross is None else q + cross[..., 1]
@@ -204,7 +219,7 @@ class QNetwork(nn.Module):
         """SlateQ's click logits of every candidate, position left out: [B] x [K] -> [B, K]."""
         if user.click is None:
             raise ValueError("this network has no click head (objective is not slateq)")
-        phi = self.item_vectors(candidates) if phi is None else phi
+        phi = self._phi(candidates, phi)
         logits = user.click[:, :1] + user.click[:, 1:] @ phi.T
         cross = self._cross(user, candidates)
         return logits if cross is None else logits + cross[..., 0]
@@ -223,7 +238,7 @@ class QNetwork(nn.Module):
         table, the biggest cost of a CPU step after the encoder."""
         B, L = items.shape
         W = 0 if slates is None or not self.slateq else slates.shape[1]
-        rows = [items.reshape(-1), actions] + ([slates.reshape(-1)] if W else [])
+        rows = [items.reshape(-1), actions] + ([slates.reshape(-1)] if slates is not None and W else [])
         embedded = self._embed(torch.cat(rows))
         history, acted, shown = embedded.split([B * L, B, B * W])
         user = self._encode(history.view(B, L, -1), items, events, context, context_weights)
@@ -243,7 +258,9 @@ class QNetwork(nn.Module):
                         + self._offsets(slots))
         if cross is not None:
             logit = logit + cross[:, 0, 0]
-            shown_logits = shown_logits + self._cross(user, slates)[..., 0]  # type: ignore[index]
+            shown_cross = self._cross(user, slates)
+            assert shown_cross is not None  # the same user and network as the action's cross terms
+            shown_logits = shown_logits + shown_cross[..., 0]
         others = shown_logits.masked_fill((slates == 0) | (slots == positions.unsqueeze(1)), -torch.inf)
         # The no-click option (logit 0) and the other shown items compete with the action.
         log_rest = torch.logsumexp(torch.cat([torch.zeros_like(logit).unsqueeze(1), others], 1), dim=1)

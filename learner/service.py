@@ -20,14 +20,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from confluent_kafka import Consumer, TopicPartition
 
 from shelfq.contracts.errors import ConfigError, EventError
 from shelfq.contracts.events import Item
-from shelfq.contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
+from shelfq.contracts.kafka import CompactedReader, ReliableProducer, consumed_headers, topic_partitions
 from shelfq.contracts.models import ModelHeaders, read_safetensors_index
 from shelfq.contracts.outage import BrokerWatch, install
 from shelfq.contracts.settings import Settings
@@ -274,7 +274,7 @@ class Learner:
                 if r.key is not None:
                     self.dqn.catalog.remove(r.key)
                 continue
-            item: Item = r.event  # type: ignore[assignment]
+            item = cast(Item, r.event)  # the items reader decodes Items only
             self.dqn.catalog.add(item.item_id)
             items.append(item)
         self.dqn.set_items(items)
@@ -326,19 +326,22 @@ def _max_version(consumer: Consumer, tp: TopicPartition, end: int, policy: str, 
         msg = consumer.poll(0.5)
         if msg is None:
             continue
-        if msg.error() is not None:
-            if msg.error().code() == -191:  # _PARTITION_EOF
+        err = msg.error()
+        if err is not None:
+            if err.code() == -191:  # _PARTITION_EOF
                 break
             continue
         if msg.key() == policy.encode():
             try:
-                headers = ModelHeaders.from_headers(msg.headers())
+                headers = ModelHeaders.from_headers(consumed_headers(msg))
                 read_safetensors_index(msg.value())
             except EventError:
                 pass  # a corrupt message is not a version to continue after
             else:
                 best = max(best or 0, headers.version)
-        if msg.offset() + 1 >= end:
+        offset = msg.offset()
+        assert offset is not None  # a consumed message has one
+        if offset + 1 >= end:
             break
     return best
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from shelfq.contracts.errors import ConfigError
-from shelfq.contracts.settings import parse_value
+from shelfq.contracts.settings import fields_from_env, parse_value
 from shelfq.streams.join import JoinConfig
 from shelfq.streams.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
+
+#: The worker's own settings read ``SHELFQ_STREAMS_<FIELD>``; the join's, ``SHELFQ_JOIN_*``.
+ENV_PREFIX = "SHELFQ_STREAMS_"
 
 
 @dataclass(frozen=True)
@@ -76,17 +80,15 @@ class StreamsConfig:
     """Address /metrics listens on."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> StreamsConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> StreamsConfig:
+        """Read ``SHELFQ_JOIN_*`` and ``SHELFQ_STREAMS_*``; keyword overrides (flags) of the
+        worker's own fields win; None means unset."""
         env = os.environ if env is None else env
 
         # Read through the one parser every SHELFQ_* variable goes through (its words, its errors).
-        def num(name: str, kind: type = float) -> object | None:
+        def num(name: str, kind: type = float) -> Any:
             raw = env.get(name)
             return None if raw is None else parse_value(name, raw, kind.__name__)
-
-        def flag(name: str) -> bool | None:
-            raw = env.get(name)
-            return None if raw is None else parse_value(name, raw, "bool")
 
         join_kw = {k: v for k, v in {
             "window_s": num("SHELFQ_JOIN_WINDOW_S"),
@@ -96,23 +98,12 @@ class StreamsConfig:
         }.items() if v is not None}
         if "SHELFQ_JOIN_WEIGHTS" in env:
             join_kw["weights"] = parse_weights(env["SHELFQ_JOIN_WEIGHTS"])
-        kw = {k: v for k, v in {
-            "tick_s": num("SHELFQ_STREAMS_TICK_S"),
-            "batch_wait_s": num("SHELFQ_STREAMS_BATCH_WAIT_S"),
-            "fetch_wait_s": num("SHELFQ_STREAMS_FETCH_WAIT_S"),
-            "fetch_min_bytes": num("SHELFQ_STREAMS_FETCH_MIN_BYTES", int),
-            "fetch_partition_bytes": num("SHELFQ_STREAMS_FETCH_PARTITION_BYTES", int),
-            "commit_interval_s": num("SHELFQ_STREAMS_COMMIT_INTERVAL_S"),
-            "session_timeout_s": num("SHELFQ_STREAMS_SESSION_TIMEOUT_S"),
-            "stall_timeout_s": num("SHELFQ_STREAMS_STALL_TIMEOUT_S"),
-            "outage_grace_s": num("SHELFQ_STREAMS_OUTAGE_GRACE_S"),
-            "max_message_bytes": num("SHELFQ_STREAMS_MAX_MESSAGE_BYTES", int),
-            "metrics_port": num("SHELFQ_STREAMS_METRICS_PORT", int),
-            "batch_consumer": flag("SHELFQ_STREAMS_BATCH_CONSUMER"),
-            "metrics_addr": env.get("SHELFQ_STREAMS_METRICS_ADDR"),
-        }.items() if v is not None}
-        kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(join=JoinConfig(**join_kw), **kw)  # type: ignore[arg-type]
+        # Every field of the worker's own from SHELFQ_STREAMS_<FIELD>; the join from SHELFQ_JOIN_*
+        # above, unless an override gives a JoinConfig.
+        kw = fields_from_env(cls, ENV_PREFIX, env, **overrides)
+        if "join" not in overrides:
+            kw.pop("join", None)  # SHELFQ_STREAMS_JOIN is no setting
+        return cls(**{"join": JoinConfig(**join_kw), **kw})
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0 or self.commit_interval_s <= 0:

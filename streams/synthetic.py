@@ -14,7 +14,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shelfq.contracts.events import Event, Feedback, Impression, Interaction, Slate, State
+from shelfq.contracts.events import Feedback, FeedbackKind, Impression, Interaction, Slate, State
 from shelfq.streams.join import DEFAULT_WEIGHTS
 
 
@@ -24,9 +24,13 @@ class Expected:
     done: bool
 
 
+#: The events synthetic shoppers send (each has a ``ts``).
+JoinInput = Slate | Impression | Feedback
+
+
 @dataclass
 class SyntheticTraffic:
-    events: list[tuple[str, str, Event]]
+    events: list[tuple[str, str, JoinInput]]
     """(logical topic, key, event), in event-time order."""
     expected: dict[str, Expected]
     """transition_id -> the reward and done flag the join must emit."""
@@ -49,7 +53,7 @@ def synthetic_traffic(
     with probability ``click_p``, a click leads to a cart or purchase sometimes (and is
     sometimes sent twice), and a session ends with an exit with probability ``exit_p``."""
     rng = random.Random(seed)
-    events: list[tuple[str, str, Event]] = []
+    events: list[tuple[str, str, JoinInput]] = []
     expected: dict[str, Expected] = {}
     for u in range(users):
         user, session = f"u{tag}{u}", f"s{tag}{u}"
@@ -69,7 +73,7 @@ def synthetic_traffic(
             last = r == requests_per_user - 1
             exits = last and rng.random() < exit_p
             for position, item in enumerate(shown):
-                kinds: list[str] = []
+                kinds: list[FeedbackKind] = []
                 if rng.random() < click_p:
                     kinds.append("click")
                     if rng.random() < 0.3:
@@ -78,7 +82,7 @@ def synthetic_traffic(
                             kinds.append("purchase")
                 for k, kind in enumerate(kinds):
                     fb = Feedback(request_id=req, user_id=user, session_id=session, ts=ts + 0.02 + 0.01 * k,
-                                  event=kind, item_id=item, value=9.99 if kind == "purchase" else None)  # type: ignore[arg-type]
+                                  event=kind, item_id=item, value=9.99 if kind == "purchase" else None)
                     events.append(("feedback", user, fb))
                     if kind == "click" and rng.random() < 0.1:
                         events.append(("feedback", user, fb))  # a duplicate delivery
@@ -88,5 +92,5 @@ def synthetic_traffic(
             if exits:
                 events.append(("feedback", user, Feedback(request_id=req, user_id=user, session_id=session,
                                                           ts=ts + 0.1, event="exit")))
-    events.sort(key=lambda e: e[2].ts)  # type: ignore[attr-defined]
+    events.sort(key=lambda e: e[2].ts)
     return SyntheticTraffic(events, expected)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shelfq.contracts.decisions import MAX_GOOD, MAX_VERSIONS, Figures, Interval, ModelDecision, VersionStatus
+from shelfq.contracts.decisions import MAX_GOOD, MAX_VERSIONS, By, Figures, Interval, ModelDecision, Status, VersionStatus
 
 #: What ``shelfq models list`` says of a version.
 SHADOW, SKIPPED = "shadow", "skipped"
@@ -41,10 +41,13 @@ def _with(versions: Iterable[VersionStatus], *changed: VersionStatus) -> list[Ve
     return [by_version[v] for v in sorted(by_version)][-MAX_VERSIONS:]
 
 
-def _status(last: ModelDecision | None, version: int, status: str, now: float, **fields: object) -> VersionStatus:
+def _status(last: ModelDecision | None, version: int, status: Status, now: float, *, reason: str | None = None,
+            snips: Interval | None = None, dr: Interval | None = None) -> VersionStatus:
+    """``version``'s new status; its estimates and reason stay what they were unless given."""
     old = last.status(version) if last is not None else None
-    keep = {"snips": old.snips, "dr": old.dr, "reason": old.reason} if old is not None else {}
-    return VersionStatus(version=version, status=status, ts=now, **{**keep, **fields})  # type: ignore[arg-type]
+    was = old if old is not None else VersionStatus(version=version, status=status, ts=now)
+    return VersionStatus(version=version, status=status, ts=now, snips=was.snips if snips is None else snips,
+                         dr=was.dr if dr is None else dr, reason=was.reason if reason is None else reason)
 
 
 def adopt(policy: str, version: int, now: float, reason: str = "") -> ModelDecision:
@@ -54,18 +57,17 @@ def adopt(policy: str, version: int, now: float, reason: str = "") -> ModelDecis
                          versions=[VersionStatus(version=version, status="serving", ts=now)], good=[version])
 
 
-def promote(last: ModelDecision, version: int, *, by: str, reason: str, now: float, forced: bool = False,
+def promote(last: ModelDecision, version: int, *, by: By, reason: str, now: float, forced: bool = False,
             figures: Figures | None = None, snips: Interval | None = None, dr: Interval | None = None) -> ModelDecision:
     """``version`` serves; the version serving before is retired (still good)."""
     if version == last.serving_version:
         raise ValueError(f"{last.policy}: version {version} already serves")
-    extra = {k: v for k, v in (("snips", snips), ("dr", dr)) if v is not None}
-    changed = [_status(last, version, "serving", now, reason=reason, **extra)]
+    changed = [_status(last, version, "serving", now, reason=reason, snips=snips, dr=dr)]
     old = last.status(last.serving_version)
     if old is None or old.status == "serving":
         changed.append(_status(last, last.serving_version, "retired", now))
     good = [v for v in last.good if v != version] + [version]
-    return ModelDecision(policy=last.policy, serving_version=version, action="promote", version=version, by=by,  # type: ignore[arg-type]
+    return ModelDecision(policy=last.policy, serving_version=version, action="promote", version=version, by=by,
                          ts=now, reason=reason, forced=forced, figures=figures,
                          versions=_with(last.versions, *changed), good=good[-MAX_GOOD:])
 
@@ -73,10 +75,10 @@ def promote(last: ModelDecision, version: int, *, by: str, reason: str, now: flo
 def hold(last: ModelDecision, version: int, *, reason: str, now: float, figures: Figures | None = None,
          snips: Interval | None = None, dr: Interval | None = None) -> ModelDecision:
     """``version`` is held back; the serving version stays."""
-    extra = {k: v for k, v in (("snips", snips), ("dr", dr)) if v is not None}
     return ModelDecision(policy=last.policy, serving_version=last.serving_version, action="hold", version=version,
                          by="gate", ts=now, reason=reason, figures=figures,
-                         versions=_with(last.versions, _status(last, version, "held", now, reason=reason, **extra)),
+                         versions=_with(last.versions, _status(last, version, "held", now, reason=reason, snips=snips,
+                                                               dr=dr)),
                          good=list(last.good))
 
 
@@ -86,7 +88,7 @@ def rollback_target(last: ModelDecision) -> int | None:
     return earlier[-1] if earlier else None
 
 
-def rollback(last: ModelDecision, *, by: str, reason: str, now: float, figures: Figures | None = None) -> ModelDecision:
+def rollback(last: ModelDecision, *, by: By, reason: str, now: float, figures: Figures | None = None) -> ModelDecision:
     """The serving version is rolled back; the last good version before it serves again."""
     target = rollback_target(last)
     if target is None:
@@ -94,7 +96,7 @@ def rollback(last: ModelDecision, *, by: str, reason: str, now: float, figures: 
                          "to roll back to")
     bad = last.serving_version
     changed = [_status(last, bad, "rolled_back", now, reason=reason), _status(last, target, "serving", now)]
-    return ModelDecision(policy=last.policy, serving_version=target, action="rollback", version=bad, by=by,  # type: ignore[arg-type]
+    return ModelDecision(policy=last.policy, serving_version=target, action="rollback", version=bad, by=by,
                          ts=now, reason=reason, figures=figures, versions=_with(last.versions, *changed),
                          good=[v for v in last.good if v != bad])
 

@@ -23,14 +23,14 @@ import math
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, TopicPartition
 
 from shelfq.agents.service import ModelWatcher
 from shelfq.contracts.decisions import ModelDecision, encode_decision, read_decisions, watermarks
 from shelfq.contracts.errors import EventError
-from shelfq.contracts.events import Transition, decode
+from shelfq.contracts.events import Item, Transition, decode
 from shelfq.contracts.kafka import CompactedReader, ReliableProducer, topic_partitions
 from shelfq.contracts.settings import Settings
 from shelfq.contracts.topics import ITEMS, MODEL_DECISIONS, TRANSITIONS
@@ -93,7 +93,8 @@ class Gate:
             if r.event is None:
                 self.judge.items.pop(r.key or "", None)
             else:
-                self.judge.items[r.event.item_id] = r.event  # type: ignore[union-attr]
+                item = cast(Item, r.event)  # the items reader decodes Items only
+                self.judge.items[item.item_id] = item
         return n
 
     def judge_all(self, now: float | None = None) -> list[ModelDecision]:

@@ -86,7 +86,7 @@ def as_interval(figure: dict | None) -> Interval | None:
         return None
 
     def finite(x: object) -> float | None:
-        return float(x) if isinstance(x, int | float) and x == x and abs(x) != float("inf") else None  # type: ignore[arg-type]
+        return float(x) if isinstance(x, int | float) and x == x and abs(x) != float("inf") else None
 
     return Interval(value=float(figure["value"]), low=finite(figure.get("low")), high=finite(figure.get("high")),
                     n=int(figure.get("n") or 0), ess=finite(figure.get("ess")))

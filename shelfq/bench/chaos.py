@@ -119,6 +119,11 @@ def _metrics_port() -> int:
         return port
 
 
+def _stderr_tail(process: subprocess.Popen) -> str:
+    """The end of what a finished child process (started with ``stderr=PIPE``, text) wrote to stderr."""
+    return process.stderr.read()[-2000:] if process.stderr is not None else ""
+
+
 class Component:
     """One ``shelfq <command>`` subprocess with its own /metrics port and log."""
 
@@ -271,9 +276,10 @@ class Chaos:
             # Recovery counts from the moment the broker takes connections again.
             self.wait_progress(name, baselines, self._broker_listening(starting))
             if starting.wait(240) != 0:
-                raise RuntimeError(f"chaos: the broker did not start again: {starting.stderr.read()[-2000:]}")
+                raise RuntimeError(f"chaos: the broker did not start again: {_stderr_tail(starting)}")
         elif name == "hostile":
             baselines = {role: c.progress() for role, c in self.components.items()}
+            assert self.load is not None  # faults come between the load's start and stop (run)
             n = self.load.inject_hostile(len(self.notes.setdefault("hostile_rounds", [])))
             self.notes["hostile_rounds"].append(n)
             self.wait_progress(name, baselines, time.monotonic())
@@ -323,7 +329,7 @@ class Chaos:
                 return time.monotonic()
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"chaos: the broker did not come back: {starting.stderr.read()[-2000:] if starting.stderr else ''}")
+        raise RuntimeError(f"chaos: the broker did not come back: {_stderr_tail(starting)}")
 
     def _broker_down(self, kill: bool) -> None:
         if not kill:

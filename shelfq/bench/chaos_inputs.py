@@ -84,7 +84,7 @@ def refused(topic: str, value: bytes, max_event_bytes: int) -> bool:
     """Whether the decoder of ``topic``'s events refuses ``value`` (what its reader does)."""
     from shelfq.contracts.errors import EventError
     from shelfq.contracts.events import decode
-    from shelfq.contracts.topics import EVENT_OF_TOPIC
+    from shelfq.contracts.topics import event_kind
 
     try:
         if topic == "transitions":  # the learner reads only the fields it trains on
@@ -92,7 +92,7 @@ def refused(topic: str, value: bytes, max_event_bytes: int) -> bool:
 
             decode_transition(value, max_bytes=max_event_bytes)
         else:
-            decode(value, EVENT_OF_TOPIC[topic], max_bytes=max_event_bytes)
+            decode(value, event_kind(topic), max_bytes=max_event_bytes)
     except EventError:
         return True
     return False
@@ -173,7 +173,7 @@ class Load:
                                     gap_s=0.2, click_p=0.3, tag=f"c{tick}-")
         shift = time.time()
         for topic, key, event in traffic.events:
-            moved = msgspec.structs.replace(event, ts=event.ts + shift)  # type: ignore[type-var]
+            moved = msgspec.structs.replace(event, ts=event.ts + shift)
             self.producer.produce(self.settings.topic(topic), encode(moved), key)
             if isinstance(moved, Feedback) and moved.item_id is not None:
                 self.histories[moved.user_id].add((moved.item_id, moved.event, round(moved.ts, 6)))

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from shelfq.agents.policies import DQNPolicy, Explorer, RandomPolicy
+from shelfq.agents.policies import Ask, DQNPolicy, Explorer, RandomPolicy, SlateChoice
+from shelfq.bench.gate_config import GateBenchConfig
 from shelfq.contracts.decisions import ModelDecision
 from shelfq.contracts.events import Transition
 from shelfq.evaluation.benchmark import train
-from shelfq.evaluation.gate.config import GateConfig
 from shelfq.evaluation.gate.judge import Judge
 from shelfq.evaluation.offline import copy_world, run_seed
 from shelfq.learner.artifact import LoadedModel, load_model, model_message
@@ -47,53 +46,17 @@ POLICY = "dqn"
 FIRST, BAD, GOOD = 1, 2, 3
 
 
-@dataclass(frozen=True)
-class GateBenchConfig:
-    """What ``shelfq bench gate`` runs; the defaults take about three minutes on 2 cores."""
-
-    logged_sessions: int = 1500
-    """Sessions of uniform random slates that the models learn from."""
-    first_steps: int = 30
-    """Training steps of the first version (serving at the start: a model early in its life)."""
-    good_steps: int = 300
-    """Training steps of the good version, and of the bad one."""
-    reward_scale: float = 10.0
-    """The models learn the logged rewards times this (their scores' spread suits ``temperature``)."""
-    temperature: float = 0.02
-    """Boltzmann temperature of the serving agent (and of the gate's targets)."""
-    chunk_sessions: int = 50
-    """Live sessions between two judgements."""
-    bad_after_sessions: int = 600
-    """Live sessions before the bad version is published."""
-    max_sessions: int = 3000
-    """Live sessions at most: a version still undecided then counts as never promoted."""
-    truth_sessions: int = 400
-    """Sessions each version serves for its true figures."""
-    seed: int = 0
-    """Seeds the world's shoppers and the learners."""
-    gate: GateConfig = field(default_factory=lambda: GateConfig(window=3000, min_impressions=1500, positions=1,
-                                                                margin=0.1, exploration="boltzmann", temperature=0.02))
-    """The gate's settings (``evaluation.gate.config``); its temperature is set to ``temperature``."""
-
-    def __post_init__(self) -> None:
-        for name in ("logged_sessions", "first_steps", "good_steps", "chunk_sessions", "max_sessions", "truth_sessions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.temperature > 0 or not self.reward_scale > 0:
-            raise ValueError("temperature and reward_scale must be > 0")
-
-
 class _Serving:
     """The agent's policy with the version the gate's decisions say (swapped between chunks)."""
 
     def __init__(self, models: dict[int, LoadedModel], explorer: Explorer, version: int) -> None:
-        self.models, self.explorer = models, explorer
+        self.models, self.explorer, self.name = models, explorer, POLICY
         self.policy = DQNPolicy(models[version], explorer, name=POLICY)
 
     def serve(self, version: int) -> None:
         self.policy.swap(self.models[version])
 
-    def rank(self, asks: Any, rng: np.random.Generator, limit: int | None = None) -> Any:
+    def rank(self, asks: Sequence[Ask], rng: np.random.Generator, limit: int | None = None) -> list[SlateChoice]:
         return self.policy.rank(asks, rng, limit)
 
 

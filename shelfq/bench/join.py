@@ -119,13 +119,13 @@ def _fresh_topics(settings: Settings) -> Settings:
     from shelfq.ops.topic_admin import ensure_topics
 
     bench = Settings.from_env(topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", partitions=settings.partitions,
-                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
+                              bootstrap_servers=settings.bootstrap_servers if settings.external_cluster else None)
     ensure_topics(bench)
     return bench
 
 
 def _load(bench: Settings, traffic: SyntheticTraffic) -> None:
-    producer = ReliableProducer(bench, **{"linger.ms": 20, "batch.size": 1_000_000})
+    producer = ReliableProducer(bench, component=None, **{"linger.ms": 20, "batch.size": 1_000_000})
     for topic, key, event in traffic.events:
         producer.produce(bench.topic(topic), encode(event), key)
     producer.flush(120)
@@ -401,7 +401,7 @@ def measure_light_load(settings: Settings, rate: float, seconds: float = 60.0, i
 
     prefix = f"bench-light-{uuid.uuid4().hex[:6]}."
     bench = Settings.from_env(topic_prefix=prefix, partitions=settings.partitions,
-                              **({"bootstrap_servers": settings.bootstrap_servers} if settings.external_cluster else {}))
+                              bootstrap_servers=settings.bootstrap_servers if settings.external_cluster else None)
     ensure_topics(bench)
     warmup_s = 5.0
     n = int(rate * (warmup_s + seconds)) + 1

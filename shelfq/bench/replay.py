@@ -56,6 +56,10 @@ JOIN_ENV = {"SHELFQ_JOIN_WINDOW_S": "5", "SHELFQ_JOIN_ALLOWED_LATENESS_S": "2", 
 LEARNER_ENV = {"SHELFQ_LEARNER_NEXT_CLICKS": "16"}
 
 
+#: How the agent explores in the benchmark (``ReplayBenchConfig.exploration``).
+EXPLORATIONS = ("greedy", "epsilon")
+
+
 @dataclass(frozen=True)
 class ReplayBenchConfig:
     """What ``shelfq bench replay`` runs."""
@@ -86,7 +90,7 @@ class ReplayBenchConfig:
             raise ConfigError(f"bench replay: --rate must be within 0 and 1000 events/s, got {self.rate}")
         if self.limit is not None and self.limit < 2:
             raise ConfigError(f"bench replay: --limit must be at least 2 events, got {self.limit}")
-        if self.exploration not in ("greedy", "epsilon"):
+        if self.exploration not in EXPLORATIONS:
             raise ConfigError(f"bench replay: --exploration must be greedy or epsilon, got {self.exploration!r}")
         for name in ("slate_timeout_s", "session_gap_s", "progress_s"):
             if not getattr(self, name) > 0:

@@ -17,15 +17,14 @@ from shelfq.contracts.settings import Settings
 
 
 def add_parsers(sub: Any, bench: Any, common: argparse.ArgumentParser) -> None:
-    from shelfq.evaluation.gate.config import GateConfig
-    from shelfq.bench.gate import GateBenchConfig
+    from shelfq.evaluation.gate.config import ENV_PREFIX, EXPLORATIONS, GateConfig
+    from shelfq.bench.gate_config import GateBenchConfig
     from shelfq.cli.dataclass_flags import add_fields
 
     gate = sub.add_parser("gate", parents=[common], help="the model gate: judge new model versions in shadow, promote, hold, roll back",
                           description="Judge every new model version of the policies before it serves: estimate its value off-policy (SNIPS and DR with 95%% intervals) on the most recent logged transitions, next to the serving version's on the same window; promote it when its lower bound clears the serving estimate minus the margin, hold it back otherwise; roll a serving version back to the last good one when its live reward stays below its estimate's interval. Every decision goes to the compacted model-decisions topic, which every agent follows. Settings: SHELFQ_GATE_<NAME>; see docs/agents.md.")
     add_fields(gate.add_argument_group("gate settings (default: SHELFQ_GATE_*)"), GateConfig,
-               only=("policies", "window", "min_impressions", "positions", "margin", "rollback_after_s", "interval_s"))
-    gate.add_argument("--metrics-port", type=int, help="port of /metrics (default 9106; 0 turns it off)")
+               choices={"exploration": EXPLORATIONS}, env_prefix=ENV_PREFIX)
     gate.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     gate.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 

@@ -25,9 +25,13 @@ from shelfq.contracts.errors import ConfigError, ShelfqError
 from shelfq.contracts.events import DEFAULT_HISTORY_LENGTH
 from shelfq.contracts.settings import Settings
 from shelfq.contracts.topics import topic_specs
+from shelfq.cli.dataclass_flags import add_fields, overrides
 
 if TYPE_CHECKING:
     from shelfq.learner.config import LearnerConfig
+
+#: The width of the MiniLM title vectors that ``--content`` turns on.
+CONTENT_DIM = 384
 
 EPILOG = """\
 Settings come from SHELFQ_* environment variables (SHELFQ_PARTITIONS=6, SHELFQ_HOME=...);
@@ -82,28 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     streams = sub.add_parser("streams", parents=[common], help="run a streams worker: the join into transitions and user-state",
                              description="Run a Faust worker that joins slates, impressions and feedback into reward-labelled transitions and publishes each user's recent history to user-state. Workers sharing a topic prefix share the partitions. Join settings: SHELFQ_JOIN_WINDOW_S (1800), SHELFQ_JOIN_ALLOWED_LATENESS_S (10), SHELFQ_JOIN_IDLE_ADVANCE_S (5), SHELFQ_JOIN_WEIGHTS (click=1,add_to_cart=2,purchase=5), SHELFQ_JOIN_HISTORY_LENGTH (50).")
-    streams.add_argument("--metrics-port", type=int, help="port of /metrics (default 9101, SHELFQ_STREAMS_METRICS_PORT; 0 turns it off)")
+    _streams_options(streams)
     streams.add_argument("--max-seconds", type=float, help="stop cleanly after this many seconds (default: run until SIGINT/SIGTERM)")
     streams.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log level (default warning)")
 
     learner = sub.add_parser("learner", parents=[common], help="run the online DQN learner: transitions in, models out",
                              description="Consume reward-labelled transitions, train a deep Q-network (GRU/LSTM/CNN sequence encoder over the user's recent items, dueling head, target network; by default SlateQ: the value of an item given a click, a choice model of which shown item gets the click, and the value of no click, so that slates are valued as a whole) and publish safetensors model versions to the models topic. Offsets are committed only after a checkpoint covers them, so kill -9 and restart lose nothing. Every hyperparameter reads SHELFQ_LEARNER_<NAME> (e.g. SHELFQ_LEARNER_GAMMA=0.9, SHELFQ_LEARNER_ENCODER=lstm, SHELFQ_LEARNER_REPLAY_CAPACITY=100000); the flags below override. Runs on CUDA when torch sees a GPU, else on the CPU.")
     _learner_options(learner)
-    learner.add_argument("--metrics-port", type=int, help="port of /metrics (default 9102; 0 turns it off)")
     learner.add_argument("--max-seconds", type=float, help="stop cleanly (checkpoint, commit, publish) after this many seconds")
     learner.add_argument("--max-transitions", type=int, help="stop cleanly after consuming this many transitions")
     learner.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 
     agent = sub.add_parser("agent", parents=[common], help="run a scoring agent: requests in, explored and ranked slates out",
                            description="Answer each request with a slate: candidates from the request or the items cache, scored by the newest model on the models topic (hot-swapped, no restart), explored with epsilon-greedy or Boltzmann draws whose exact probabilities are logged in the slate. Until a model arrives, popularity from recent interactions answers, then random. Replicas with the same topic prefix share the partitions. Settings: SHELFQ_AGENT_<NAME> (POLICY, EXPLORATION, EPSILON, TEMPERATURE, DIVERSITY, MAX_CANDIDATES, DEADLINE_S, BATCH_SIZE, ...); the flags below override.")
-    g = agent.add_argument_group("agent settings (default: SHELFQ_AGENT_*)")
-    g.add_argument("--policy", help="which model to serve: its key on the models topic (default dqn)")
-    g.add_argument("--exploration", choices=["greedy", "epsilon", "boltzmann"], help="how scores become a slate (default epsilon)")
-    g.add_argument("--epsilon", type=float, help="epsilon-greedy's chance of a uniform draw per position (default 0.1)")
-    g.add_argument("--temperature", type=float, help="Boltzmann temperature (default 1.0)")
-    g.add_argument("--diversity", type=float, help="MMR weight against repeating a category (default 0: off)")
+    _agent_options(agent.add_argument_group("agent settings (default: SHELFQ_AGENT_*)"))
     agent.add_argument("--replica", type=int, default=0, help="this replica's number: offsets its random seed (default 0)")
-    agent.add_argument("--metrics-port", type=int, help="port of /metrics (default 9103; 0 turns it off)")
     agent.add_argument("--max-seconds", type=float, help="stop cleanly after this many seconds")
     agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 
@@ -141,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     bagent.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     from shelfq.evaluation.bench_config import PolicyBenchConfig
-    from shelfq.cli.dataclass_flags import add_fields
 
     from shelfq.bench.chaos import ChaosConfig
 
@@ -160,28 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     breplay = bsub2.add_parser("replay", parents=[common], help="a shop's log through the real pipeline, predict then reveal: HR@10 and NDCG@10 vs popularity and a Markov chain",
                                description="Replay the positive events (clicks, add-to-carts, purchases) of a log in the `shelfq replay` formats, in time order, through fresh topics with a streams worker (5 s join window), a learner (its defaults) and an agent: for each event a request for its user (a slate of 10), then the reveal: the true item in the slate gives an impression of the slate and a click on it, otherwise an organic impression of the true item alone (inline state, propensity 1) and a click; each session ends with an exit. A popularity list, popularity without the user's own items and a first-order Markov chain predict the same events, predict then update. Reports HR@10 and NDCG@10 of each, overall and for the second half, and what the agent served. SHELFQ_* settings reach the components. See docs/replay.md.")
+    from shelfq.bench.replay import EXPLORATIONS as REPLAY_EXPLORATIONS, ReplayBenchConfig
+    from shelfq.frontend.replay import FORMATS
+
     breplay.add_argument("log", help="the log: *.csv, or *.jsonl / *.ndjson / *.json (docs/replay.md)")
-    breplay.add_argument("--format", choices=["csv", "jsonl"], help="the log's format (default: from its suffix)")
-    breplay.add_argument("--limit", type=int, metavar="N", help="replay only the first N positive events")
-    breplay.add_argument("--rate", type=float, default=10.0, help="events replayed per second (default 10)")
-    breplay.add_argument("--exploration", choices=["greedy", "epsilon"], default="greedy",
-                         help="the agent's exploration (default greedy; epsilon: SHELFQ_AGENT_EPSILON, default 0.1)")
-    breplay.add_argument("--user-gap-s", type=float, default=1.0, help="wall-clock seconds between a user's reveal and their next request, so the click reaches user-state first (default 1)")
-    breplay.add_argument("--session-gap-s", type=float, default=1800.0, help="log time without an event that ends a user's session (default 1800)")
-    breplay.add_argument("--skip-bad", action="store_true", help="replay the valid events of a log with bad lines")
+    add_fields(breplay.add_argument_group("benchmark settings"), ReplayBenchConfig,
+               choices={"exploration": REPLAY_EXPLORATIONS, "fmt": FORMATS}, renames={"fmt": "format"})
     breplay.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     simulate = sub.add_parser("simulate", parents=[common], help="drive simulated shoppers through the real topics (a stand-in frontend)",
                               description="Publish the simulated catalog to items, then run shopper sessions against the running agent: each session sends requests, waits for slates (a random slate after --slate-timeout-s, counted), publishes impressions and feedback (click, add_to_cart, purchase, exit) and stops when the shopper exits. Shoppers have category interests and price sensitivity; bait items (high appeal, low quality) win clicks and shorten sessions. Seeded: the same --seed gives the same shoppers. Needs a running broker, the topics, and an agent and a streams worker to be useful.")
-    simulate.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (default 0: stop after --seconds)")
-    simulate.add_argument("--seconds", type=float, default=60.0, help="stop starting sessions after this many seconds (default 60; 0: stop after --sessions)")
-    simulate.add_argument("--concurrency", type=int, default=32, help="sessions in progress at once (default 32)")
-    simulate.add_argument("--think-s", type=float, default=0.2, help="pause between a shopper's feedback and the next request (default 0.2)")
-    simulate.add_argument("--slate-timeout-s", type=float, default=1.0, help="wait this long for a slate, then show a random one (default 1.0)")
-    simulate.add_argument("--slate-size", type=int, default=10, help="items per requested slate (default 10)")
-    simulate.add_argument("--seed", type=int, default=0, help="seeds shoppers and choices (default 0)")
-    simulate.add_argument("--no-catalog", action="store_true", help="do not publish the catalog to items first")
-    simulate.add_argument("--metrics-port", type=int, default=9104, help="port of /metrics (default 9104; 0 turns it off)")
+    from shelfq.simulator.runner import SimulateConfig
+
+    # --seconds and --no-catalog are older than the fields' names.
+    add_fields(simulate.add_argument_group("simulation settings"), SimulateConfig,
+               renames={"duration_s": "seconds", "publish_catalog": "catalog"})
     simulate.add_argument("--json", action="store_true", help="print the totals as one JSON object on the last line")
 
     from shelfq.frontend.replay import CSV_HELP
@@ -190,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Send your own logged impressions and feedback through the join and the learner. The file is\nvalidated whole first: a bad line refuses it (up to 10 errors with line and field shown),\nnothing is sent. Then its events go to the impressions, feedback and items topics, keyed\nby user_id (item_id), in ts order. Needs a running broker and the topics.",
                             epilog=CSV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     replay.add_argument("file", help="the log: *.csv, or *.jsonl / *.ndjson / *.json; - reads stdin (give --format)")
-    replay.add_argument("--format", choices=["csv", "jsonl"], help="the file's format (default: from its suffix)")
+    replay.add_argument("--format", choices=FORMATS, help="the file's format (default: from its suffix)")
     replay.add_argument("--speed", type=float, default=0.0, help="1 keeps the original gaps between event times, 10 is ten times faster, 0 (default) as fast as possible")
     replay.add_argument("--rebase", action="store_true", help="move every ts by one constant, keeping the gaps, so the events are stamped as of now: the first event is now at --speed 1 (or slower); faster, the last is stamped when it is sent, so none lies ahead of the clock")
     replay.add_argument("--history-length", type=int, default=DEFAULT_HISTORY_LENGTH, metavar="N", help="interactions in the state built for an impression without one (default 50, as SHELFQ_JOIN_HISTORY_LENGTH)")
@@ -204,27 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--skip-bad", action="store_true", help="count bad lines of --file and go on (default: stop at the first, naming its line)")
     evaluate.add_argument("--limit", type=int, metavar="N", help="read at most N transitions")
     evaluate.add_argument("--model", metavar="POLICY", help="also estimate the value of the newest valid model keyed POLICY on the models topic (e.g. dqn)")
-    g = evaluate.add_argument_group("the target's exploration (default: as the agent, SHELFQ_AGENT_*)")
-    g.add_argument("--exploration", choices=["greedy", "epsilon", "boltzmann"], help="how the target's scores become a slate (default epsilon)")
-    g.add_argument("--epsilon", type=float, help="epsilon-greedy's chance of a uniform draw per position (default 0.1)")
-    g.add_argument("--temperature", type=float, help="Boltzmann temperature (default 1.0)")
-    g.add_argument("--max-candidates", type=int, help="above this many candidates the target explores among its best-scoring ones (default 1000)")
+    _agent_options(evaluate.add_argument_group("the target's exploration (default: as the agent, SHELFQ_AGENT_*)"),
+                   only=("exploration", "epsilon", "temperature", "max_candidates"))
     evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     sub.add_parser("settings", parents=[common], help="print the settings in effect (secrets hidden)")
 
     demo = sub.add_parser("demo", parents=[common], help="the whole pipeline on simulated shoppers, then a report comparing policies",
                           description="Start the embedded broker unless one runs (or use SHELFQ_BOOTSTRAP_SERVERS), create topics under a prefix of this run's own, and run a streams worker, an agent serving an experiment of two arms (users split 50/50 by a stable hash of their id: longterm serves the long-term model, myopic the myopic one, both with epsilon-greedy exploration), two learners each training on its own arm's transitions (long-term: gamma 0.9; myopic: gamma 0), and the shopper simulator, for a bounded time with a progress line every 10 s. Then random, popularity, the myopic and the long-term DQN serve the same simulated shoppers over several seeds, returning shoppers with their live histories and new ones, and a report (markdown, JSON and PNG plots) compares reward per session, CTR, conversion, revenue, session length, diversity, coverage and the share of bait items shown with 95%% confidence intervals, beside each live arm's reward per session, CTR, conversion and revenue per session. Stops what it started; deletes this run's topics unless --keep-topics.")
-    demo.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (default 10)")
-    demo.add_argument("--seeds", type=int, default=5, help="seeds of the comparison, each a different draw of sessions and choices (default 5)")
-    demo.add_argument("--sessions-per-seed", type=int, default=500, help="simulated sessions per policy, seed and group (returning, new) in the comparison (default 500)")
-    demo.add_argument("--new-users", type=int, default=400, help="shoppers the live traffic never meets: the comparison's new shoppers (default 400 of 2000)")
-    demo.add_argument("--gamma", type=float, default=0.9, help="discount of the long-term learner (default 0.9)")
-    demo.add_argument("--epsilon", type=float, default=0.2, help="exploration of the serving agent, in both arms (default 0.2)")
-    demo.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where report.md, report.json and the plots go (default reports/latest)")
-    demo.add_argument("--keep-topics", action="store_true", help="leave this run's topics on the broker")
-    demo.add_argument("--metrics-port", type=int, default=9105, help="port of the simulator's /metrics in the demo (default 9105; 0 turns it off)")
-    demo.add_argument("--prometheus", action="store_true", help="also start a local Prometheus (Debian's prometheus package) scraping every component, and print its URL")
+    from shelfq.demo.run import DemoConfig
+
+    add_fields(demo.add_argument_group("demo settings"), DemoConfig)
     demo.add_argument("--keep-broker", action="store_true", help="leave a broker this command started running")
     demo.add_argument("--json", action="store_true", help="print the comparison as one JSON object on the last line")
 
@@ -235,25 +214,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _learner_options(p: argparse.ArgumentParser) -> None:
+    from shelfq.learner.config import ENCODERS, ENV_PREFIX, OBJECTIVES, LearnerConfig
+
     g = p.add_argument_group("learner settings (default: SHELFQ_LEARNER_*)")
-    g.add_argument("--gamma", type=float, help="discount; 0 is the myopic baseline (default 0.9)")
-    g.add_argument("--objective", choices=["slateq", "item"],
-                   help="slateq: value given a click plus a click model (default); item: item-wise double DQN")
-    g.add_argument("--encoder", choices=["gru", "lstm", "cnn"], help="sequence encoder over recent items (default gru)")
-    g.add_argument("--policy", help="policy name: the model messages' key (default dqn)")
-    g.add_argument("--batch-size", type=int, help="transitions per gradient step (default 256)")
-    g.add_argument("--device", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
-    g.add_argument("--checkpoint-dir", type=Path, help="checkpoint directory (default .shelfq/learner)")
-    g.add_argument("--content", action="store_true", help="embed item titles with all-MiniLM-L6-v2 (needs the 'content' extra)")
+    add_fields(g, LearnerConfig, choices={"encoder": ENCODERS, "objective": OBJECTIVES}, env_prefix=ENV_PREFIX)
+    g.add_argument("--content", action="store_true", help=f"embed item titles with all-MiniLM-L6-v2 (needs the 'content' extra): "
+                   f"--content-dim {CONTENT_DIM}")
 
 
 def _learner_config(args: argparse.Namespace) -> LearnerConfig:
     from shelfq.learner.config import LearnerConfig
 
-    return LearnerConfig.from_env(
-        gamma=args.gamma, objective=args.objective, encoder=args.encoder, policy=args.policy, batch_size=args.batch_size, device=args.device,
-        checkpoint_dir=args.checkpoint_dir, metrics_port=getattr(args, "metrics_port", None),
-        content_dim=384 if args.content else None)
+    given = overrides(args, LearnerConfig)
+    if args.content:
+        if "content_dim" in given:
+            raise ConfigError(f"--content is --content-dim {CONTENT_DIM}: give one of them")
+        given["content_dim"] = CONTENT_DIM
+    return LearnerConfig.from_env(**given)
+
+
+def _agent_options(group: argparse._ArgumentGroup, only: Sequence[str] | None = None) -> None:
+    from shelfq.agents.config import ENV_PREFIX, EXCLUDE_SEEN, EXPLORATIONS, AgentConfig
+
+    add_fields(group, AgentConfig, only, choices={"exploration": EXPLORATIONS, "exclude_seen": EXCLUDE_SEEN},
+               env_prefix=ENV_PREFIX)
+
+
+def _streams_options(p: argparse.ArgumentParser) -> None:
+    from shelfq.streams.config import ENV_PREFIX, StreamsConfig
+
+    add_fields(p.add_argument_group("worker settings (default: SHELFQ_STREAMS_*; the join's: SHELFQ_JOIN_*)"),
+               StreamsConfig, env_prefix=ENV_PREFIX)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -346,7 +337,7 @@ def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.streams.app import run_worker
     from shelfq.streams.config import StreamsConfig
 
-    config = StreamsConfig.from_env(metrics_port=args.metrics_port)
+    config = StreamsConfig.from_env(**overrides(args, StreamsConfig))
     run_worker(settings, config, max_seconds=args.max_seconds, log_level=args.log_level)
     return 0
 
@@ -382,8 +373,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.agents.service import Agent
 
     logging.getLogger("shelfq").setLevel(args.log_level.upper())
-    config = AgentConfig.from_env(policy=args.policy, exploration=args.exploration, epsilon=args.epsilon,
-                                  temperature=args.temperature, diversity=args.diversity, metrics_port=args.metrics_port)
+    config = AgentConfig.from_env(**overrides(args, AgentConfig))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -410,7 +400,6 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_policy(args, log)
     if args.target == "chaos":  # its own private broker: never the one of the settings
         from shelfq.bench.chaos import ChaosConfig, main as bench_chaos
-        from shelfq.cli.dataclass_flags import overrides
 
         try:
             chaos = ChaosConfig(**overrides(args, ChaosConfig))
@@ -420,8 +409,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "replay":
         from shelfq.bench.replay import ReplayBenchConfig, lines, run_bench as bench_replay
 
-        config = ReplayBenchConfig(rate=args.rate, limit=args.limit, exploration=args.exploration, user_gap_s=args.user_gap_s,
-                                   session_gap_s=args.session_gap_s, fmt=args.format, skip_bad=args.skip_bad)
+        config = ReplayBenchConfig(**overrides(args, ReplayBenchConfig))
         with _broker_for(settings):
             figures = bench_replay(settings, args.log, config, report=log)
         print("\n".join(lines(figures)))
@@ -483,7 +471,6 @@ def _bench_policy(args: argparse.Namespace, log: Callable[[str], None]) -> int:
 
     from shelfq.evaluation.bench_config import PolicyBenchConfig
     from shelfq.evaluation.benchmark import run_bench
-    from shelfq.cli.dataclass_flags import overrides
 
     base = PolicyBenchConfig.quick() if args.quick else PolicyBenchConfig()
     try:
@@ -533,9 +520,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     from shelfq.simulator.runner import SimulateConfig, Simulation
 
-    config = SimulateConfig(sessions=args.sessions, duration_s=args.seconds, concurrency=args.concurrency, think_s=args.think_s,
-                            slate_timeout_s=args.slate_timeout_s, slate_size=args.slate_size, seed=args.seed,
-                            publish_catalog=not args.no_catalog, metrics_port=args.metrics_port)
+    config = SimulateConfig(**overrides(args, SimulateConfig))
     sim = Simulation(settings, config)
     if config.metrics_port:
         try:
@@ -571,8 +556,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"evaluate: --limit must be >= 1, got {args.limit}")
-    target = AgentConfig.from_env(exploration=args.exploration, epsilon=args.epsilon, temperature=args.temperature,
-                                  max_candidates=args.max_candidates)
+    target = AgentConfig.from_env(**overrides(args, AgentConfig))
     options = Options(args.file, args.skip_bad, args.limit, args.model,
                       Explorer(target.exploration, target.epsilon, target.temperature), target.max_candidates)
     result = evaluate(settings, options, progress=lambda line: print(line, file=sys.stderr))
@@ -590,9 +574,7 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.demo.run import DemoConfig, run_demo
 
-    config = DemoConfig(minutes=args.minutes, seeds=args.seeds, sessions_per_seed=args.sessions_per_seed, gamma=args.gamma,
-                        epsilon=args.epsilon, report_dir=args.report_dir, keep_topics=args.keep_topics,
-                        metrics_port=args.metrics_port, prometheus=args.prometheus, new_users=args.new_users)
+    config = DemoConfig(**overrides(args, DemoConfig))
     if not settings.external_cluster:
         print("(the first start of the embedded broker resolves its jars with Maven)", file=sys.stderr)
     with _broker_for(settings, keep=args.keep_broker):

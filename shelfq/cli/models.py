@@ -34,8 +34,8 @@ def versions_on_topic(settings: Settings, policy: str) -> dict[int, dict[str, An
     """Every version of ``policy`` on ``models``: created_ts and whether (why not) it loads."""
     big = settings.model_max_bytes + (1 << 16)
     out: dict[int, dict[str, Any]] = {}
-    for msg in read_to_end(settings, MODELS, **{"fetch.max.bytes": big, "max.partition.fetch.bytes": big,
-                                                "isolation.level": "read_committed"}):
+    fetch: dict[str, Any] = {"fetch.max.bytes": big, "max.partition.fetch.bytes": big, "isolation.level": "read_committed"}
+    for msg in read_to_end(settings, MODELS, **fetch):
         if msg.key() != policy.encode():
             continue
         try:

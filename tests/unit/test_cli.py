@@ -72,3 +72,139 @@ def test_an_impossible_agent_setting_exits_2_with_the_reason(capsys: pytest.Capt
 def test_impossible_demo_and_simulate_settings_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# -- flags generated from the settings dataclasses (shelfq.cli.dataclass_flags) ----------------
+
+def _settings_commands() -> list[tuple[list[str], type, str | None, tuple[str, ...] | None]]:
+    """(command, its settings, their environment prefix, the fields it has flags for: None = all)."""
+    from shelfq.agents.config import AgentConfig
+    from shelfq.bench.replay import ReplayBenchConfig
+    from shelfq.demo.run import DemoConfig
+    from shelfq.evaluation.gate.config import GateConfig
+    from shelfq.learner.config import LearnerConfig
+    from shelfq.simulator.runner import SimulateConfig
+    from shelfq.streams.config import StreamsConfig
+
+    return [(["simulate"], SimulateConfig, None, None), (["demo"], DemoConfig, None, None),(["learner"], LearnerConfig, "SHELFQ_LEARNER_", None), (["bench", "learner"], LearnerConfig, "SHELFQ_LEARNER_", None),
+            (["agent"], AgentConfig, "SHELFQ_AGENT_", None), (["streams"], StreamsConfig, "SHELFQ_STREAMS_", None),
+            (["gate"], GateConfig, "SHELFQ_GATE_", None), (["bench", "replay"], ReplayBenchConfig, None, None),
+            (["evaluate"], AgentConfig, "SHELFQ_AGENT_", ("exploration", "epsilon", "temperature", "max_candidates"))]
+
+
+@pytest.mark.parametrize("argv, cls, env_prefix, only", _settings_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_every_settings_field_has_a_flag_whose_help_is_its_docstring_default_and_variable(
+        argv: list[str], cls: type, env_prefix: str | None, only: tuple[str, ...] | None,
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shelfq.cli.dataclass_flags import field_docs, flag_fields, flag_help, flag_name
+
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per flag: the help as written, unwrapped
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    fields = flag_fields(cls) if only is None else only
+    assert fields and all(name in field_docs(cls) for name in fields)  # every field documented
+    for name in fields:
+        flag = flag_name(name, {"fmt": "format", "duration_s": "seconds", "publish_catalog": "catalog"})
+        at = next((i for i, line in enumerate(lines) if line.strip().split(" ")[0] in (flag, flag + ",")), None)
+        assert at is not None, f"{' '.join(argv)}: no {flag}"
+        # A long flag's help starts on the line below it (argparse's help column).
+        block = lines[at] + (lines[at + 1] if at + 1 < len(lines) and lines[at + 1].startswith(" " * 10) else "")
+        text = flag_help(cls, name, env_prefix)
+        assert block.rstrip().endswith(text), block
+        assert field_docs(cls)[name] in text and "(default " in text
+        assert env_prefix is None or f"; {env_prefix}{name.upper()})" in text
+
+
+def test_generated_help_says_the_default_and_the_variable() -> None:
+    from shelfq.cli.dataclass_flags import flag_help
+    from shelfq.learner.config import LearnerConfig
+
+    assert flag_help(LearnerConfig, "gamma", "SHELFQ_LEARNER_") == (
+        "Discount; 0 gives the myopic click-greedy baseline with the same code. (default 0.9; SHELFQ_LEARNER_GAMMA)")
+
+
+@pytest.mark.parametrize("argv", [
+    # The flags each command had before they were generated: same names, same meaning.
+    ["learner", "--gamma", "0", "--objective", "item", "--encoder", "lstm", "--policy", "p", "--batch-size", "8",
+     "--device", "cpu", "--checkpoint-dir", "/tmp/x", "--content", "--metrics-port", "0", "--max-seconds", "1",
+     "--max-transitions", "1", "--log-level", "debug"],
+    ["bench", "learner", "--transitions", "1000", "--gamma", "0", "--objective", "item", "--encoder", "cnn", "--policy", "p",
+     "--batch-size", "8", "--device", "cpu", "--checkpoint-dir", "/tmp/x", "--content", "--json"],
+    ["agent", "--policy", "p", "--exploration", "boltzmann", "--epsilon", "0.2", "--temperature", "2", "--diversity", "0.1",
+     "--replica", "1", "--metrics-port", "0", "--max-seconds", "1", "--log-level", "warning"],
+    ["streams", "--metrics-port", "0", "--max-seconds", "1", "--log-level", "error"],
+    ["gate", "--policies", "a,b", "--window", "10", "--min-impressions", "5", "--positions", "0", "--margin", "0.1",
+     "--rollback-after-s", "5", "--interval-s", "1", "--metrics-port", "0", "--max-seconds", "1", "--log-level", "info"],
+    ["bench", "replay", "log.csv", "--format", "csv", "--limit", "5", "--rate", "2", "--exploration", "epsilon",
+     "--user-gap-s", "0", "--session-gap-s", "60", "--skip-bad", "--json"],
+    ["evaluate", "--exploration", "greedy", "--epsilon", "0.3", "--temperature", "0.5", "--max-candidates", "10"],
+    ["simulate", "--sessions", "1", "--seconds", "1", "--concurrency", "2", "--think-s", "0", "--slate-timeout-s", "1",
+     "--slate-size", "3", "--seed", "1", "--no-catalog", "--metrics-port", "0", "--json"],
+    ["demo", "--minutes", "1", "--seeds", "2", "--sessions-per-seed", "10", "--new-users", "10", "--gamma", "0.5",
+     "--epsilon", "0.1", "--report-dir", "/tmp/r", "--keep-topics", "--metrics-port", "0", "--prometheus", "--keep-broker",
+     "--json"],
+], ids=lambda a: " ".join(a[:2]))
+def test_the_flags_of_before_still_parse(argv: list[str]) -> None:
+    build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("command, cls_path, field, default, env, env_value, from_env, flag, from_flag", [
+    (["learner"], "shelfq.learner.config:LearnerConfig", "gamma", 0.9, "SHELFQ_LEARNER_GAMMA", "0.5", 0.5, ["--gamma", "0.3"], 0.3),
+    (["learner"], "shelfq.learner.config:LearnerConfig", "item_features", True, "SHELFQ_LEARNER_ITEM_FEATURES", "0", False,
+     ["--item-features"], True),
+    (["agent"], "shelfq.agents.config:AgentConfig", "epsilon", 0.1, "SHELFQ_AGENT_EPSILON", "0.5", 0.5, ["--epsilon", "0.3"], 0.3),
+    (["streams"], "shelfq.streams.config:StreamsConfig", "metrics_port", 9101, "SHELFQ_STREAMS_METRICS_PORT", "9999", 9999,
+     ["--metrics-port", "0"], 0),
+    (["gate"], "shelfq.evaluation.gate.config:GateConfig", "margin", 0.05, "SHELFQ_GATE_MARGIN", "0.2", 0.2,
+     ["--margin", "0.1"], 0.1),
+], ids=lambda v: v if isinstance(v, str) and v.startswith("SHELFQ_") else "")
+def test_a_flag_overrides_the_variable_which_overrides_the_default(
+        command: list[str], cls_path: str, field: str, default: object, env: str, env_value: str, from_env: object,
+        flag: list[str], from_flag: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from shelfq.cli.dataclass_flags import overrides
+
+    module, name = cls_path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+
+    def built(argv: list[str]) -> object:  # as each command builds its settings
+        return getattr(cls.from_env(**overrides(build_parser().parse_args(argv), cls)), field)
+
+    monkeypatch.delenv(env, raising=False)
+    assert built(command) == default
+    monkeypatch.setenv(env, env_value)
+    assert built(command) == from_env
+    assert built([*command, *flag]) == from_flag
+
+
+def test_the_learner_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shelfq.cli.main import _learner_config
+
+    monkeypatch.setenv("SHELFQ_LEARNER_ENCODER", "cnn")
+    config = _learner_config(build_parser().parse_args(["learner", "--gamma", "0", "--content", "--n-step", "2"]))
+    assert (config.gamma, config.content_dim, config.n_step, config.encoder) == (0.0, 384, 2, "cnn")
+    assert _learner_config(build_parser().parse_args(["learner"])).content_dim == 0
+
+
+def test_content_and_content_dim_together_are_refused(capsys: pytest.CaptureFixture) -> None:
+    assert main(["learner", "--content", "--content-dim", "16"]) == 2
+    assert "--content is --content-dim 384" in capsys.readouterr().err
+
+
+def test_a_choice_outside_the_settings_own_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["learner", "--encoder", "transformer"])
+    assert info.value.code == 2
+    assert "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+def test_renamed_flags_set_their_fields() -> None:
+    from shelfq.cli.dataclass_flags import overrides
+    from shelfq.simulator.runner import SimulateConfig
+
+    args = build_parser().parse_args(["simulate", "--seconds", "5", "--no-catalog"])
+    config = SimulateConfig(**overrides(args, SimulateConfig))
+    assert (config.duration_s, config.publish_catalog) == (5.0, False)
+    assert SimulateConfig(**overrides(build_parser().parse_args(["simulate"]), SimulateConfig)) == SimulateConfig()
