@@ -182,6 +182,8 @@ class LearnerConfig:
             raise ConfigError(f"learner: target_tau must be in (0, 1], got {self.target_tau}")
         if self.content_dim < 0 or self.next_clicks < 0:
             raise ConfigError(f"learner: content_dim and next_clicks must be >= 0, got {self.content_dim}, {self.next_clicks}")
+        if self.next_click_prior and not (self.next_clicks and self.affinity):
+            raise ConfigError("learner: next_click_prior needs the next-clicks table (next_clicks > 0, affinity on)")
         if self.replay_capacity < self.batch_size:
             raise ConfigError(f"learner: replay_capacity ({self.replay_capacity}) must hold a batch ({self.batch_size})")
         if self.session_timeout_s < 6:

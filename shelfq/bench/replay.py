@@ -9,7 +9,8 @@ scored beside a popularity list and a first-order Markov chain on the same event
 2. Topics under a prefix of this run's own; the catalog goes to ``items``; a streams worker
    (a 5 s join window), a learner (its defaults: SlateQ; a checkpoint directory of its own) and
    an agent (greedy slates unless ``--exploration epsilon``) start as child processes; the
-   learner counts what follows what (``SHELFQ_LEARNER_NEXT_CLICKS=16`` unless set).
+   learner counts what follows what (``SHELFQ_LEARNER_NEXT_CLICKS=16`` unless set) and starts
+   its click model from the chain those counts make (``SHELFQ_LEARNER_NEXT_CLICK_PRIOR=1``).
 3. Each event, in log order at a bounded rate: a request for its user (slate of 10, ts now, the
    event's session), the slate awaited; then the reveal: the true item in the slate gives an
    impression of that slate and a click on the item; otherwise an organic impression of the
@@ -52,8 +53,11 @@ FAUST_TOPICS = ("streams-join-records-changelog", "streams-__assignor-__leader")
 #: within seconds, as the demo runs it.
 JOIN_ENV = {"SHELFQ_JOIN_WINDOW_S": "5", "SHELFQ_JOIN_ALLOWED_LATENESS_S": "2", "SHELFQ_JOIN_IDLE_ADVANCE_S": "2"}
 #: The learner's, likewise: a shop replaying logs of sequential behaviour counts what follows
-#: what (``learner.next_clicks``; off in the learner's defaults, whose benchmark has no order).
-LEARNER_ENV = {"SHELFQ_LEARNER_NEXT_CLICKS": "16"}
+#: what (``learner.next_clicks``; off in the learner's defaults, whose benchmark has no order),
+#: and, since a replay at a bounded rate pays for few gradient steps (about 140 for the
+#: synthetic log), takes the counts' Markov estimate as a fixed term of the click logit
+#: instead of waiting for the table's two weights to be learnt (``next_click_prior``).
+LEARNER_ENV = {"SHELFQ_LEARNER_NEXT_CLICKS": "16", "SHELFQ_LEARNER_NEXT_CLICK_PRIOR": "1"}
 
 
 @dataclass(frozen=True)
