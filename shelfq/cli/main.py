@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     breplay.add_argument("--user-gap-s", type=float, default=1.0, help="wall-clock seconds between a user's reveal and their next request, so the click reaches user-state first (default 1)")
     breplay.add_argument("--session-gap-s", type=float, default=1800.0, help="log time without an event that ends a user's session (default 1800)")
     breplay.add_argument("--skip-bad", action="store_true", help="replay the valid events of a log with bad lines")
+    breplay.add_argument("--hide-misses", action="store_true", help="leave a slate without the true item unshown (default: logged as shown and not clicked)")
     breplay.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     simulate = sub.add_parser("simulate", parents=[common], help="drive simulated shoppers through the real topics (a stand-in frontend)",
@@ -421,7 +422,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from shelfq.bench.replay import ReplayBenchConfig, lines, run_bench as bench_replay
 
         config = ReplayBenchConfig(rate=args.rate, limit=args.limit, exploration=args.exploration, user_gap_s=args.user_gap_s,
-                                   session_gap_s=args.session_gap_s, fmt=args.format, skip_bad=args.skip_bad)
+                                   session_gap_s=args.session_gap_s, fmt=args.format, skip_bad=args.skip_bad,
+                                   show_misses=not args.hide_misses)
         with _broker_for(settings):
             figures = bench_replay(settings, args.log, config, report=log)
         print("\n".join(lines(figures)))
