@@ -36,12 +36,13 @@ NEXT_FEATURES = 2  # with a next-items table: share and log1p count of candidate
 
 def affinity(items: torch.Tensor, events: torch.Tensor, candidates: torch.Tensor,
              attributes: torch.Tensor | None,
-             next_clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+             next_clicks: tuple[torch.Tensor, torch.Tensor] | None = None, prior: bool = False) -> torch.Tensor:
     """Cross features [B, K, FEATURES (+ NEXT_FEATURES)] of left-padded histories (item rows
     and event ids, [B, L]) and candidate item rows ([K] shared by the batch, or [B, K]);
     ``attributes`` maps item rows to (category row, price band), or is None (no categories
     known); ``next_clicks`` is the (successor rows, counts) table [rows, S] of
-    ``learner.next_clicks``, or None.
+    ``learner.next_clicks``, or None. With ``prior`` (and a table) one more column comes last:
+    ``markov_log_prior`` of each candidate, for the caller to split off.
 
     >>> table = (torch.tensor([[0, 0], [2, 3], [0, 0], [0, 0]]), torch.tensor([[0., 0.], [3., 1.], [0., 0.], [0., 0.]]))
     >>> f = affinity(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), torch.tensor([2, 3, 1]), None, table)
@@ -67,4 +68,26 @@ def affinity(items: torch.Tensor, events: torch.Tensor, candidates: torch.Tensor
         after = torch.einsum("bks,bs->bk", match, tallies)  # how often each candidate followed it
         total = tallies.sum(dim=1, keepdim=True)
         parts.append(torch.stack([after / total.clamp(min=1.0), torch.log1p(after)], dim=2))
+        if prior:
+            parts.append(markov_log_prior(after, total).unsqueeze(2))
     return torch.cat(parts, dim=2)
+
+
+def markov_log_prior(after: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """log((after + 1) / (total + 1)): the log of the first-order Markov chain's estimate that
+    the candidate is clicked next, given how often it followed the newest item (``after``,
+    [B, K]) of all the clicks that did (``total``, [B, 1]), add-one smoothed: 0 for an item
+    nothing was counted after, and a candidate that never followed an item seen ``total`` times
+    starts ``log(total + 1)`` below one that always did.
+
+    As a fixed term of the click logit (weight 1, not learnt: ``LearnerConfig.next_click_prior``)
+    it makes the choice model's odds between two candidates start as the chain's, (1 + count) to
+    (1 + count), from the first model on, and the network learns what the chain does not know;
+    a learnt weight would start at 0 and move about one learning rate per gradient step.
+
+    >>> markov_log_prior(torch.tensor([[3.0, 0.0]]), torch.tensor([[3.0]])).tolist()
+    [[0.0, -1.3862943649291992]]
+    >>> markov_log_prior(torch.tensor([[0.0]]), torch.tensor([[0.0]])).tolist()   # nothing counted: no prior
+    [[0.0]]
+    """
+    return torch.log1p(after) - torch.log1p(total)

@@ -96,6 +96,7 @@ def load_model(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] 
     shape_fields.setdefault("item_features", False)  # and from before item features, ids alone,
     shape_fields.setdefault("affinity", False)  # without cross features,
     shape_fields.setdefault("next_clicks", 0)  # and without the next-clicks table
+    shape_fields.setdefault("next_click_prior", False)  # or its prior term
     missing = [k for k in NETWORK_FIELDS if k not in shape_fields]
     if missing:
         raise EventError("headers.config", "missing", f"network settings missing: {', '.join(missing)}")

@@ -30,7 +30,8 @@ ENV_PREFIX = "SHELFQ_LEARNER_"
 
 #: Fields that shape the network: a model message carries them, and a loader needs them.
 NETWORK_FIELDS = ("encoder", "embedding_dim", "hidden_dim", "hash_buckets", "history_length",
-                  "context_buckets", "content_dim", "position_bias", "objective", "item_features", "affinity", "next_clicks")
+                  "context_buckets", "content_dim", "position_bias", "objective", "item_features", "affinity", "next_clicks",
+                  "next_click_prior")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ class LearnerConfig:
     from 0.17 to 0.37, while in ``shelfq bench policy``, whose shoppers' clicks have no order,
     it cost 8-15% of the reward per session, hence off by default. The table is part of the
     model: 8 bytes x ``next_clicks`` x ``hash_buckets`` (4 MiB for 16 at the default)."""
+    next_click_prior: bool = False
+    """With ``next_clicks``: the click logit also gets the table's add-one log estimate that the
+    candidate is clicked next (``learner.affinity.markov_log_prior``), with weight 1, not learnt:
+    the choice model starts from what a first-order Markov chain on the clicks says, and the
+    network learns the rest. For a shop whose clicks come in sequences and whose learner takes
+    few gradient steps (a replay of its log: ``shelfq bench replay`` turns it on), where the
+    table's learnt weights stay near their zero start. Off by default: where clicks have no
+    order a fixed term would steer every slate toward chance successors."""
     content_dim: int = 0
     """Width of item content vectors (384 with the MiniLM title embedder); 0 turns content off."""
     position_bias: bool = True
@@ -173,6 +182,8 @@ class LearnerConfig:
             raise ConfigError(f"learner: target_tau must be in (0, 1], got {self.target_tau}")
         if self.content_dim < 0 or self.next_clicks < 0:
             raise ConfigError(f"learner: content_dim and next_clicks must be >= 0, got {self.content_dim}, {self.next_clicks}")
+        if self.next_click_prior and not (self.next_clicks and self.affinity):
+            raise ConfigError("learner: next_click_prior needs the next-clicks table (next_clicks > 0, affinity on)")
         if self.replay_capacity < self.batch_size:
             raise ConfigError(f"learner: replay_capacity ({self.replay_capacity}) must hold a batch ({self.batch_size})")
         if self.session_timeout_s < 6:

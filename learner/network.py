@@ -105,6 +105,9 @@ class QNetwork(nn.Module):
         self.affinity = nn.Linear(features, 2, bias=False) if config.affinity else None
         if self.affinity is not None:
             nn.init.zeros_(self.affinity.weight)
+        # The chain's add-one log estimate (learner.affinity.markov_log_prior) as a fixed term
+        # of the click logit, beside the two learnt weights of its counts.
+        self.next_click_prior = bool(self.next_clicks) and config.next_click_prior
         if self.next_clicks:
             # What was clicked right after each item row, counted by the learner
             # (learner.next_clicks): part of the weights, so agents read the same table.
@@ -184,7 +187,11 @@ class QNetwork(nn.Module):
             raise ValueError("this network reads cross features: pass the candidates' item rows with their vectors")
         attributes = self.item_attributes if self.item_features else None
         table = (self.next_click_rows, self.next_click_counts) if self.next_clicks else None
-        return self.affinity(affinity(user.history, user.history_events, rows, attributes, table))
+        features = affinity(user.history, user.history_events, rows, attributes, table, prior=self.next_click_prior)
+        if not self.next_click_prior:
+            return self.affinity(features)
+        terms = self.affinity(features[..., :-1])
+        return terms + torch.stack([features[..., -1], torch.zeros_like(features[..., -1])], dim=-1)
 
     def set_next_clicks(self, rows: torch.Tensor, successors: torch.Tensor, counts: torch.Tensor) -> None:
         """Write the next-clicks table's ``rows`` (``learner.next_clicks``)."""

@@ -249,6 +249,7 @@ class Learner:
         # Checkpoints from before SlateQ were item-wise and did not name an objective, and those
         # from before item features knew items by their ids alone.
         if {"objective": "item", "item_features": False, "affinity": False, "next_clicks": 0,
+                "next_click_prior": False,
                 **ck.state["network"]} != self.config.network():
             raise ConfigError(f"checkpoint {ck.path} was written for network settings {ck.state['network']}, "
                               f"not {self.config.network()}; use those settings or another checkpoint_dir")

@@ -9,11 +9,13 @@ scored beside a popularity list and a first-order Markov chain on the same event
 2. Topics under a prefix of this run's own; the catalog goes to ``items``; a streams worker
    (a 5 s join window), a learner (its defaults: SlateQ; a checkpoint directory of its own) and
    an agent (greedy slates unless ``--exploration epsilon``) start as child processes; the
-   learner counts what follows what (``SHELFQ_LEARNER_NEXT_CLICKS=16`` unless set).
+   learner counts what follows what (``SHELFQ_LEARNER_NEXT_CLICKS=16`` unless set) and starts
+   its click model from the chain those counts make (``SHELFQ_LEARNER_NEXT_CLICK_PRIOR=1``).
 3. Each event, in log order at a bounded rate: a request for its user (slate of 10, ts now, the
    event's session), the slate awaited; then the reveal: the true item in the slate gives an
-   impression of that slate and a click on the item; otherwise an organic impression of the
-   true item alone (state inline: the user's revealed history; propensity 1; policy
+   impression of that slate and a click on the item; otherwise an impression of the slate
+   with no click on it (``show_misses``) and an organic impression of the true item alone
+   (state inline: the user's revealed history; propensity 1; policy
    ``organic``) and a click on it. The last event of a session is followed by its exit. A
    user's next request waits ``user_gap_s`` after their last reveal, so that the click has
    reached user-state (and the agent) first; users' events otherwise overlap.
@@ -52,8 +54,11 @@ FAUST_TOPICS = ("streams-join-records-changelog", "streams-__assignor-__leader")
 #: within seconds, as the demo runs it.
 JOIN_ENV = {"SHELFQ_JOIN_WINDOW_S": "5", "SHELFQ_JOIN_ALLOWED_LATENESS_S": "2", "SHELFQ_JOIN_IDLE_ADVANCE_S": "2"}
 #: The learner's, likewise: a shop replaying logs of sequential behaviour counts what follows
-#: what (``learner.next_clicks``; off in the learner's defaults, whose benchmark has no order).
-LEARNER_ENV = {"SHELFQ_LEARNER_NEXT_CLICKS": "16"}
+#: what (``learner.next_clicks``; off in the learner's defaults, whose benchmark has no order),
+#: and, since a replay at a bounded rate pays for few gradient steps (about 140 for the
+#: synthetic log), takes the counts' Markov estimate as a fixed term of the click logit
+#: instead of waiting for the table's two weights to be learnt (``next_click_prior``).
+LEARNER_ENV = {"SHELFQ_LEARNER_NEXT_CLICKS": "16", "SHELFQ_LEARNER_NEXT_CLICK_PRIOR": "1"}
 
 
 #: How the agent explores in the benchmark (``ReplayBenchConfig.exploration``).
@@ -84,6 +89,12 @@ class ReplayBenchConfig:
     """The log's format (csv, jsonl); None: from its suffix."""
     skip_bad: bool = False
     """Replay the valid events of a log with bad lines (else it is refused)."""
+    show_misses: bool = True
+    """A slate without the true item is logged as shown and not clicked, before the organic
+    impression: the user did what the log says instead of clicking any of it, as a shop's
+    slates mostly go without a click. False leaves it unshown: then every impression the
+    learner sees was clicked, its choice model never meets the no-click option (its attractions
+    grow against it as it trains), and nothing the agent showed wrongly counts against it."""
 
     def __post_init__(self) -> None:
         if not 0 < self.rate <= 1000:
@@ -243,6 +254,9 @@ class ReplayBench:
                 if slate is not None and event.item in slate.items:
                     shown = Impression(request_id=request_id, user_id=event.user, session_id=session, ts=now, items=slate.items)
                 else:
+                    if slate is not None and cfg.show_misses:  # shown, and nothing of it clicked
+                        client.send(Impression(request_id=request_id, user_id=event.user, session_id=session, ts=now,
+                                               items=slate.items))
                     shown = Impression(request_id=f"{request_id}.{ORGANIC}", user_id=event.user, session_id=session, ts=now,
                                        items=[event.item], state=State(history=list(histories[event.user])),
                                        propensities=[1.0], policy=ORGANIC)
@@ -334,6 +348,17 @@ class ReplayBench:
                 "learner_model_version": self._metric("learner", "shelfq_learner_model_version")}
 
 
+def expected_transitions(served: list[Served], events: list[Positive], show_misses: bool) -> int:
+    """The transitions the reveals imply, one per shown item: a hit's slate; for a miss the
+    organic impression's item, and the slate's items when misses are shown.
+
+    >>> served, events = [Served(["a", "b"]), Served(["a", "b"]), Served([])], [Positive("u", i, 0.0) for i in "acd"]
+    >>> expected_transitions(served, events, True), expected_transitions(served, events, False)  # hit, miss, no slate
+    (6, 4)
+    """
+    return sum(len(s.items) if e.item in s.items else 1 + len(s.items) * show_misses for s, e in zip(served, events))
+
+
 def run_bench(settings: Settings, source: str | Path, config: ReplayBenchConfig,
               report: Callable[[str], None] = print) -> dict[str, Any]:
     events, items = load(source, config, settings.max_event_bytes, report)
@@ -346,8 +371,7 @@ def run_bench(settings: Settings, source: str | Path, config: ReplayBenchConfig,
     try:
         bench.start(items)
         served = asyncio.run(bench.drive(events, baselines))
-        # One transition per shown item: the slate's items when it held the true one, else the organic one.
-        expected = sum(len(s.items) if e.item in s.items else 1 for s, e in zip(served, events))
+        expected = expected_transitions(served, events, config.show_misses)
         bench.settle(expected, timeout=30.0)
         counters = bench.figures()
     finally:

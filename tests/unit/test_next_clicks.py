@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from shelfq.contracts.errors import EventError
+from shelfq.contracts.errors import ConfigError, EventError
 from shelfq.contracts.events import Interaction, State
 from shelfq.learner.artifact import load_model, model_message
 from shelfq.learner.config import LearnerConfig
@@ -98,3 +98,52 @@ def test_a_model_without_the_table_still_loads() -> None:
     value, headers = model_message(DQN(config).online, config, version=1)
     loaded = load_model(value, headers.to_headers())
     assert loaded.config.next_clicks == 0 and not hasattr(loaded.network, "next_click_rows")
+
+
+def _first_by_click_logit(dqn: DQN) -> float:
+    """After each item of the chain, the share of items whose follower has the highest click logit."""
+    rows = dqn.item_rows(ITEMS)
+    hits = []
+    for i in range(len(ITEMS) - 1):
+        user = dqn.online.user(*dqn.state_tensors([State(history=[Interaction(item_id=ITEMS[i], event="click", ts=1.0)])]))
+        hits.append(int(torch.argmax(dqn.online.click_logits(user, rows)[0])) == i + 1)
+    return float(np.mean(hits))
+
+
+def test_the_prior_gives_the_chain_s_odds_before_any_gradient_step() -> None:
+    data = chain_transitions(600)
+    with_prior, without = DQN(LearnerConfig(next_clicks=16, next_click_prior=True, **SMALL)), DQN(
+        LearnerConfig(next_clicks=16, **SMALL))
+    for dqn in (with_prior, without):
+        for t in data:
+            dqn.add(t)
+    assert with_prior.step == without.step == 0
+    assert _first_by_click_logit(with_prior) > 0.8  # (hashed rows: a few of the 40 items share one)
+    # Without it an untrained network's cross weights are zero: every item has the same logit.
+    rows = without.item_rows(ITEMS)
+    user = without.online.user(*without.state_tensors([State(history=[Interaction(item_id=ITEMS[5], event="click", ts=1.0)])]))
+    logits = without.online.click_logits(user, rows)[0]
+    assert float(logits.max() - logits.min()) < 1e-5
+    # The term is the chain's add-one log estimate: item 6 followed item 5 every time it was counted.
+    row = without.features.bucket(ITEMS[5])
+    total = float(with_prior.online.next_click_counts[row].sum())
+    user = with_prior.online.user(*with_prior.state_tensors([State(history=[Interaction(item_id=ITEMS[5], event="click",
+                                                                                        ts=1.0)])]))
+    logits = with_prior.online.click_logits(user, rows)[0]
+    assert abs(float(logits[6] - logits[7]) - np.log1p(total)) < 1e-4  # 7 never followed 5
+
+
+def test_models_carry_the_prior_setting_and_older_models_load_without_it() -> None:
+    config = LearnerConfig(next_clicks=16, next_click_prior=True, **SMALL)
+    value, headers = model_message(DQN(config).online, config, version=1)
+    loaded = load_model(value, headers.to_headers())
+    assert loaded.config.next_click_prior and loaded.network.next_click_prior
+    older = LearnerConfig(next_clicks=16, **SMALL)
+    value, headers = model_message(DQN(older).online, older, version=1)
+    del headers.config["next_click_prior"]  # a model from before the setting
+    assert not load_model(value, headers.to_headers()).network.next_click_prior
+
+
+def test_the_prior_needs_the_table() -> None:
+    with pytest.raises(ConfigError, match="next_click_prior"):
+        LearnerConfig(next_click_prior=True, **SMALL)
