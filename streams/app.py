@@ -34,12 +34,13 @@ from faust.types import TP
 from shelfq.contracts.dlq import dead_letter
 from shelfq.contracts.errors import EventError
 from shelfq.contracts.events import Feedback, Interaction, Transition, UserState, decode, encode
-from shelfq.contracts.outage import BrokerUnreachable, BrokerWatch, ConnectionNoise, install
+from shelfq.contracts.outage import BrokerUnreachable, BrokerWatch, ConnectionNoise, install, report_client_error
 from shelfq.contracts.settings import Settings
 from shelfq.contracts.topics import DLQ, EVENT_OF_TOPIC, TRANSITIONS, USER_STATE
 from shelfq.streams import faust_internals
 from shelfq.streams.config import StreamsConfig
 from shelfq.streams.gc_tuning import tune_worker_gc
+from shelfq.streams.group_offsets import GroupOffsets
 from shelfq.streams.join import INPUTS, Join, Output, Record
 from shelfq.streams.limits import message_size, refused_for_size
 from shelfq.streams.metrics import StreamsMetrics
@@ -177,6 +178,7 @@ class JoinWorker:
         self._last_report = 0.0
         self._start_offsets: dict[TP, int] | None = None
         self._admin: Any = None
+        self._group_offsets = GroupOffsets(s.confluent_config(error_cb=report_client_error), self.app.conf.id)
         self._reported = self.join.outcomes.copy()
         self._input_counters = {t: self.metrics.inputs.labels(t) for t in INPUTS}
         self._stalls = StallWatch(STALL_AFTER_S)
@@ -371,6 +373,7 @@ class JoinWorker:
     def close(self) -> None:
         self._holes.close()
         self._probe.close()
+        self._group_offsets.close()
 
     def on_tick(self, now: float | None = None) -> None:
         """Close the windows of every owned partition that the clock (``now``, by default the
@@ -529,14 +532,13 @@ class JoinWorker:
         return {TP(tp.topic, tp.partition): f.result(timeout=10).offset for tp, f in futures.items()}
 
     def _committed_offsets(self) -> dict[TP, int]:
-        """The group's committed offsets of the input topics (0 where none: the group reads
-        from the beginning)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions
+        """The group's committed offsets of the owned input partitions (0 where none: the group
+        reads from the beginning). Not through the Admin API: it aborts the process on a
+        dropped connection (``streams.group_offsets``)."""
+        from confluent_kafka import TopicPartition
 
-        group = self.app.conf.id
-        result = self._admin_client().list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group)])[group].result(timeout=10)
-        return {TP(t.topic, t.partition): max(t.offset, 0) for t in result.topic_partitions if t.topic in self.logical}
+        request = [TopicPartition(full, p) for full in self.logical for p in sorted(self.partitions)]
+        return {TP(*tp): offset for tp, offset in self._group_offsets.read(request, timeout_s=10).items()}
 
     async def flush(self) -> None:
         """Send everything gathered so far to the producer (Faust flushes it before committing).
