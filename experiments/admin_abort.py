@@ -12,7 +12,8 @@ handle on that error path, and the dummy error response enqueued after it uses i
 
 This script starts a private embedded broker (own SHELFQ_HOME and ports: the broker at
 127.0.0.1:9092 is never touched), commits an offset for a group, then runs a child process
-that asks for the group's committed offsets in a loop, the way the worker's backlog refresh
+that asks for the group's committed offsets in a loop (``--via worker``: the streams worker
+itself, ``-m shelfq streams`` of the tree ``--code``, under light synthetic load), the way the worker's backlog refresh
 did (``--via admin``: ``AdminClient.list_consumer_group_offsets``; ``--via consumer``:
 ``Consumer.committed`` of a consumer that never joins the group, the worker's fix,
 ``shelfq.streams.group_offsets``), plus ``list_offsets`` and ``list_topics`` as the worker
@@ -22,6 +23,7 @@ lines of its stderr.
 
     python experiments/admin_abort.py --via admin --rounds 6
     python experiments/admin_abort.py --via consumer --rounds 6
+    python experiments/admin_abort.py --via worker --code /tmp/old-tree --rounds 6
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +80,8 @@ while True:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--via", choices=("admin", "consumer"), default="admin")
+    parser.add_argument("--via", choices=("admin", "consumer", "worker"), default="admin")
+    parser.add_argument("--code", default=".", help="the tree whose shelfq the child runs (with --via worker)")
     parser.add_argument("--rounds", type=int, default=6, help="broker SIGKILLs and restarts")
     parser.add_argument("--down-s", type=float, default=3.0, help="how long the broker stays down")
     parser.add_argument("--up-s", type=float, default=5.0, help="how long it runs between kills")
@@ -106,6 +110,24 @@ def main() -> int:
         shelfq("broker", "stop")
 
 
+def light_load(settings: Any) -> None:
+    """A few synthetic shoppers every two seconds, for as long as the script runs; a producer
+    that keeps what it cannot send while the broker is away, as a shop's would."""
+    import msgspec
+    from confluent_kafka import Producer
+
+    from shelfq.contracts.events import encode
+    from shelfq.streams.synthetic import synthetic_traffic
+
+    producer = Producer(settings.confluent_config(**{"message.timeout.ms": 600_000, "log_level": 0}))
+    for n in range(1_000_000):
+        traffic = synthetic_traffic(users=2, requests_per_user=2, slate_size=3, seed=n, gap_s=0.2, tag=f"l{n}")
+        shift = time.time()
+        for topic, key, event in traffic.events:
+            producer.produce(settings.topic(topic), encode(msgspec.structs.replace(event, ts=event.ts + shift)), key)
+        producer.poll(2.0)
+
+
 def run(args: argparse.Namespace, env: dict[str, str], settings: Any, shelfq: Callable[..., Any], work: Path,
         started: float) -> int:
     from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -127,8 +149,16 @@ def run(args: argparse.Namespace, env: dict[str, str], settings: Any, shelfq: Ca
     del admin  # its reconnection noise would drown the report
 
     log = work / "child.log"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, settings.bootstrap, group, topic, args.via,
-                              str(args.threads)], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    if args.via == "worker":  # the streams worker itself, of the tree at --code, under light load
+        from shelfq.ops.topic_admin import ensure_topics
+
+        ensure_topics(settings)
+        command = [sys.executable, "-m", "shelfq", "streams", "--log-level", "info"]
+        threading.Thread(target=light_load, args=(settings,), daemon=True).start()
+    else:
+        command = [sys.executable, "-c", CHILD, settings.bootstrap, group, topic, args.via, str(args.threads)]
+    child = subprocess.Popen(command, env=env, cwd=args.code, stdout=open(log, "wb"),  # noqa: SIM115
+                             stderr=subprocess.STDOUT)
     rounds = []
     try:
         time.sleep(args.up_s)
