@@ -161,6 +161,10 @@ def run(args: argparse.Namespace, env: dict[str, str], settings: Any, shelfq: Ca
                              stderr=subprocess.STDOUT)
     rounds = []
     try:
+        deadline = time.monotonic() + 240
+        while args.via == "worker" and b"join owns partitions" not in log.read_bytes():
+            assert child.poll() is None and time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.5)  # a worker that cannot reach the broker as it starts exits: not the point here
         time.sleep(args.up_s)
         for r in range(1, args.rounds + 1):
             if child.poll() is not None:
