@@ -99,7 +99,8 @@ class JoinWorker:
         self.logical = {s.topic(t): t for t in INPUTS}  # full topic name -> input
         self.records.on_recovered = self.on_recovered
         self.broker = BrokerOffsets(s, self.app.conf.id, self.logical)
-        self.ownership = Ownership(self.app, self.broker.committed_offsets)
+        # The partitions owned when the read starts (a snapshot taken under the GIL).
+        self.ownership = Ownership(self.app, lambda: self.broker.committed_offsets(self.ownership.partitions))
         # Two readers of offsets Faust did not deliver: one for holes (on the event loop), one
         # for probes of a partition's unread tail (in executor threads). Neither joins a group.
         reader_config = s.confluent_config(**{"group.id": f"{self.app.conf.id}-holes"})
@@ -265,6 +266,7 @@ class JoinWorker:
     def close(self) -> None:
         self.holes.reader.close()
         self.backlog.probe.close()
+        self.broker.close()
 
 
 #: Where Faust keeps its data directory (empty: the tables are in memory); Faust fills in the app id.

@@ -1,5 +1,6 @@
-"""What the broker says of the worker's inputs, through an admin client of the worker's own:
-owns the group's committed offsets, each partition's last stable offset, and the ping the
+"""What the broker says of the worker's inputs, through clients of the worker's own: the
+group's committed offsets (``streams.group_offsets``: not through the Admin API, which aborts
+the process on a dropped connection), each partition's last stable offset, and the ping the
 broker watch uses.
 
 Faust's own view cannot answer these: its fetch position counts messages queued inside Faust
@@ -15,7 +16,9 @@ from typing import Any
 
 from faust.types import TP
 
+from shelfq.contracts.outage import report_client_error
 from shelfq.contracts.settings import Settings
+from shelfq.streams.group_offsets import GroupOffsets
 
 
 class BrokerOffsets:
@@ -27,12 +30,11 @@ class BrokerOffsets:
         self.group = group
         self.topics = tuple(topics)
         self._admin = admin
+        self._group_offsets = GroupOffsets(settings.confluent_config(error_cb=report_client_error), group)
 
     def admin(self) -> Any:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
-
-            from shelfq.contracts.outage import report_client_error
 
             self._admin = AdminClient(self.settings.confluent_config(error_cb=report_client_error))
         return self._admin
@@ -53,11 +55,13 @@ class BrokerOffsets:
         futures = self.admin().list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=5)
         return {TP(tp.topic, tp.partition): f.result(timeout=10).offset for tp, f in futures.items()}
 
-    def committed_offsets(self) -> dict[TP, int]:
-        """The group's committed offsets of the input topics (0 where none: the group reads
-        from the beginning)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions
+    def committed_offsets(self, partitions: Iterable[int]) -> dict[TP, int]:
+        """The group's committed offsets of the input topics' ``partitions`` (0 where none: the
+        group reads from the beginning there)."""
+        from confluent_kafka import TopicPartition
 
-        group = self.group
-        result = self.admin().list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(timeout=10)
-        return {TP(t.topic, t.partition): max(t.offset, 0) for t in result.topic_partitions if t.topic in self.topics}
+        request = [TopicPartition(full, p) for full in self.topics for p in sorted(partitions)]
+        return {TP(*tp): offset for tp, offset in self._group_offsets.read(request, timeout_s=10).items()}
+
+    def close(self) -> None:
+        self._group_offsets.close()

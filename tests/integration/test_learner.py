@@ -19,6 +19,7 @@ from shelfq.learner.artifact import load_model
 from shelfq.learner.checkpoint import load_checkpoint
 from shelfq.learner.service import latest_published_version
 from shelfq.learner.synthetic import bait_or_build
+from shelfq.ops import scrape
 from tests.integration.conftest import ShelfqProcess
 
 SMALL = {
@@ -33,6 +34,13 @@ class LearnerProcess(ShelfqProcess):
     def __init__(self, settings: Settings, checkpoint_dir: Path, log: Path, *extra: str) -> None:
         super().__init__(["learner", "--max-seconds", "120", *extra], settings, log,
                          {**SMALL, "SHELFQ_LEARNER_CHECKPOINT_DIR": str(checkpoint_dir)})
+
+    def wait_serving(self, timeout: float = 240.0) -> None:
+        """Until its /metrics answers: the learner is built (torch imported, checkpoint loaded,
+        the published version asked) and reads. On the shared 2 cores under load that took
+        more than the 60 s the waits below give to the behaviour itself (run 12 of a 20-run loop failed
+        "timed out waiting for 300 transitions" with an empty log: still starting)."""
+        self.wait(lambda: bool(scrape.series(self.port)), "the learner to start", timeout)
 
 
 def produce(settings: Settings, transitions) -> None:
@@ -79,6 +87,7 @@ def test_kill_9_resumes_from_the_checkpoint_without_skipping_or_recounting(setti
     ckpt = tmp_path / "ckpt"
     produce(settings, first_half)
     first = LearnerProcess(settings, ckpt, tmp_path / "first.log")
+    first.wait_serving()
     first.wait(lambda: first.metric("shelfq_learner_transitions_total", 'outcome="new"') >= 300, "300 transitions")
     first.wait(lambda: first.metric("shelfq_learner_checkpoints_total") >= 2 and first.metric("shelfq_learner_model_version") >= 1,
                "a checkpoint after the transitions and a model")
@@ -90,6 +99,7 @@ def test_kill_9_resumes_from_the_checkpoint_without_skipping_or_recounting(setti
     produce(settings, second_half)
 
     second = LearnerProcess(settings, ckpt, tmp_path / "second.log")
+    second.wait_serving()
     second.wait(lambda: second.metric("shelfq_learner_transitions_total", 'outcome="new"') >= 600 - sum(
         o for _t, _p, o in before.state["offsets"]), "the rest of the transitions")
     second.wait(lambda: second.metric("shelfq_learner_model_version") > published_before, "a new model version")
