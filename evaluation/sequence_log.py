@@ -97,7 +97,7 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.sequence_log", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m shelfq.evaluation.sequence_log", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", type=Path, help="where to write the JSONL log")
     parser.add_argument("--users", type=int, default=300, help="shoppers (default 300: about 4,000 clicks)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")

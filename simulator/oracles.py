@@ -3,7 +3,7 @@
 They show that in this world click-greedy is not optimal over a session, with no learner
 involved (``tests/unit/test_simulator.py``). Print their figures with::
 
-    .venv/bin/python -m simulator.oracles
+    .venv/bin/python -m shelfq.simulator.oracles
 """
 
 from __future__ import annotations
