@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from shelfq.contracts.errors import ConfigError
 from shelfq.contracts.settings import Settings
+from shelfq.cli.signals import stop_on_signals
 
 
 def add_parsers(sub: Any, bench: Any, common: argparse.ArgumentParser) -> None:
@@ -54,9 +53,7 @@ def cmd_gate(args: argparse.Namespace, settings: Settings) -> int:
 
     logging.getLogger("shelfq").setLevel(args.log_level.upper())
     config = GateConfig.from_env(**overrides(args, GateConfig))  # --metrics-port among them
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     gate = Gate(settings, config)
     if config.metrics_port:
         gate.metrics.serve(config.metrics_port, config.metrics_addr)

@@ -25,6 +25,7 @@ from shelfq.contracts.errors import ConfigError, ShelfqError
 from shelfq.contracts.events import DEFAULT_HISTORY_LENGTH
 from shelfq.contracts.settings import Settings
 from shelfq.contracts.topics import topic_specs
+from shelfq.cli.signals import stop_on_signals
 from shelfq.cli.dataclass_flags import add_fields, overrides
 
 if TYPE_CHECKING:
@@ -343,15 +344,11 @@ def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
-    import threading
-
     from shelfq.learner.service import Learner
 
     logging.getLogger("shelfq").setLevel(args.log_level.upper())
     config = _learner_config(args)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     learner = Learner(settings, config)
     if config.metrics_port:
         learner.metrics.serve(config.metrics_port, config.metrics_addr)
@@ -367,16 +364,12 @@ def cmd_learner(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
-    import threading
-
     from shelfq.agents.config import AgentConfig
     from shelfq.agents.service import Agent
 
     logging.getLogger("shelfq").setLevel(args.log_level.upper())
     config = AgentConfig.from_env(**overrides(args, AgentConfig))
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     agent = Agent(settings, config, replica=args.replica)
     if config.metrics_port:
         agent.metrics.serve(config.metrics_port, config.metrics_addr)
