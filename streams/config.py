@@ -3,6 +3,8 @@
 >>> c = StreamsConfig.from_env({"SHELFQ_JOIN_WINDOW_S": "60", "SHELFQ_JOIN_WEIGHTS": "click=1,purchase=10"})
 >>> c.join.window_s, dict(c.join.weights)
 (60.0, {'click': 1.0, 'purchase': 10.0})
+>>> join_from_env({"SHELFQ_JOIN_WINDOW_S": "60"}, window_s=30.0, history_length=None).window_s  # a flag wins
+30.0
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shelfq.contracts.errors import ConfigError
-from shelfq.contracts.settings import fields_from_env, parse_value
+from shelfq.contracts.settings import fields_from_env
 from shelfq.streams.join import JoinConfig
 from shelfq.streams.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
 
-#: The worker's own settings read ``SHELFQ_STREAMS_<FIELD>``; the join's, ``SHELFQ_JOIN_*``.
+#: The worker's own settings read ``SHELFQ_STREAMS_<FIELD>``; the join's, ``SHELFQ_JOIN_<FIELD>``.
 ENV_PREFIX = "SHELFQ_STREAMS_"
+JOIN_ENV_PREFIX = "SHELFQ_JOIN_"
 
 
 @dataclass(frozen=True)
@@ -82,28 +85,16 @@ class StreamsConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> StreamsConfig:
         """Read ``SHELFQ_JOIN_*`` and ``SHELFQ_STREAMS_*``; keyword overrides (flags) of the
-        worker's own fields win; None means unset."""
+        worker's own fields win, and ``join=`` (``join_from_env``, with the join's flags) over
+        ``SHELFQ_JOIN_*``; None means unset."""
         env = os.environ if env is None else env
 
-        # Read through the one parser every SHELFQ_* variable goes through (its words, its errors).
-        def num(name: str, kind: type = float) -> Any:
-            raw = env.get(name)
-            return None if raw is None else parse_value(name, raw, kind.__name__)
-
-        join_kw = {k: v for k, v in {
-            "window_s": num("SHELFQ_JOIN_WINDOW_S"),
-            "allowed_lateness_s": num("SHELFQ_JOIN_ALLOWED_LATENESS_S"),
-            "idle_advance_s": num("SHELFQ_JOIN_IDLE_ADVANCE_S"),
-            "history_length": num("SHELFQ_JOIN_HISTORY_LENGTH", int),
-        }.items() if v is not None}
-        if "SHELFQ_JOIN_WEIGHTS" in env:
-            join_kw["weights"] = parse_weights(env["SHELFQ_JOIN_WEIGHTS"])
-        # Every field of the worker's own from SHELFQ_STREAMS_<FIELD>; the join from SHELFQ_JOIN_*
-        # above, unless an override gives a JoinConfig.
+        # Every field of the worker's own from SHELFQ_STREAMS_<FIELD>; the join from SHELFQ_JOIN_*,
+        # unless an override gives a JoinConfig (SHELFQ_STREAMS_JOIN is no setting).
         kw = fields_from_env(cls, ENV_PREFIX, env, **overrides)
-        if "join" not in overrides:
-            kw.pop("join", None)  # SHELFQ_STREAMS_JOIN is no setting
-        return cls(**{"join": JoinConfig(**join_kw), **kw})
+        if overrides.get("join") is None:
+            kw["join"] = join_from_env(env)
+        return cls(**kw)
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0 or self.commit_interval_s <= 0:
@@ -127,6 +118,19 @@ class StreamsConfig:
                               f"got {self.max_message_bytes}")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"streams: metrics_port must be a TCP port or 0, got {self.metrics_port}")
+
+
+def join_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> JoinConfig:
+    """The join's settings from ``SHELFQ_JOIN_<FIELD>`` (its weights as ``click=1,purchase=5``);
+    keyword overrides (flags) win; None means unset."""
+    env = os.environ if env is None else env
+    kw = fields_from_env(JoinConfig, JOIN_ENV_PREFIX, env, **overrides)
+    kw.pop("weights", None)  # the raw text, if set: it has a parser of its own
+    if overrides.get("weights") is not None:
+        kw["weights"] = overrides["weights"]
+    elif "SHELFQ_JOIN_WEIGHTS" in env:
+        kw["weights"] = parse_weights(env["SHELFQ_JOIN_WEIGHTS"])
+    return JoinConfig(**kw)
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -8,6 +8,8 @@ estimated from its emit-latency histogram as Prometheus' histogram_quantile does
 
 ``measure_join_core`` times the pure join on the same events, no Kafka and no JSON: what the
 join's own work costs per input event (``shelfq bench join --core-only`` runs only that).
+
+``JoinBenchConfig`` is what the command runs; its fields are the command's flags.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer
 from confluent_kafka.cimpl import murmur2
 
+from shelfq.contracts.errors import ConfigError
 from shelfq.contracts.events import encode
 from shelfq.contracts.kafka import ReliableProducer
 from shelfq.contracts.settings import Settings
@@ -39,6 +42,47 @@ from shelfq.ops.ports import free_port
 
 INPUTS = (SLATES, IMPRESSIONS, FEEDBACK)
 EVENTS_PER_REQUEST = 3.4  # slate + impression + feedback at the synthetic click rates, about
+#: Flags older than the fields they set (``shelfq.cli.dataclass_flags.add_fields``).
+FLAG_RENAMES = {"window_s": "window"}
+
+
+@dataclass(frozen=True)
+class JoinBenchConfig:
+    """What ``shelfq bench join`` runs (its flags: ``FLAG_RENAMES``, the others by field name).
+
+    >>> JoinBenchConfig(events=999)
+    Traceback (most recent call last):
+    ...
+    shelfq.contracts.errors.ConfigError: bench join: --events must be at least 1000
+    """
+
+    events: int = 300_000
+    """Input events to load."""
+    window_s: float = 5.0
+    """Attribution window in seconds of event time."""
+    light_rate: float | None = None
+    """Also offer this many input events/s (up to 10000) steadily to a fresh worker and report
+    its CPU share of one core (light_cpu_share over 60 s, idle_cpu_share over 20 s before)."""
+    half_load_s: float = 30.0
+    """Then offer half the measured maximum steadily to a fresh worker for this long (up to 600)
+    and report its emit latency (half_load_emit_latency_p50_ms, _p99_ms); 0 skips."""
+    workers: int = 1
+    """Then join the same events again with this many workers (up to 64) in one group
+    (workers_input_events_per_s, workers_scaling: its ratio to one worker); 1: not run."""
+    core_only: bool = False
+    """Only time the pure join on the events (join_core_us_per_event), no Kafka: needs no broker."""
+
+    def __post_init__(self) -> None:
+        if self.events < 1000:
+            raise ConfigError("bench join: --events must be at least 1000")
+        if self.light_rate is not None and not 0 < self.light_rate <= 10_000:
+            raise ConfigError("bench join: --light-rate must be within 0 and 10000 events/s")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError("bench join: --workers must be within 1 and 64")
+        if not 0 <= self.half_load_s <= 600:
+            raise ConfigError("bench join: --half-load-s must be within 0 and 600 seconds")
+        if self.core_only and self.light_rate is not None:
+            raise ConfigError("bench join: --light-rate needs the broker; it does not go with --core-only")
 
 
 @dataclass

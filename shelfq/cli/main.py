@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 
 from shelfq.contracts.errors import ConfigError, ShelfqError
-from shelfq.contracts.events import DEFAULT_HISTORY_LENGTH
+from shelfq.contracts.events import DEFAULT_HISTORY_LENGTH, DEFAULT_REWARD_WEIGHTS
 from shelfq.contracts.settings import Settings
 from shelfq.contracts.topics import topic_specs
 from shelfq.cli.signals import stop_on_signals
@@ -30,6 +30,7 @@ from shelfq.cli.dataclass_flags import add_fields, overrides
 
 if TYPE_CHECKING:
     from shelfq.learner.config import LearnerConfig
+    from shelfq.streams.config import StreamsConfig
 
 #: The width of the MiniLM title vectors that ``--content`` turns on.
 CONTENT_DIM = 384
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--check", action="store_true", help="change nothing; list every difference and exit 1 if there is any")
 
     streams = sub.add_parser("streams", parents=[common], help="run a streams worker: the join into transitions and user-state",
-                             description="Run a Faust worker that joins slates, impressions and feedback into reward-labelled transitions and publishes each user's recent history to user-state. Workers sharing a topic prefix share the partitions. Join settings: SHELFQ_JOIN_WINDOW_S (1800), SHELFQ_JOIN_ALLOWED_LATENESS_S (10), SHELFQ_JOIN_IDLE_ADVANCE_S (5), SHELFQ_JOIN_WEIGHTS (click=1,add_to_cart=2,purchase=5), SHELFQ_JOIN_HISTORY_LENGTH (50).")
+                             description="Run a Faust worker that joins slates, impressions and feedback into reward-labelled transitions and publishes each user's recent history to user-state. Workers sharing a topic prefix share the partitions. Every setting below reads its SHELFQ_JOIN_<NAME> or SHELFQ_STREAMS_<NAME> and the flag overrides it; the reward weights are a variable only: SHELFQ_JOIN_WEIGHTS (default "
+                             + ",".join(f"{kind}={weight:g}" for kind, weight in DEFAULT_REWARD_WEIGHTS.items()) + ").")
     _streams_options(streams)
     streams.add_argument("--max-seconds", type=float, help="stop cleanly after this many seconds (default: run until SIGINT/SIGTERM)")
     streams.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log level (default warning)")
@@ -110,32 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     bsub2 = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     bjoin = bsub2.add_parser("join", parents=[common], help="the streams join: events/s, emit latency, memory, vs. a plain consume-and-produce",
                              description="Load synthetic shoppers into fresh topics, copy them with a plain confluent-kafka consume-and-produce (the baseline), read them with a Faust agent that does nothing (Faust's own ceiling), then join them with a `shelfq streams` worker. Reports input_events_per_s, transitions_per_s, emit_latency_p50_ms, emit_latency_p99_ms, rss_mb, passthrough_events_per_s, ratio, faust_noop_events_per_s, ratio_to_faust_noop, the join's memory for 1,000,000 pending items, and join_core_us_per_event: the pure join's CPU time per input event on the same events, no Kafka (--core-only: just that, no broker).")
-    bjoin.add_argument("--events", type=int, default=300_000, help="input events to load (default 300000)")
-    bjoin.add_argument("--window", type=float, default=5.0, help="attribution window in seconds of event time (default 5)")
-    bjoin.add_argument("--light-rate", type=float, help="also offer this many input events/s steadily to a fresh worker "
-                       "and report its CPU share of one core (light_cpu_share over 60 s, idle_cpu_share over 20 s before)")
-    bjoin.add_argument("--half-load-s", type=float, default=30.0, help="then offer half the measured maximum steadily to a "
-                       "fresh worker for this long and report its emit latency (half_load_emit_latency_p50_ms, _p99_ms; "
-                       "default 30, 0 skips)")
-    bjoin.add_argument("--workers", type=int, default=1, help="then join the same events again with this many workers in "
-                       "one group (workers_input_events_per_s, workers_scaling: its ratio to one worker; default 1: not run)")
-    bjoin.add_argument("--core-only", action="store_true", help="only time the pure join on the events (join_core_us_per_event), "
-                       "no Kafka: needs no broker")
+    from shelfq.bench.join import FLAG_RENAMES as JOIN_BENCH_RENAMES, JoinBenchConfig
+
+    add_fields(bjoin.add_argument_group("benchmark settings"), JoinBenchConfig, renames=JOIN_BENCH_RENAMES)
     bjoin.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     blearn = bsub2.add_parser("learner", parents=[common], help="the learner: transitions/s trained from Kafka vs. the in-memory ceiling",
                               description="Load synthetic join-shaped transitions (50 interactions per state) into a fresh topic, time the train step on in-memory batches (the ceiling, no Kafka), then run the real learner on the topic. Reports transitions_per_s (end to end, one batch of 256 per 256 transitions), steps_per_s, device, ceiling_transitions_per_s, ratio and startup_s (the consumer group's join, not in the rate).")
-    blearn.add_argument("--transitions", type=int, default=100_000, help="transitions to load and train on (default 100000)")
+    from shelfq.bench.learner_config import LearnerBenchConfig
+
+    add_fields(blearn.add_argument_group("benchmark settings"), LearnerBenchConfig)
     _learner_options(blearn)
     blearn.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     bagent = bsub2.add_parser("agent", parents=[common], help="the agent: request-to-slate latency and throughput vs. a Kafka echo",
                               description="Publish 1,000 items and an untrained GRU model (SlateQ unless --objective item), start a `shelfq agent`, offer requests at a fixed rate (each scoring the whole catalog for a slate of 10), then a burst at saturation; time the same round trip through a plain consume-and-produce echo. Reports requests_per_s (answered at the offered rate), offered_requests_per_s, latency_p50_ms and latency_p99_ms (request produced to slate consumed), agent_p50_ms and agent_p99_ms (request time to slate produced, from the agent's own histogram), max_requests_per_s (the burst), kafka_rtt_p50_ms, kafka_rtt_p99_ms, p99_over_kafka_rtt_p99, mean_batch_size, candidates, slate_size, objective. The agent runs with a 3600 s deadline here so that the burst is answered, not skipped.")
-    bagent.add_argument("--rate", type=float, default=1000.0, help="requests/s offered (default 1000)")
-    bagent.add_argument("--seconds", type=float, default=10.0, help="how long the offered load lasts (default 10)")
-    bagent.add_argument("--burst", type=int, default=20_000, help="requests sent at once for the saturation figure (default 20000)")
-    bagent.add_argument("--objective", choices=["slateq", "item"], default="slateq",
-                        help="the served model: SlateQ (slates built under its click model; default) or item-wise")
+    from shelfq.bench.agent_config import AgentBenchConfig
+    from shelfq.learner.config import OBJECTIVES
+
+    add_fields(bagent.add_argument_group("benchmark settings"), AgentBenchConfig, choices={"objective": OBJECTIVES})
     bagent.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
 
     from shelfq.evaluation.bench_config import PolicyBenchConfig
@@ -242,10 +237,20 @@ def _agent_options(group: argparse._ArgumentGroup, only: Sequence[str] | None = 
 
 
 def _streams_options(p: argparse.ArgumentParser) -> None:
-    from shelfq.streams.config import ENV_PREFIX, StreamsConfig
+    from shelfq.streams.config import ENV_PREFIX, JOIN_ENV_PREFIX, StreamsConfig
+    from shelfq.streams.join import JoinConfig
 
-    add_fields(p.add_argument_group("worker settings (default: SHELFQ_STREAMS_*; the join's: SHELFQ_JOIN_*)"),
-               StreamsConfig, env_prefix=ENV_PREFIX)
+    # The join's weights are a mapping: no flag (add_fields skips it), SHELFQ_JOIN_WEIGHTS only.
+    add_fields(p.add_argument_group("join settings (default: SHELFQ_JOIN_*)"), JoinConfig, env_prefix=JOIN_ENV_PREFIX)
+    add_fields(p.add_argument_group("worker settings (default: SHELFQ_STREAMS_*)"), StreamsConfig, env_prefix=ENV_PREFIX)
+
+
+def _streams_config(args: argparse.Namespace) -> StreamsConfig:
+    """The worker's settings: each flag over its variable over the default, the join's too."""
+    from shelfq.streams.config import StreamsConfig, join_from_env
+    from shelfq.streams.join import JoinConfig
+
+    return StreamsConfig.from_env(join=join_from_env(**overrides(args, JoinConfig)), **overrides(args, StreamsConfig))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -336,9 +341,8 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_streams(args: argparse.Namespace, settings: Settings) -> int:
     from shelfq.streams.app import run_worker
-    from shelfq.streams.config import StreamsConfig
 
-    config = StreamsConfig.from_env(**overrides(args, StreamsConfig))
+    config = _streams_config(args)
     run_worker(settings, config, max_seconds=args.max_seconds, log_level=args.log_level)
     return 0
 
@@ -411,43 +415,34 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.target == "agent":
         from shelfq.bench.agent import run_bench as bench_agent
+        from shelfq.bench.agent_config import AgentBenchConfig
 
-        if args.rate <= 0 or args.seconds <= 0 or args.burst < 100:
-            raise ConfigError("bench agent: --rate and --seconds must be > 0, --burst at least 100")
+        agent = AgentBenchConfig(**overrides(args, AgentBenchConfig))
         with _broker_for(settings):
-            result = bench_agent(settings, args.rate, args.seconds, args.burst, report=log, objective=args.objective)
+            result = bench_agent(settings, agent.rate, agent.seconds, agent.burst, report=log, objective=agent.objective)
     elif args.target == "learner":
         from shelfq.bench.learner import run_bench as bench_learner
+        from shelfq.bench.learner_config import LearnerBenchConfig
 
-        if args.transitions < 1000:
-            raise ConfigError("bench learner: --transitions must be at least 1000")
+        learner = LearnerBenchConfig(**overrides(args, LearnerBenchConfig))
         with _broker_for(settings):
-            result = bench_learner(settings, args.transitions, _learner_config(args), report=log)
+            result = bench_learner(settings, learner.transitions, _learner_config(args), report=log)
     else:
-        from shelfq.bench.join import run_bench
+        from shelfq.bench.join import JoinBenchConfig, run_bench
 
-        if args.events < 1000:
-            raise ConfigError("bench join: --events must be at least 1000")
-        if args.light_rate is not None and not 0 < args.light_rate <= 10_000:
-            raise ConfigError("bench join: --light-rate must be within 0 and 10000 events/s")
-        if not 1 <= args.workers <= 64:
-            raise ConfigError("bench join: --workers must be within 1 and 64")
-        if not 0 <= args.half_load_s <= 600:
-            raise ConfigError("bench join: --half-load-s must be within 0 and 600 seconds")
-        if args.core_only:
-            if args.light_rate is not None:
-                raise ConfigError("bench join: --light-rate needs the broker; it does not go with --core-only")
+        join = JoinBenchConfig(**overrides(args, JoinBenchConfig))
+        if join.core_only:
             from shelfq.bench.join import run_core
 
-            result = run_core(args.events, settings.partitions, window_s=args.window, report=log)
+            result = run_core(join.events, settings.partitions, window_s=join.window_s, report=log)
         else:
             with _broker_for(settings):
-                result = run_bench(settings, args.events, window_s=args.window, report=log, half_load_s=args.half_load_s,
-                                   workers=args.workers)
-                if args.light_rate is not None:
+                result = run_bench(settings, join.events, window_s=join.window_s, report=log, half_load_s=join.half_load_s,
+                                   workers=join.workers)
+                if join.light_rate is not None:
                     from shelfq.bench.join import measure_light_load
 
-                    result.update(measure_light_load(settings, args.light_rate, report=log))
+                    result.update(measure_light_load(settings, join.light_rate, report=log))
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
