@@ -19,10 +19,15 @@ help:
 
 venv: $(STAMP)
 
+# uv installs the same versions as pip (their `pip freeze` match) in a quarter of the time
+# (52 s against 200 s from a cold cache here, most of pip's spent unpacking torch on one core);
+# it is a build tool only, fetched from PyPI like everything else. Where uv cannot be had,
+# pip does the install.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	if $(BIN)/pip install --quiet uv; then $(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'; \
+	else $(BIN)/pip install --quiet -e '.[test]'; fi
 	touch $@
 
 demo: $(STAMP)
