@@ -279,6 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went (`shelfq ... | head`): as a Unix tool does, stop quietly. stdout goes
+        # to /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:

@@ -323,3 +323,22 @@ def test_the_join_weights_stay_a_variable_beside_the_join_flags(monkeypatch: pyt
 def test_an_impossible_join_flag_exits_2_with_the_reason(capsys: pytest.CaptureFixture) -> None:
     assert main(["streams", "--window-s", "0", "--bootstrap-servers", "127.0.0.1:9"]) == 2
     assert "join: window_s and idle_advance_s must be > 0" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly(tmp_path) -> None:
+    """`shelfq broker status | head -0`: the pipe's reader is gone before the command writes; it
+    exits with 141 (128 + SIGPIPE, as a shell reports it) and no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went first: the command's first write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "shelfq", "broker", "status"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+                              env={**os.environ, "SHELFQ_HOME": str(tmp_path)})
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
