@@ -143,10 +143,16 @@ class JoinWorker:
         log.info("join owns partitions %s with %d records", sorted(partitions), len(self.join.records))
 
     def on_revoked(self, partitions: set[int]) -> None:
-        """Stop acting for partitions another worker is about to own."""
+        """Stop acting for partitions another worker may be about to own; their records stay
+        in the table until the assignment's recovery is complete (``assign`` drops those of
+        the partitions it leaves out). Kafka's rebalances are eager: ``partitions`` is every
+        partition owned, kept ones included, and Faust's recovery restores a partition it
+        keeps only from where its last recovery of it stopped, trusting the table to hold
+        what came before. Records dropped here were lost for good when their partition came
+        straight back: restored at one rebalance, gone at the next (issue 14)."""
         self._forget(partitions)
         self.ownership.revoke(partitions)
-        self.join.rebuild(self.partitions, time.time())
+        self.join.rebuild(self.partitions, time.time(), drop_others=False)
         self.metrics.partitions.set(len(self.partitions))
 
     def _forget(self, partitions: set[int]) -> None:

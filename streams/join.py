@@ -726,12 +726,27 @@ class Join:
         """Shown items whose transition is not yet acknowledged."""
         return sum(len(r.impression.items) - len(r.emitted) for r in self.records.values() if r.impression is not None)
 
-    def rebuild(self, partitions: set[int], now: float) -> None:
-        """After a rebalance or a restart: keep the records of ``partitions`` only, reschedule
-        them, and start each partition's event time from its newest restored event, so a
-        partition that stays quiet still closes the windows it restored."""
-        for key in [k for k, r in self.records.items() if r.partition not in partitions]:
-            del self.records[key]
+    def rebuild(self, partitions: set[int], now: float, drop_others: bool = True) -> None:
+        """After a rebalance or a restart: act for the records of ``partitions`` only,
+        reschedule them, and start each partition's event time from its newest restored
+        event, so a partition that stays quiet still closes the windows it restored. The
+        records of other partitions are dropped, or with ``drop_others`` false kept in the
+        mapping untouched (neither scheduled nor indexed) until the next rebuild decides.
+
+        >>> from shelfq.contracts.examples import EXAMPLES, T0
+        >>> join = Join(JoinConfig(window_s=10))
+        >>> slate = EXAMPLES["slates"][1]
+        >>> _ = join.process(1, "slates", slate, now=T0)
+        >>> join.rebuild(set(), T0, drop_others=False)   # revoked: kept, nothing acts on it
+        >>> slate.request_id in join.records, join.tick(1, T0 + 60).writes
+        (True, {})
+        >>> join.rebuild({1}, T0)                        # assigned again: its window passed
+        >>> join.tick(1, T0 + 60).writes == {slate.request_id: (1, None)}
+        True
+        """
+        if drop_others:
+            for key in [k for k, r in self.records.items() if r.partition not in partitions]:
+                del self.records[key]
         self._deadlines = {p: [] for p in partitions}
         self._inflight.clear()  # in-flight sends of a revoked owner are re-emitted by the new one
         for p in list(self._watermark):
@@ -743,6 +758,8 @@ class Join:
         self._exit_expiry = {p: [] for p in partitions}
         newest: dict[int, float] = {}
         for rec in self.records.values():
+            if rec.partition not in partitions:
+                continue  # kept for a rebuild to come (drop_others false)
             self._schedule(rec)
             newest[rec.partition] = max(newest.get(rec.partition, -math.inf), _newest_ts(rec))
             if rec.closed_at is not None:

@@ -343,6 +343,48 @@ def test_two_workers_split_the_load(settings: Settings, workers: list[Worker], t
     assert a.metric("shelfq_streams_transitions_total") > 0 and b.metric("shelfq_streams_transitions_total") > 0
 
 
+def test_records_a_worker_keeps_through_two_rebalances_are_all_emitted(settings: Settings, workers: list[Worker],
+                                                                       tmp_path: Path) -> None:
+    """Rebalances are eager: a worker gives up every partition, then gets some back, and drops
+    the records of all of them. Faust's recovery reads a partition it keeps on from where its
+    last recovery stopped, so records it restored then (here: those of the partitions it keeps
+    after a second worker came, restored when that one joined) were lost when the second left
+    (issue 14). The records stay open through both rebalances (a long window, no feedback
+    yet), then the feedback, exits included, closes every one of them."""
+    first = start(workers, settings, tmp_path, SHELFQ_JOIN_WINDOW_S="1800")
+    first.wait_owning(settings.partitions)
+    traffic = synthetic_traffic(users=24, requests_per_user=2, slate_size=3, seed=27, gap_s=0.2, exit_p=1.0,
+                                tag="kept")
+    shift = time.time()
+    shown = SyntheticTraffic([e for e in traffic.events if e[0] != "feedback"], traffic.expected)
+    produce(settings, shown, shift)
+    requests = len({event.request_id for _topic, _key, event in shown.events})  # type: ignore[union-attr]
+    first.wait(lambda: first.metric("shelfq_streams_join_records") >= requests, "the first worker to hold every record")
+    time.sleep(2)  # its flushes, records on the changelog included
+
+    second = start(workers, settings, tmp_path, SHELFQ_JOIN_WINDOW_S="1800")
+    deadline = time.monotonic() + 90
+    while not (first.metric("shelfq_streams_partitions") >= 1 and second.metric("shelfq_streams_partitions") >= 1
+               and first.metric("shelfq_streams_partitions") + second.metric("shelfq_streams_partitions")
+               == settings.partitions):
+        assert time.monotonic() < deadline, "the two workers did not share the partitions"
+        time.sleep(0.5)
+    assert second.stop() == 0
+    first.wait_owning(settings.partitions)
+    time.sleep(2)  # its recovery done, the join rebuilt
+
+    feedback = SyntheticTraffic([e for e in traffic.events if e[0] == "feedback"], traffic.expected)
+    produce(settings, feedback, shift)
+    values = collect(settings, "transitions", lambda v: set(transitions_of(v)) >= set(traffic.expected), timeout=60)
+    got = transitions_of(values)
+    assert set(got) == set(traffic.expected), (f"missing {len(set(traffic.expected) - set(got))}: "
+                                               f"{sorted(set(traffic.expected) - set(got))[:10]}")
+    assert {tid: (ts[0].reward, ts[0].done) for tid, ts in got.items()} == {
+        tid: (e.reward, e.done) for tid, e in traffic.expected.items()}
+    for copies in got.values():
+        assert_same_except_emission_time(copies)
+
+
 def test_a_worker_started_before_its_topics_exist_reads_them_once_they_do(workers: list[Worker], tmp_path: Path) -> None:
     """A worker that joins its group while its source topics are missing (a fresh deployment,
     or a loaded broker slow to show new topics) assigns itself none of them; it must take

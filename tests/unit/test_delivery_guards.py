@@ -108,6 +108,33 @@ def test_a_revoked_partition_forgets_its_read_position() -> None:
     assert worker.partitions == {0}
 
 
+def test_the_records_of_a_partition_revoked_and_assigned_straight_back_are_kept() -> None:
+    """Kafka's rebalances are eager: every partition is revoked, kept ones too, before the new
+    assignment. Faust's recovery restores a partition it keeps only from where its last
+    recovery of it stopped, so the records it restored before must still be in the table:
+    dropped at the revoke, they were never emitted (issue 14). Those of a partition the new
+    assignment leaves out go once its recovery is complete."""
+    import msgspec
+
+    worker = worker_with(RecordingConsumer())
+    worker.assign({0, 1})
+    slate, impression = (EXAMPLES[t][1] for t in ("slates", "impressions"))
+    other = {t: msgspec.structs.replace(e, request_id="moved") for t, e in (("slates", slate), ("impressions", impression))}
+    for partition, events in ((0, {"slates": slate, "impressions": impression}), (1, other)):
+        for topic, event in events.items():
+            worker.join.process(partition, topic, event, now=slate.ts)
+    worker.on_revoked({0, 1})  # eager: partition 0 comes straight back
+    assert worker.partitions == set()
+    worker.on_tick(slate.ts + 7200)
+    asyncio.run(flush(worker, worker.app.producer))
+    assert worker.app.producer.delivered == [], "nothing acts for them meanwhile"
+
+    worker.assign({0, 2})  # the new assignment's recovery is complete
+    assert set(worker.join.records) == {slate.request_id}, "partition 0's record kept, partition 1's dropped"
+    out = worker.join.tick(0, slate.ts + 7200)  # its window long closed
+    assert [t.transition_id for t in out.transitions] == [f"{slate.request_id}:{p}" for p in range(len(impression.items))]
+
+
 def message(tp: TP, offset: int, value: bytes = b"not json") -> SimpleNamespace:
     return SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=offset, value=value, key=b"u",
                            time_in=None)
