@@ -73,8 +73,9 @@ class DecisionPublisher:
 
     def publish(self, topic: str, value: bytes, stop: threading.Event | None = None) -> bool:
         """Write one decision and commit it. True once the broker holds it committed; False
-        when ``stop`` ended the wait for an absent broker: then nothing of it can be read, and
-        this publisher is done (the gate stops; the next one decides again)."""
+        when ``stop`` ended the wait for an absent broker: its record is dropped, so it is read
+        whole (had the broker committed it already) or not at all, and this publisher is done
+        (the gate stops; the next one reads which, and decides again if need be)."""
         return self._guarded(lambda: self._publish(topic, value, stop))
 
     def _guarded(self, call: Callable[[], T]) -> T:
@@ -111,7 +112,11 @@ class DecisionPublisher:
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 if stop is not None and stop.is_set() and is_transient(exc):
-                    return False  # left open: the coordinator aborts it, or the next gate's registration does
+                    # Dropped, so that none of it reaches the broker later (this client lives on
+                    # until the process exits): an open transaction with a record in it would
+                    # hold back every read_committed reader of the partition until aborted.
+                    self._producer.purge()
+                    return False
                 if not isinstance(err, KafkaError) or not err.txn_requires_abort():
                     raise
                 self.watch.wait_out(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S),

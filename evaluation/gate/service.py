@@ -20,7 +20,7 @@ policy fences the first, which stops at its next decision with ``GateFenced`` (e
 A broker outage is waited out as the other components do (``contracts.outage``, up to
 ``broker_outage_s``): a decision whose commit waits for the broker becomes the gate's state
 only once committed, and nothing else is judged meanwhile, so none is lost or written twice; a
-stop during that wait leaves it unwritten (never half-written), for the next gate to decide.
+stop ends that wait, the decision written whole or not at all, for the next gate to decide again.
 """
 
 from __future__ import annotations
@@ -129,11 +129,12 @@ class Gate:
 
     def publish(self, decision: ModelDecision) -> bool:
         """Write ``decision`` and wait until the broker holds it committed (while it is away, up
-        to ``broker_outage_s``); then it is the gate's state. False when the stop ended the wait:
-        nothing of it was written. Raises ``GateFenced`` once another gate of the policy took over."""
+        to ``broker_outage_s``); then it is the gate's state. False when the stop ended the wait
+        (``DecisionPublisher.publish``). Raises ``GateFenced`` once another gate of the policy took over."""
         if not self.publishers[decision.policy].publish(self.decisions_topic, encode_decision(decision), self.stop):
-            log.warning("%s: stopped while waiting for the broker; %s v%d is not written (the next gate decides it "
-                        "again)", decision.policy, decision.action, decision.version)
+            log.warning("%s: stopped while waiting for the broker to commit %s v%d: it is written whole or not at "
+                        "all, and the next gate decides it again if not", decision.policy, decision.action,
+                        decision.version)
             return False
         self.judge.record(decision)
         return True
