@@ -101,33 +101,40 @@ class DecisionPublisher:
             "decision more and stops. Run one gate per policy")
 
     def _publish(self, topic: str, value: bytes, stop: threading.Event | None) -> bool:
-        key = self.policy.encode()
+        try:
+            self._commit_one(topic, value, stop)
+        except KafkaException as exc:
+            if stop is None or not stop.is_set() or not is_transient(exc):
+                raise
+            # Dropped, so that none of it reaches the broker later (this client lives on until
+            # the process exits): an open transaction with a record in it would hold back every
+            # read_committed reader of the partition until aborted.
+            self._producer.purge()
+            return False
+        return True
+
+    def _commit_one(self, topic: str, value: bytes, stop: threading.Event | None) -> None:
+        """The decision in a transaction, committed; one the broker makes abortable (a
+        coordinator that moved in a restart, say) is aborted and sent again."""
         for attempt in range(ABORTED_RETRIES + 1):
             self._producer.begin_transaction()
             self.open = True
-            self._producer.produce(topic, value, key)
+            self._producer.produce(topic, value, self.policy.encode())
             try:
                 self.watch.wait_out(lambda: self._producer.commit_transaction(CALL_TIMEOUT_S), "writing a decision",
                                     stop)
+                self.open = False
+                return
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
-                if stop is not None and stop.is_set() and is_transient(exc):
-                    # Dropped, so that none of it reaches the broker later (this client lives on
-                    # until the process exits): an open transaction with a record in it would
-                    # hold back every read_committed reader of the partition until aborted.
-                    self._producer.purge()
-                    return False
                 if not isinstance(err, KafkaError) or not err.txn_requires_abort():
                     raise
                 self.watch.wait_out(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S),
-                                    "aborting a decision's transaction")
+                                    "aborting a decision's transaction", stop)
                 self.open = False
                 if attempt == ABORTED_RETRIES:
                     raise ShelfqError(f"gate {self.policy}: the broker refused a decision "
                                       f"{ABORTED_RETRIES + 1} times: {err.str()}") from None
-                continue
-            self.open = False
-            return True
         raise AssertionError("unreachable")
 
     def close(self) -> None:
