@@ -67,8 +67,8 @@ def is_fenced(exc: BaseException) -> bool:
             and exc.args[0].code() in FENCED_CODES)
 
 
-class _Drop(logging.Filter):
-    """Drops the records that contain one of ``fragments``."""
+class Drop(logging.Filter):
+    """Drops the records that contain one of ``fragments`` (the gate's decisions producer uses it too)."""
 
     def __init__(self, *fragments: str) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class _Drop(logging.Filter):
 #: librdkafka's logger for the models producer: the components' connection-noise rule, and
 #: the fencing lines left to ``LearnerFenced``.
 _LOGGER = KAFKA_LOGGER.getChild("models")
-_LOGGER.addFilter(_Drop(*FENCED_NOISE))
+_LOGGER.addFilter(Drop(*FENCED_NOISE))
 _LOGGER.addFilter(ConnectionNoise(*LIBRDKAFKA_NOISE))
 
 

@@ -136,6 +136,19 @@ def test_an_agent_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non
     assert run.stderr.count("ERROR") == 0 and run.stderr.count("shelfq: error:") == 1
 
 
+def test_a_gate_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non_zero() -> None:
+    env = {**os.environ, "SHELFQ_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "SHELFQ_BROKER_OUTAGE_S": "2",
+           "SHELFQ_GATE_METRICS_PORT": "0"}
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "shelfq", "gate", "--max-seconds", "120"], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert "shelfq: error: gate: the broker at 127.0.0.1:" in run.stderr and "start the gate again" in run.stderr
+    assert "SHELFQ_BROKER_OUTAGE_S = 2 s" in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.count("ERROR") == 0 and run.stderr.count("shelfq: error:") == 1
+
+
 def test_a_consumer_that_left_its_group_skips_the_commit_instead_of_waiting_for_ever() -> None:
     from confluent_kafka import KafkaError, KafkaException
 
