@@ -135,10 +135,16 @@ class JoinWorker:
         self.ownership.learn_start_offsets()
 
     def assign(self, partitions: set[int]) -> None:
-        """Own exactly ``partitions`` from now on; their records are restored."""
+        """Own exactly ``partitions`` from now on; their records are restored. Until the first
+        backlog read of this assignment reaches the join, every input of them counts as unread:
+        the join must not take an input Faust has not delivered from yet for idle (issue 14: a
+        restarted worker read a partition's slates and feedback ahead of its impressions while
+        hole fills kept the first read waiting, and the feedback became orphans)."""
         self._forget(set(range(self.settings.partitions)) - partitions)
         self.ownership.assign(partitions)
         self.join.rebuild(partitions, time.time())
+        for partition in partitions:
+            self.join.note_backlog(partition, set(INPUTS))
         self.metrics.partitions.set(len(partitions))
         log.info("join owns partitions %s with %d records", sorted(partitions), len(self.join.records))
 

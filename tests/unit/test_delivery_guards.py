@@ -131,8 +131,44 @@ def test_the_records_of_a_partition_revoked_and_assigned_straight_back_are_kept(
 
     worker.assign({0, 2})  # the new assignment's recovery is complete
     assert set(worker.join.records) == {slate.request_id}, "partition 0's record kept, partition 1's dropped"
+    worker.join.note_backlog(0, set())  # the assignment's first backlog read: nothing unread
     out = worker.join.tick(0, slate.ts + 7200)  # its window long closed
     assert [t.transition_id for t in out.transitions] == [f"{slate.request_id}:{p}" for p in range(len(impression.items))]
+
+
+def test_until_the_first_backlog_read_after_an_assignment_every_input_holds_the_watermark() -> None:
+    """Issue 14, chaos run 17: a restarted worker read a partition's slates and feedback ahead of
+    its impressions; the first backlog read had not reached the join yet (the event loop was
+    busy filling holes), so the join took the unread impressions for idle once idle_advance_s
+    had passed since the assignment, and the click waiting for its impression became an orphan.
+    Until the broker has said what is unread, every input counts as unread."""
+    import msgspec
+
+    from shelfq.streams.join import JoinConfig, Record
+
+    app, worker = create_app(Settings.from_env(topic_prefix="restart."),
+                             StreamsConfig(join=JoinConfig(window_s=2, allowed_lateness_s=0, idle_advance_s=0.05)))
+    app.consumer, app.producer = RecordingConsumer(), RecordingProducer()
+    slate, impression = EXAMPLES["slates"][1], EXAMPLES["impressions"][1]
+    click = msgspec.structs.replace(EXAMPLES["feedback"][1], event="click", value=None, ts=impression.ts + 0.01)
+    # Restored from the changelog: the slate and the click met, the impression is still unread.
+    worker.join.records[slate.request_id] = Record(request_id=slate.request_id, partition=1, slate=slate,
+                                                   feedback=[click])
+    worker.assign({1})
+    worker.ownership.start_offsets = {TP(f"restart.{t}", 1): 10 for t in INPUTS}
+    time.sleep(0.1)  # idle_advance_s passes; no backlog read has come in since the assignment
+    later = msgspec.structs.replace(slate, request_id="read-ahead", ts=slate.ts + 10)
+    later_click = msgspec.structs.replace(click, request_id="read-ahead", ts=later.ts + 0.01)
+    deliver(worker, message(TP("restart.slates", 1), 10, encode(later)),
+            message(TP("restart.feedback", 1), 10, encode(later_click)))
+    assert worker.join.outcomes[("feedback", "orphan")] == 0, "the click waits for its impression"
+    assert worker.join.watermark(1) is None
+    deliver(worker, message(TP("restart.impressions", 1), 10, encode(impression)))
+    worker.backlog.end_offsets = lambda partitions: {}  # the first backlog read: nothing unread now
+    asyncio.run(worker.refresh_backlog())
+    out = worker.join.tick(1, time.time() + 60)  # every input idle: its window closes on the clock
+    assert [t.reward_parts for t in out.transitions if t.request_id == slate.request_id
+            and t.action == click.item_id] == [{"click": 1}]
 
 
 def message(tp: TP, offset: int, value: bytes = b"not json") -> SimpleNamespace:
