@@ -35,12 +35,17 @@ def base_settings() -> Settings:
 
 @pytest.fixture
 def settings(base_settings: Settings) -> Iterator[Settings]:
-    """Settings with a topic prefix of this test's own, every topic created, deleted after."""
+    """Settings with a topic prefix of this test's own, every topic created, deleted after:
+    the shelfq topics and those the components made with the prefix (Faust's changelog and
+    assignor topics), so the suite leaves the broker as it found it."""
     prefix = f"test-{uuid.uuid4().hex[:8]}."
     s = Settings.from_env(topic_prefix=prefix, partitions=3)
     ensure_topics(s)
     yield s
-    delete_topics(s, [spec.name for spec in topic_specs(s).values()])
+    from confluent_kafka.admin import AdminClient
+
+    made = AdminClient(s.confluent_config()).list_topics(timeout=30).topics
+    delete_topics(s, sorted({spec.name for spec in topic_specs(s).values()} | {t for t in made if t.startswith(prefix)}))
 
 
 @pytest.fixture

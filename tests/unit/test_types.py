@@ -53,7 +53,9 @@ class BackgroundCheck:
         assert self.proc is not None
         code = self.proc.wait(timeout)
         self.output.seek(0)
-        return code, self.output.read().decode(errors="replace")
+        text = self.output.read().decode(errors="replace")
+        self.output.close()
+        return code, text
 
 
 MYPY = BackgroundCheck(sys.executable, "-m", "mypy")
