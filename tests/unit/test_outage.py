@@ -123,28 +123,17 @@ def test_the_bound_is_a_setting_of_at_least_five_minutes_by_default() -> None:
         Settings(broker_outage_s=0)
 
 
-def test_an_agent_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non_zero() -> None:
+@pytest.mark.parametrize("command", ["agent", "gate"])
+def test_a_component_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non_zero(command: str) -> None:
     env = {**os.environ, "SHELFQ_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "SHELFQ_BROKER_OUTAGE_S": "2",
-           "SHELFQ_AGENT_METRICS_PORT": "0"}
+           f"SHELFQ_{command.upper()}_METRICS_PORT": "0"}
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "shelfq", "agent", "--max-seconds", "120"], env=env,
+    run = subprocess.run([sys.executable, "-m", "shelfq", command, "--max-seconds", "120"], env=env,
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 1, run.stderr[-2000:]
     assert time.monotonic() - started < 60
-    assert "shelfq: error: agent: the broker at 127.0.0.1:" in run.stderr
-    assert "SHELFQ_BROKER_OUTAGE_S = 2 s" in run.stderr and "Traceback" not in run.stderr
-    assert run.stderr.count("ERROR") == 0 and run.stderr.count("shelfq: error:") == 1
-
-
-def test_a_gate_that_cannot_reach_a_broker_for_longer_than_the_bound_exits_non_zero() -> None:
-    env = {**os.environ, "SHELFQ_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "SHELFQ_BROKER_OUTAGE_S": "2",
-           "SHELFQ_GATE_METRICS_PORT": "0"}
-    started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "shelfq", "gate", "--max-seconds", "120"], env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
-    assert run.returncode == 1, run.stderr[-2000:]
-    assert time.monotonic() - started < 60
-    assert "shelfq: error: gate: the broker at 127.0.0.1:" in run.stderr and "start the gate again" in run.stderr
+    assert f"shelfq: error: {command}: the broker at 127.0.0.1:" in run.stderr, run.stderr[-2000:]
+    assert f"start the {command} again" in run.stderr, run.stderr[-2000:]
     assert "SHELFQ_BROKER_OUTAGE_S = 2 s" in run.stderr and "Traceback" not in run.stderr
     assert run.stderr.count("ERROR") == 0 and run.stderr.count("shelfq: error:") == 1
 
