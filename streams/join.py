@@ -556,8 +556,11 @@ class Join:
             current = self._deadline(rec)
             if current is None:
                 continue
-            if current > mark:  # moved since it was scheduled
-                heapq.heappush(heap, (current, key))
+            if current > mark:
+                # Moved later since this entry was pushed: every change of a record's deadline
+                # pushes the new one (_apply, _schedule), and a deadline past the watermark has
+                # not been popped yet, so its own entry is still in the heap. Pushing it again
+                # would only expire the record twice, the second time for nothing.
                 continue
             self._expire(rec, out)
 
