@@ -170,6 +170,15 @@ class JoinWorker:
 
     # -- batches -----------------------------------------------------------------------------
 
+    async def handle_batch(self, events: Sequence[faust.EventT]) -> None:
+        """A batch of Faust's stream, once the assignment's start offsets are known (a first
+        delivery past the committed offset is a hole only against them: ``streams.ownership``):
+        processed (``on_batch``), flushed, and its holes reported to Faust."""
+        await self.ownership.wait_start_offsets()
+        self.on_batch(events)
+        await self.flush()
+        await self.after_flush()
+
     def on_batch(self, events: Sequence[faust.EventT]) -> None:
         """Process a batch Faust's stream handed over: each message in offset order (holes
         filled, repeats skipped), decoded, then all of them through the join in one
@@ -194,6 +203,7 @@ class JoinWorker:
         partition still owned, the offsets done (``(tp, first, end)``: ``first`` to ``end`` - 1,
         the holes filled or passed included), which the consumer records as acked. A hole the
         broker cannot give stops the worker with nothing acked."""
+        await self.ownership.wait_start_offsets()  # where each partition's processing begins
         order = self.holes.order
         before: dict[TP, int | None] = {}
         for tp, _records in batch:
@@ -334,13 +344,11 @@ def create_app(settings: Settings, config: StreamsConfig) -> tuple[faust.App, Jo
         # take_events; its StreamT does not declare it.)
         async for batch in cast(faust.Stream, stream).take_events(config.batch_size, within=config.batch_wait_s):
             try:
-                worker.on_batch(batch)
+                await worker.handle_batch(batch)
             except HoleUnreadable as exc:
                 log.error("%s; stopping the worker", exc)
                 await app.crash(exc)
                 return
-            await worker.flush()
-            await worker.after_flush()
 
     @connected(app.on_before_shutdown)
     async def on_shutdown(sender: faust.App, **_: Any) -> None:
