@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from shelfq.learner.slateq import ChoiceModel, assortment_gains
+from shelfq.learner.slateq import ChoiceModel
 
 #: similarity(chosen item index, candidate indices) -> similarities in [0, 1]
 Similarity = Callable[[int, np.ndarray], np.ndarray]
@@ -87,14 +87,17 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
         choice = choice._replace(attraction=attraction)
         num = np.broadcast_to(np.asarray(choice.no_click_value, dtype=np.float64), (rows,)).copy()
         den = np.ones(rows)
+        odds = choice.odds_at(0)
         v = choice.at(0)
+        vq = v * scores  # assortment_gains' product, once for every position with these odds
 
     chosen = np.empty((rows, k), dtype=np.int64)
     probs = np.empty((rows, k))
 
     def adjust(j: int) -> np.ndarray:
         """Each item's score if it were placed at position j; the items above at -inf."""
-        gains = scores.copy() if choice is None else assortment_gains(scores, v, num[:, None], den[:, None])
+        # assortment_gains(scores, v, num, den), its v * scores computed once per odds.
+        gains = scores.copy() if choice is None else (num[:, None] + vq) / (den[:, None] + v)
         if penalty is not None:
             gains -= diversity * penalty
         gains[every_row[:, None], chosen[:, :j]] = -np.inf
@@ -111,7 +114,10 @@ def _fill(scores: np.ndarray, k: int, draw: Draw, diversity: float,
         if choice is not None:  # the click model: the next position has its own odds
             placed = v[every_row, at]
             num, den = num + placed * scores[every_row, at], den + placed
-            v = choice.at(j + 1)
+            if choice.odds_at(j + 1) != odds:  # untrained or position-free models: one odds for all
+                odds = choice.odds_at(j + 1)
+                v = choice.at(j + 1)
+                vq = v * scores
         if penalty is not None:  # MMR: the most similar placed item sets the penalty
             for b in range(rows):
                 penalty[b] = np.maximum(penalty[b], sims[b](int(at[b]), everyone))  # type: ignore[index]

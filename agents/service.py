@@ -146,6 +146,10 @@ class Agent:
         self._next_cache = 0.0
         self.slates_topic = settings.topic(SLATES)
         self._said_create_time = False
+        # The request path's series, looked up once (``labels`` costs more than the increment).
+        self._answered = self.metrics.requests.labels("answered")
+        self._skipped = self.metrics.requests.labels("skipped")
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -235,7 +239,7 @@ class Agent:
         fresh = 0
         for req, arrived in zip(requests, arrivals if arrivals is not None else [r.ts for r in requests], strict=True):
             if past_deadline(now, arrived, self.config.deadline_s):
-                self.metrics.requests.labels("skipped").inc()
+                self._skipped.inc()
                 continue
             candidates = req.candidates if req.candidates is not None else self._catalog()
             if not candidates:
@@ -276,7 +280,7 @@ class Agent:
         headers = dqn.model.headers
         age = time.time() - headers.created_ts
         if self.experiment:
-            self.metrics.arm_model_age.labels(arm.name).set(age)
+            self._series(self.metrics.arm_model_age, arm.name).set(age)
         # The unlabelled gauge is the oldest model any arm serves (what the staleness alert needs).
         self.metrics.model_age.set(max(time.time() - d.model.headers.created_ts for d in self.dqn.values()))
         if arm.policy in self._first_use_pending:
@@ -294,11 +298,19 @@ class Agent:
                       ts=now, items=choice.items, scores=choice.scores, propensities=choice.propensities,
                       policy=choice.policy, model_version=choice.model_version, state=state, arm=arm)
         self.producer.produce(self.slates_topic, encode(slate), req.user_id)
-        self.metrics.requests.labels("answered").inc()
-        self.metrics.slates.labels(choice.policy).inc()
+        self._answered.inc()
+        self._series(self.metrics.slates, choice.policy).inc()
         if arm is not None:
-            self.metrics.arm_slates.labels(arm, choice.policy).inc()
+            self._series(self.metrics.arm_slates, arm, choice.policy).inc()
         self.metrics.latency.observe(max(0.0, now - arrived))  # the deadline's clock, not the frontend's
+
+    def _series(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per metric and labels."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- caches and models -------------------------------------------------------------------
 

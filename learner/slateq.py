@@ -89,7 +89,11 @@ class ChoiceModel(NamedTuple):
     def at(self, position: int) -> np.ndarray:
         """Each candidate's attraction when shown at ``position`` (the last known position's
         odds beyond those learned)."""
-        return self.attraction * self.position_odds[min(position, len(self.position_odds) - 1)]
+        return self.attraction * self.odds_at(position)
+
+    def odds_at(self, position: int) -> float:
+        """What being shown at ``position`` multiplies the attraction by."""
+        return self.position_odds[min(position, len(self.position_odds) - 1)]
 
 
 Values = TypeVar("Values", np.ndarray, torch.Tensor)

@@ -27,6 +27,7 @@ from confluent_kafka import Consumer
 
 from shelfq.contracts.events import Item, Request, encode
 from shelfq.contracts.kafka import ReliableProducer
+from shelfq.contracts.models import ModelHeaders
 from shelfq.contracts.settings import Settings
 from shelfq.contracts.topics import topic_specs
 from shelfq.learner.artifact import model_message
@@ -105,13 +106,29 @@ def run_bench(settings: Settings, rate: float, seconds: float, burst: int,
     }
 
 
-def _load_catalog_and_model(settings: Settings, objective: str) -> None:
-    producer = ReliableProducer(settings, component=None, **{"message.max.bytes": settings.model_max_bytes})
-    for i in range(CATALOG):
-        item = Item(item_id=f"sku-{i}", title=f"item {i}", category=f"c{i % 20}", ts=time.time())
-        producer.produce(settings.topic("items"), encode(item), item.item_id)
+def catalog_items() -> list[Item]:
+    """The benchmark's catalog: CATALOG items in 20 categories."""
+    now = time.time()
+    return [Item(item_id=f"sku-{i}", title=f"item {i}", category=f"c{i % 20}", ts=now) for i in range(CATALOG)]
+
+
+def bench_model(objective: str) -> tuple[LearnerConfig, bytes, ModelHeaders]:
+    """The served model: an untrained GRU network of ``objective``, as version 1's message."""
     config = LearnerConfig(objective=objective)
     value, headers = model_message(QNetwork(config), config, version=1)
+    return config, value, headers
+
+
+def bench_request(request_id: str, i: int, ts: float) -> Request:
+    """The ``i``-th request the load sends: no candidates (the whole catalog), a slate of SLATE."""
+    return Request(request_id=request_id, user_id=f"u-{i % 5000}", ts=ts, slate_size=SLATE)
+
+
+def _load_catalog_and_model(settings: Settings, objective: str) -> None:
+    producer = ReliableProducer(settings, component=None, **{"message.max.bytes": settings.model_max_bytes})
+    for item in catalog_items():
+        producer.produce(settings.topic("items"), encode(item), item.item_id)
+    config, value, headers = bench_model(objective)
     producer.produce(settings.topic("models"), value, config.policy, headers=headers.to_headers())
     producer.flush()
 
@@ -156,7 +173,7 @@ def _offer(settings: Settings, asks: str, answers: str, rate: float | None, amou
             request_id = f"{tag}-{i}"
             now = time.time()
             sent[request_id] = now
-            req = Request(request_id=request_id, user_id=f"u-{i % 5000}", ts=now, slate_size=SLATE)
+            req = bench_request(request_id, i, now)
             producer.produce(settings.topic(asks), encode(req), req.user_id)
         producer.flush()
 

@@ -348,3 +348,54 @@ def test_masks_keep_the_catalogs_item_vectors_cached() -> None:
     finally:
         network.item_vectors = item_vectors
     assert computed == [CACHE_FROM], "one pass over the catalog for all batches, masked or not"
+
+
+@pytest.mark.parametrize("with_attributes,with_table", [(True, False), (False, False), (True, True)])
+def test_a_batchs_shared_candidates_get_the_cross_features_of_their_own(with_attributes: bool, with_table: bool) -> None:
+    """The agent's candidates (the catalog, [K]) are counted per history entry; a batch whose rows
+    each list the same candidates ([B, K]) is counted by comparing them all: the same floats,
+    with item rows that collide, padding, unknown categories and the newest entry's flags."""
+    import torch
+
+    from shelfq.learner.affinity import affinity
+
+    g = torch.Generator().manual_seed(3)
+    B, L, K, rows = 7, 10, 300, 200  # fewer rows than candidates: many share one
+    items = torch.randint(0, rows, (B, L), generator=g)
+    items[:, :3] = 0  # left padding
+    items[0] = 0  # a row without history
+    items[1, -1] = 0  # and one whose newest entry is padding
+    events = torch.randint(1, 4, (B, L), generator=g) * (items != 0)
+    candidates = torch.randint(1, rows, (K,), generator=g)
+    candidates[:5] = items[2, -1]  # the newest item, five times
+    attributes = torch.randint(0, 6, (rows, 2), generator=g) if with_attributes else None
+    table = (torch.randint(0, rows, (rows, 4), generator=g, dtype=torch.int32),
+             torch.randint(0, 5, (rows, 4), generator=g).float()) if with_table else None
+    shared = affinity(items, events, candidates, attributes, table, prior=with_table)
+    own = affinity(items, events, candidates.expand(B, -1), attributes, table, prior=with_table)
+    assert torch.equal(shared, own)
+    assert shared[2, :5, 6].eq(1).all()  # the newest-item flag (after the six counts), on each of the five
+    assert shared.abs().sum() > 0 and shared[0, :, :6].eq(0).all()
+
+
+def test_a_slateq_fill_is_the_greedy_slate_under_its_click_model() -> None:
+    """``_fill`` computes each position's assortment gains with v * Qbar kept while the position
+    odds repeat: exactly what assortment_gains gives, position by position."""
+    from shelfq.learner.slateq import assortment_gains
+
+    rng = np.random.default_rng(5)
+    qbar, attraction = rng.normal(size=(4, 50)), np.exp(rng.normal(size=(4, 50)))
+    odds = np.array([1.0, 1.0, 0.7, 0.7, 0.7, 0.4])  # repeats, then changes, then past the last
+    choice = ChoiceModel(attraction, odds, rng.normal(size=4))
+    order, probs = exploration.greedy(qbar, 8, choice=choice)
+    for b in range(4):
+        num, den, placed = choice.no_click_value[b], 1.0, []
+        for j in range(8):
+            v = attraction[b] * odds[min(j, len(odds) - 1)]
+            gains = assortment_gains(qbar[b], v, num, den)
+            gains[placed] = -np.inf
+            best = int(np.argmax(gains))
+            placed.append(best)
+            num, den = num + v[best] * qbar[b, best], den + v[best]
+        assert order[b].tolist() == placed
+    assert probs.tolist() == np.ones((4, 8)).tolist()
