@@ -6,7 +6,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
-PYTEST_ARGS ?= --durations=30
+# Test processes (pytest-xdist), a file each at a time so a module's tests and fixtures stay
+# together; 2 suits the 2-core machines this project runs on (`make test TEST_WORKERS=0` runs
+# in one process).
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?= --durations=30 -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help venv demo test test-unit broker-start broker-stop clean
 
