@@ -90,6 +90,7 @@ def ensure_topics(settings: Settings) -> TopicReport:
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent create won the race
                     raise ShelfqError(f"could not create {name}: {exc.args[0].str()}") from None
+        _wait_until_served(admin, [s.name for s in missing])
 
     for s in specs:
         have = actual[s.name]
@@ -105,6 +106,23 @@ def ensure_topics(settings: Settings) -> TopicReport:
         fixed = ActualTopic(have.partitions, have.replication_factor, {**have.config, **changes})
         report.drift += topic_drift(s, fixed)
     return report
+
+
+def _wait_until_served(admin: AdminClient, names: list[str]) -> None:
+    """Return once the broker's metadata shows every topic in ``names`` with a leader for each
+    partition. A create returns when the controller has the topic; the broker serves it a
+    moment later, longer on a busy cluster, and a client that asks in between is told the topic
+    does not exist (seen when tests ran beside each other)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        metadata = _metadata(admin)
+        pending = [n for n in names if n not in metadata or metadata[n].error is not None
+                   or not metadata[n].partitions or any(p.leader < 0 for p in metadata[n].partitions.values())]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ShelfqError(f"created, but not served after {TIMEOUT_S:.0f} s: {', '.join(pending)}")
+        time.sleep(0.1)
 
 
 def delete_topics(settings: Settings, names: list[str]) -> None:

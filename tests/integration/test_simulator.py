@@ -79,10 +79,13 @@ def test_simulation_without_an_agent_shows_random_slates_with_inline_state(setti
 
 def test_demo_runs_the_pipeline_and_writes_a_report(base_settings: Settings, tmp_path: Path) -> None:
     """A short demo: slates from the agent, transitions from the join, at least two model
-    versions from each learner, and a report with every policy."""
+    versions from each learner, and a report with every policy. 2.5 minutes: its six processes
+    share the cores with the other test process of `make test`, and in 1.5 the learners'
+    first models (after start-up, 256 transitions and a 10-s publish interval) could miss the
+    live traffic."""
     report = tmp_path / "report"
     done = subprocess.run(
-        [sys.executable, "-m", "shelfq", "demo", "--minutes", "1.5", "--seeds", "2", "--sessions-per-seed", "30",
+        [sys.executable, "-m", "shelfq", "demo", "--minutes", "2.5", "--seeds", "2", "--sessions-per-seed", "30",
          "--report-dir", str(report), "--topic-prefix", "test-demo.", "--json"],
         env={**os.environ, "SHELFQ_PARTITIONS": "3"}, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -75,3 +75,24 @@ def test_a_topic_that_stays_unknown_is_a_precise_error() -> None:
 
     with pytest.raises(ShelfqError, match=r"topic t is not available: UNKNOWN_TOPIC_OR_PART \(run `shelfq topics create`\)"):
         topic_partitions(MetadataAfter(known_after=10**6), "t", timeout=0.3)
+
+
+def test_topics_just_created_are_waited_for_until_every_partition_has_a_leader() -> None:
+    from types import SimpleNamespace
+
+    from shelfq.ops import topic_admin
+
+    served = SimpleNamespace(error=None, partitions={0: SimpleNamespace(leader=1), 1: SimpleNamespace(leader=1)})
+    leaderless = SimpleNamespace(error=None, partitions={0: SimpleNamespace(leader=1), 1: SimpleNamespace(leader=-1)})
+    answers = [{}, {"a": leaderless}, {"a": served, "b": served}]
+
+    class Admin:
+        asked = 0
+
+        def list_topics(self, timeout: float) -> object:
+            self.asked += 1
+            return SimpleNamespace(topics=answers[min(self.asked, len(answers)) - 1])
+
+    admin = Admin()
+    topic_admin._wait_until_served(admin, ["a", "b"])  # noqa: SLF001 - the helper ensure_topics calls
+    assert admin.asked == 3
