@@ -42,8 +42,6 @@ def settings(base_settings: Settings) -> Iterator[Settings]:
     s = Settings.from_env(topic_prefix=prefix, partitions=3)
     ensure_topics(s)
     yield s
-    from confluent_kafka.admin import AdminClient
-
     made = AdminClient(s.confluent_config()).list_topics(timeout=30).topics
     delete_topics(s, sorted({spec.name for spec in topic_specs(s).values()} | {t for t in made if t.startswith(prefix)}))
 
